@@ -1,0 +1,1 @@
+"""Command implementations of the `worldbagel` CLI: one module per command, each with `run(cfg)`."""
