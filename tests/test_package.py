@@ -22,18 +22,27 @@ def test_no_top_level_envs_outside_the_repo(tmp_path):
         "import importlib.util as u; import sys;"
         "print(u.find_spec('envs') is None, u.find_spec('policies') is None, u.find_spec('configs') is None)"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True
+    )
     assert out.stdout.strip() == "True True True"
 
 
 def test_every_module_imports():
     failed = {}
     names = []
-    for info in pkgutil.walk_packages(worldbagel.__path__, prefix="worldbagel."):
-        names.append(info.name)
-        try:
-            importlib.import_module(info.name)
-        except Exception as exc:  # pragma: no cover - reported below
-            failed[info.name] = repr(exc)
+    # envs/, policies/ and configs/ are mapped into worldbagel by package-dir, so an editable install
+    # does not list them under worldbagel.__path__: walk each root explicitly.
+    roots = [worldbagel] + [
+        importlib.import_module(f"worldbagel.{n}") for n in ("envs", "policies", "configs")
+    ]
+    for root in roots:
+        names.append(root.__name__)
+        for info in pkgutil.walk_packages(root.__path__, prefix=root.__name__ + "."):
+            names.append(info.name)
+            try:
+                importlib.import_module(info.name)
+            except Exception as exc:  # pragma: no cover - reported below
+                failed[info.name] = repr(exc)
     assert not failed, failed
     assert "worldbagel.cli" in names and "worldbagel.envs" in names

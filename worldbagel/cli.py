@@ -32,7 +32,12 @@ class Command:
 COMMANDS: dict[str, Command] = {
     c.name: c
     for c in [
-        Command("info", "info", "describe a BAGEL model folder (config, parameters per expert, files)", "model_dir"),
+        Command(
+            "info",
+            "info",
+            "describe a BAGEL model folder (config, parameters per expert, files)",
+            "model_dir",
+        ),
     ]
 }
 

@@ -1,0 +1,1 @@
+"""Policies that RL code imports: `from worldbagel.policies import ...`."""
