@@ -1,0 +1,186 @@
+"""Policies: seeded determinism, the oracle's shortest paths, scripted replay, vector-env batching."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from standin_envs import GRID_NAMES, GridStandIn, NavStandIn
+from worldbagel.policies import (
+    OraclePolicy,
+    Policy,
+    RandomPolicy,
+    ScriptedPolicy,
+    make_policy,
+    split_vector_infos,
+)
+
+from worldbagel.actions import DiscreteActionCodec
+from worldbagel.errors import ConfigError, InvalidAction, WorldBagelError
+
+
+def _real_gridworld_available() -> bool:
+    try:
+        import worldbagel.envs  # noqa: F401
+    except Exception:
+        return False
+    return "WorldBagel/GridWorld-v0" in gym.registry
+
+
+def test_policies_satisfy_the_protocol():
+    env = GridStandIn()
+    for p in (RandomPolicy(env.action_space), OraclePolicy(env), ScriptedPolicy([0, 1])):
+        assert isinstance(p, Policy)
+
+
+@pytest.mark.parametrize(
+    "space",
+    [
+        gym.spaces.Discrete(5, start=2),
+        gym.spaces.Box(-1, 1, (3,), np.float32),
+        gym.spaces.MultiDiscrete([3, 4]),
+    ],
+)
+def test_random_policy_is_seeded_and_deterministic(space):
+    a = RandomPolicy(space, seed=7)
+    b = RandomPolicy(space, seed=7)
+    seq_a = [a.act(None, {}) for _ in range(50)]
+    seq_b = [b.act(None, {}) for _ in range(50)]
+    assert all(np.array_equal(x, y) for x, y in zip(seq_a, seq_b))
+    assert all(space.contains(np.asarray(x, dtype=space.dtype)) for x in seq_a)
+    assert len({np.asarray(x).tobytes() for x in seq_a}) > 1  # not constant
+    a.reset(seed=7)
+    assert np.array_equal(a.act(None, {}), seq_a[0])
+    c = RandomPolicy(space, seed=8)
+    assert not all(np.array_equal(c.act(None, {}), x) for x in seq_a)
+
+
+def test_random_discrete_covers_all_actions():
+    p = RandomPolicy(gym.spaces.Discrete(4), seed=0)
+    assert {int(p.act(None, {})) for _ in range(200)} == {0, 1, 2, 3}
+
+
+def _run_oracle(env, seed):
+    policy = OraclePolicy(env)
+    obs, info = env.reset(seed=seed)
+    start, steps, done = info["distance"], 0, False
+    while not done:
+        obs, _, term, trunc, info = env.step(policy.act(obs, info))
+        steps += 1
+        done = term or trunc
+    return start, steps, info
+
+
+def test_oracle_reaches_goal_in_shortest_distance_standin():
+    for seed in range(10):
+        start, steps, info = _run_oracle(GridStandIn(size=6, max_steps=50), seed)
+        assert info["success"] and steps == start
+
+
+@pytest.mark.skipif(not _real_gridworld_available(), reason="worldbagel.envs GridWorld not available yet")
+def test_oracle_reaches_goal_in_shortest_distance_real_gridworld():
+    env = gym.make("WorldBagel/GridWorld-v0")
+    assert OraclePolicy(env).strategy == "optimal_action"
+    for seed in range(5):
+        start, steps, info = _run_oracle(env, seed)
+        assert info["success"] and steps == start
+
+
+def test_oracle_greedy_follower_reaches_goal_in_open_room():
+    env = NavStandIn()
+    policy = OraclePolicy(env, stop_radius=0.2)
+    assert policy.strategy == "greedy"
+    for seed in range(5):
+        obs, info = env.reset(seed=seed)
+        done = False
+        while not done:
+            obs, _, term, trunc, info = env.step(policy.act(obs, info))
+            done = term or trunc
+        assert term and info["success"], seed
+
+
+def test_oracle_without_expert_raises_clear_error():
+    env = gym.make("CartPole-v1")
+    with pytest.raises(WorldBagelError, match="OraclePolicy cannot act"):
+        OraclePolicy(env)
+    with pytest.raises(WorldBagelError, match="not bound"):
+        OraclePolicy().act(None, {})
+
+
+def test_scripted_replays_actions_and_texts():
+    codec = DiscreteActionCodec(GRID_NAMES)
+    p = ScriptedPolicy(
+        ["move up", 1, "Move Down", np.int64(3)], codec=codec, action_space=gym.spaces.Discrete(4)
+    )
+    assert [int(p.act(None, {})) for _ in range(4)] == [0, 1, 2, 3]
+    with pytest.raises(WorldBagelError, match="ran out of actions after 4"):
+        p.act(None, {})
+    p.reset()
+    assert int(p.act(None, {})) == 0
+    looping = ScriptedPolicy([2, 3], loop=True)
+    assert [looping.act(None, {}) for _ in range(5)] == [2, 3, 2, 3, 2]
+
+
+def test_scripted_rejects_bad_scripts_early():
+    codec = DiscreteActionCodec(GRID_NAMES)
+    with pytest.raises(InvalidAction, match="'fly'"):
+        ScriptedPolicy(["move up", "fly"], codec=codec)
+    with pytest.raises(ConfigError, match="codec"):
+        ScriptedPolicy(["move up"])
+    with pytest.raises(ConfigError, match="actions"):
+        ScriptedPolicy([0, 7], action_space=gym.spaces.Discrete(4))
+    with pytest.raises(ConfigError, match="actions"):
+        ScriptedPolicy([])
+
+
+def test_split_vector_infos_handles_masks_and_nesting():
+    infos = {
+        "distance": np.array([3, 0, 5]),
+        "_distance": np.array([True, False, True]),
+        "final_info": {"success": np.array([False, True, False]), "_success": np.array([False, True, False])},
+        "_final_info": np.array([False, True, False]),
+    }
+    per_env = split_vector_infos(infos, 3)
+    assert per_env[0] == {"distance": 3}
+    assert per_env[1] == {"final_info": {"success": True}}
+    assert per_env[2] == {"distance": 5}
+    assert split_vector_infos(None, 2) == [{}, {}]
+    with pytest.raises(ValueError, match="2 infos for a batch of 3"):
+        split_vector_infos([{}, {}], 3)
+
+
+def test_act_batch_with_sync_vector_env():
+    n = 3
+    vec = gym.vector.SyncVectorEnv([lambda: GridStandIn(size=6, max_steps=50) for _ in range(n)])
+    obs, infos = vec.reset(seed=[10, 11, 12])
+    oracle = make_policy("oracle", vec)
+    rand = make_policy("random", vec, seed=3)
+    assert oracle.action_space == gym.spaces.Discrete(4)
+    assert rand.act_batch(obs, infos).shape == (n,)
+    start = infos["distance"].copy()
+    done_at = np.full(n, -1)
+    for t in range(1, 60):
+        obs, _, term, trunc, infos = vec.step(oracle.act_batch(obs, infos))
+        for i in np.flatnonzero(term & (done_at < 0)):
+            done_at[i] = t
+        if (done_at > 0).all():
+            break
+    assert np.array_equal(done_at, start)
+    scripted = ScriptedPolicy(["move up", "move left"], codec=DiscreteActionCodec(GRID_NAMES))
+    assert scripted.act_batch(obs, infos).tolist() == [0, 0, 0]
+    assert scripted.act_batch(obs, infos).tolist() == [3, 3, 3]
+
+
+def test_base_act_batch_loops_act_with_split_infos():
+    env = NavStandIn()
+    vec = gym.vector.SyncVectorEnv([NavStandIn, NavStandIn])
+    policy = OraclePolicy(env)
+    obs, infos = vec.reset(seed=[0, 1])
+    batch = policy.act_batch(obs, infos)
+    singles = [policy.act(obs[i], split_vector_infos(infos, 2)[i]) for i in range(2)]
+    assert batch.tolist() == [int(a) for a in singles]
+
+
+def test_make_policy_unknown_name():
+    with pytest.raises(ConfigError, match=r"invalid policy='nope'.*oracle"):
+        make_policy("nope", GridStandIn())
