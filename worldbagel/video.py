@@ -1,0 +1,202 @@
+"""Reading and writing videos (mp4, gif, frame folders) and composing side-by-side panels.
+
+Shapes: a video is a uint8 array `[T, H, W, 3]`; a single image `[H, W, 3]`.
+
+- `write_video(path, frames, fps)`: `.mp4` through imageio v3 + imageio-ffmpeg (libx264, yuv420p);
+  `.gif` through pillow. Writes are atomic (temp file + os.replace).
+  libx264 needs even sides and most players want multiples of 16, so frames are padded at the bottom and
+  right with black up to a multiple of `macro_block_size` (never resampled); reading such an mp4 back gives
+  the padded size. GIFs keep the exact size but are palette-quantised (lossy colour).
+- `read_video(path)`: mp4/gif file or a folder of png/jpg frames (natural order) -> `[T, H, W, 3]`.
+- `side_by_side(panels, labels)`: e.g. real | imagined | goal, each panel a video or a still image.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from worldbagel.errors import bad_argument
+
+__all__ = ["FRAME_SUFFIXES", "VIDEO_SUFFIXES", "read_video", "side_by_side", "write_video"]
+
+logger = logging.getLogger(__name__)
+
+VIDEO_SUFFIXES = (".mp4", ".gif")
+FRAME_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def _as_video(frames: np.ndarray | Sequence[np.ndarray], name: str = "frames") -> np.ndarray:
+    arr = np.asarray(frames)
+    if arr.ndim == 3 and arr.shape[-1] != 3:  # [T, H, W] grayscale -> RGB
+        arr = np.repeat(arr[..., None], 3, axis=-1)
+    if arr.ndim != 4 or arr.shape[-1] != 3 or arr.shape[0] == 0:
+        raise bad_argument(name, f"array of shape {arr.shape}", "give a non-empty uint8 video [T, H, W, 3]")
+    if arr.dtype != np.uint8:
+        if np.issubdtype(arr.dtype, np.floating) and arr.size and float(np.nanmax(arr)) <= 1.0:
+            arr = arr * 255.0
+        arr = np.clip(np.nan_to_num(arr), 0, 255).astype(np.uint8)
+    return arr
+
+
+def _pad_to_multiple(frames: np.ndarray, block: int) -> np.ndarray:
+    """[T,H,W,3] -> [T,H',W',3] with H', W' the next multiples of `block` (black bottom/right padding)."""
+    t, h, w, _ = frames.shape
+    ph, pw = (-h) % block, (-w) % block
+    if ph == 0 and pw == 0:
+        return frames
+    logger.debug("padding %dx%d video to %dx%d for libx264", h, w, h + ph, w + pw)
+    return np.pad(frames, ((0, 0), (0, ph), (0, pw), (0, 0)))
+
+
+def write_video(
+    path: str | os.PathLike,
+    frames: np.ndarray | Sequence[np.ndarray],
+    fps: float = 10.0,
+    macro_block_size: int = 16,
+) -> Path:
+    """Write `frames` [T,H,W,3] to `path` (.mp4 or .gif), atomically; returns the path."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in VIDEO_SUFFIXES:
+        raise bad_argument("path", str(path), f"use a file name ending in one of {VIDEO_SUFFIXES}")
+    if not fps > 0:
+        raise bad_argument("fps", fps, "use a positive frame rate")
+    if macro_block_size < 1:
+        raise bad_argument("macro_block_size", macro_block_size, "use 1 or more (16 suits most players)")
+    video = _as_video(frames)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        if suffix == ".mp4":
+            import imageio.v3 as iio
+
+            block = macro_block_size if macro_block_size % 2 == 0 else 2 * macro_block_size
+            iio.imwrite(
+                tmp,
+                _pad_to_multiple(video, block),
+                fps=fps,
+                codec="libx264",
+                macro_block_size=1,
+                pixelformat="yuv420p",
+                plugin="FFMPEG",
+            )
+        else:
+            images = [Image.fromarray(f) for f in video]
+            images[0].save(
+                tmp,
+                format="GIF",
+                save_all=True,
+                append_images=images[1:],
+                duration=max(1, round(1000.0 / fps)),
+                loop=0,
+                optimize=False,
+            )
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _natural_key(p: Path) -> list:
+    return [int(s) if s.isdigit() else s for s in re.split(r"(\d+)", p.name)]
+
+
+def frame_files(folder: str | os.PathLike) -> list[Path]:
+    """Image files (png/jpg) of a folder in natural order (2.png before 10.png)."""
+    folder = Path(folder)
+    return sorted((p for p in folder.iterdir() if p.suffix.lower() in FRAME_SUFFIXES), key=_natural_key)
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """An image file as uint8 RGB [H,W,3]."""
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def read_video(path: str | os.PathLike) -> np.ndarray:
+    """Read an mp4/gif file or a folder of frames into uint8 [T,H,W,3]."""
+    path = Path(path)
+    if not path.exists():
+        raise bad_argument("path", str(path), "give an existing .mp4/.gif file or a folder of png/jpg frames")
+    if path.is_dir():
+        files = frame_files(path)
+        if not files:
+            raise bad_argument("path", str(path), f"the folder holds no frames with suffix {FRAME_SUFFIXES}")
+        return np.stack([read_image(f) for f in files])
+    suffix = path.suffix.lower()
+    if suffix == ".gif":
+        frames = []
+        with Image.open(path) as im:
+            for i in range(getattr(im, "n_frames", 1)):
+                im.seek(i)
+                frames.append(np.asarray(im.convert("RGB")))
+        return np.stack(frames)
+    if suffix == ".mp4":
+        import imageio.v3 as iio
+
+        return _as_video(iio.imread(path, plugin="FFMPEG"), name=str(path))
+    raise bad_argument("path", str(path), f"use a file ending in {VIDEO_SUFFIXES} or a folder of frames")
+
+
+def _resize_height(frames: np.ndarray, height: int) -> np.ndarray:
+    t, h, w, _ = frames.shape
+    if h == height:
+        return frames
+    width = max(1, round(w * height / h))
+    return np.stack([np.asarray(Image.fromarray(f).resize((width, height), Image.BILINEAR)) for f in frames])
+
+
+def side_by_side(
+    panels: Sequence[np.ndarray],
+    labels: Sequence[str] | None = None,
+    gap: int = 2,
+    height: int | None = None,
+    label_height: int = 12,
+) -> np.ndarray:
+    """Compose panels left to right into one video [T, H(+label_height), W_total, 3].
+
+    Each panel is a video [T_i,H_i,W_i,3] or a still image [H_i,W_i,3] (shown for every frame). Panels are
+    resized to a common height (`height`, default the tallest panel) keeping aspect; shorter videos hold
+    their last frame. `labels` (one per panel) are drawn in a white strip above each panel. A [H,W,3]
+    result is never returned: a single frame comes back as [1, H, W, 3].
+    """
+    if not panels:
+        raise bad_argument("panels", panels, "give at least one video or image")
+    if labels is not None and len(labels) != len(panels):
+        raise bad_argument("labels", list(labels), f"give one label per panel ({len(panels)})")
+    videos = [
+        _as_video(p[None] if np.asarray(p).ndim == 3 and np.asarray(p).shape[-1] == 3 else p) for p in panels
+    ]
+    t = max(v.shape[0] for v in videos)
+    h = height or max(v.shape[1] for v in videos)
+    videos = [_resize_height(v, h) for v in videos]
+    videos = [np.concatenate([v, np.repeat(v[-1:], t - len(v), axis=0)]) if len(v) < t else v for v in videos]
+    top = label_height if labels else 0
+    total_w = sum(v.shape[2] for v in videos) + gap * (len(videos) - 1)
+    out = np.zeros((t, h + top, total_w, 3), np.uint8)
+    x = 0
+    strips = []
+    for i, v in enumerate(videos):
+        w = v.shape[2]
+        out[:, top:, x : x + w] = v
+        if labels:
+            strips.append((x, w, str(labels[i])))
+        x += w + gap
+    if labels:
+        strip = Image.new("RGB", (total_w, top), (255, 255, 255))
+        draw = ImageDraw.Draw(strip)
+        font = ImageFont.load_default()
+        for x0, w, text in strips:
+            draw.text((x0 + 1, 0), text[: max(1, w // 6)], fill=(0, 0, 0), font=font)
+        out[:, :top] = np.asarray(strip)[None]
+    return out
