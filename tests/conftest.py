@@ -16,3 +16,22 @@ FIXTURES = Path(__file__).parent / "fixtures"
 def tiny_dir() -> Path:
     """The official-layout tiny BAGEL checkpoint (random weights) copied from shared/fixtures."""
     return FIXTURES / "bagel-tiny"
+
+
+@pytest.fixture(scope="session")
+def tiny_pipe(tiny_dir):
+    """A BagelPipeline on the tiny fixture with small image transforms (64 px VAE side, 56 px ViT side)."""
+    from worldbagel.inference.pipeline import BagelPipeline
+    from worldbagel.model.transforms import ImageTransform
+
+    return BagelPipeline.from_pretrained(
+        tiny_dir, vae_transform=ImageTransform(64, 32, 16), vit_transform=ImageTransform(56, 28, 14)
+    )
+
+
+@pytest.fixture
+def frame():
+    """A deterministic 64x64 RGB frame."""
+    import numpy as np
+
+    return (np.random.RandomState(0).rand(64, 64, 3) * 255).astype("uint8")

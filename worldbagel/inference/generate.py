@@ -1,0 +1,255 @@
+"""Text and image generation over contexts (spec 5.4-5.6).
+
+Shape legend
+    B   requests (contexts) generated together         V   vocabulary
+    T   latent tokens of one image (h*w)               Z   latent token features (p*p*Cz)
+
+Text: greedy or sampled decoding from `<|im_start|>` at the context's rope position; generated tokens live in
+a private cache and never enter the context. Images: rectified flow with BAGEL's three-branch CFG; every branch
+of every request is packed into ONE forward per step (noisy tokens never enter any cache).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from worldbagel.errors import bad_argument
+from worldbagel.inference.context import Context
+from worldbagel.inference.sampler import RENORM_TYPES, cfg_active, cfg_combine, flow_schedule
+
+# ============================================================================================ text
+
+
+@dataclass
+class TextOutput:
+    ids: list[int]
+    """Generated token ids (without the leading <|im_start|> and the stopping <|im_end|>)."""
+    text: str
+    logits: list[torch.Tensor] = field(default_factory=list)
+    """Next-token logits [V] of every step (the first is the distribution after <|im_start|>)."""
+    stopped: bool = False
+    """True if generation ended on <|im_end|> (False: max_new_tokens reached)."""
+
+
+def _pick_token(
+    logits: torch.Tensor,
+    do_sample: bool,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    gen: torch.Generator | None,
+) -> int:
+    if not do_sample or temperature <= 0:
+        return int(logits.argmax())
+    scores = logits.float() / temperature
+    if top_k > 0:
+        kth = torch.topk(scores, min(top_k, scores.numel())).values[-1]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_scores, order = scores.sort(descending=True)
+        probs = sorted_scores.softmax(-1)
+        cut = probs.cumsum(-1) - probs > top_p  # drop tokens once the mass before them exceeds top_p
+        sorted_scores[cut] = float("-inf")
+        scores = torch.full_like(scores, float("-inf")).scatter(0, order, sorted_scores)
+    probs = scores.softmax(-1)
+    return int(torch.multinomial(probs, 1, generator=gen))
+
+
+def generate_text_batch(
+    contexts: list[Context],
+    max_new_tokens: int = 500,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+    return_logits: bool = False,
+) -> list[TextOutput]:
+    """Generate text after each context, all contexts decoded together (one token per context per forward)."""
+    if max_new_tokens < 1:
+        raise bad_argument("max_new_tokens", max_new_tokens, "must be >= 1")
+    if not 0 < top_p <= 1:
+        raise bad_argument("top_p", top_p, "must be in (0, 1]")
+    pipe = contexts[0].pipe
+    eos, bos = pipe.special.eos, pipe.special.bos
+    caches = [c.cache for c in contexts]
+    ropes = [c.rope for c in contexts]
+    current = [bos] * len(contexts)
+    outs = [TextOutput([], "") for _ in contexts]
+    active = list(range(len(contexts)))
+    for _ in range(max_new_tokens):
+        builder = pipe.builder(ropes=[ropes[i] for i in active], past_lens=[caches[i].length for i in active])
+        for j, i in enumerate(active):
+            builder.add_text([current[i]], sample=j, framed=False)
+        seq = builder.build(pipe.device)
+        with torch.no_grad():
+            h, kv = pipe.model.forward_packed(seq, past=[caches[i] or None for i in active], return_kv=True)
+            logits = pipe.model.logits(h)  # [len(active), V]
+        still = []
+        for j, i in enumerate(active):
+            caches[i] = caches[i].append([(k[j : j + 1], v[j : j + 1]) for k, v in kv])
+            ropes[i] += 1
+            if return_logits:
+                outs[i].logits.append(logits[j].float().cpu())
+            nxt = _pick_token(logits[j], do_sample, temperature, top_k, top_p, generator)
+            if nxt == eos:
+                outs[i].stopped = True
+                continue
+            outs[i].ids.append(nxt)
+            current[i] = nxt
+            still.append(i)
+        active = still
+        if not active:
+            break
+    for o in outs:
+        o.text = pipe.tokenizer.decode(o.ids)
+    return outs
+
+
+def generate_text(context: Context, **kwargs) -> TextOutput:
+    """Generate text after one context (see `generate_text_batch` for the options)."""
+    return generate_text_batch([context], **kwargs)[0]
+
+
+# ============================================================================================ images
+
+
+@dataclass
+class ImageRequest:
+    """One image to generate: the main context and the optional CFG contexts."""
+
+    context: Context
+    cfg_text_context: Context | None = None
+    """Context without the latest text (text guidance); None disables text CFG."""
+    cfg_img_context: Context | None = None
+    """Context without the images (image guidance); None disables image CFG."""
+    latents: torch.Tensor | None = None
+    """Initial noise, packed [h*w, Z] or latent layout [Cz, H/8, W/8]; drawn from the generator if None."""
+
+
+@dataclass
+class GenerationConfig:
+    """Rectified-flow sampling knobs (release defaults for editing / next-frame prediction)."""
+
+    num_steps: int = 50
+    """Grid points of the flow schedule (num_steps - 1 model evaluations)."""
+    shift: float = 3.0
+    """Timestep shift s of t' = s t / (1 + (s - 1) t)."""
+    cfg_text_scale: float = 4.0
+    """Text guidance scale (<= 1 disables CFG entirely, image guidance included)."""
+    cfg_img_scale: float = 2.0
+    """Image guidance scale (<= 1 disables it)."""
+    cfg_interval: tuple[float, float] = (0.0, 1.0)
+    """CFG is applied at times t with interval[0] < t <= interval[1]."""
+    cfg_renorm_type: str = "text_channel"
+    """global, channel or text_channel."""
+    cfg_renorm_min: float = 0.0
+    """Lower clamp of the renorm scale (1.0 disables renorm)."""
+    batch_cfg: bool = True
+    """Run all CFG branches of all requests in one packed forward per step (False: one forward per branch)."""
+
+    def check(self) -> None:
+        if self.num_steps < 2:
+            raise bad_argument("num_steps", self.num_steps, "use at least 2 (one model evaluation)")
+        if self.shift <= 0:
+            raise bad_argument("shift", self.shift, "must be > 0 (release uses 3.0)")
+        if self.cfg_renorm_type not in RENORM_TYPES:
+            raise bad_argument("cfg_renorm_type", self.cfg_renorm_type, f"use one of {RENORM_TYPES}")
+        lo, hi = self.cfg_interval
+        if not 0 <= lo <= hi <= 1:
+            raise bad_argument("cfg_interval", self.cfg_interval, "use [lo, hi] with 0 <= lo <= hi <= 1")
+
+
+@dataclass
+class ImageOutput:
+    latents: torch.Tensor
+    """Final packed latent tokens [h*w, Z]."""
+    grid: tuple[int, int]
+    """Latent-token grid (h, w); the image is (16 h, 16 w) pixels for the release."""
+
+
+def _initial_noise(req: ImageRequest, grid: tuple[int, int], z_dim: int, pipe, generator) -> torch.Tensor:
+    h, w = grid
+    x = req.latents
+    if x is None:
+        return torch.randn(h * w, z_dim, generator=generator, dtype=torch.float32)
+    if x.dim() == 3:  # latent layout [Cz, p*h, p*w]
+        x = pipe.vae.patchify(x[None].float())[0]
+    if tuple(x.shape) != (h * w, z_dim):
+        raise bad_argument(
+            "latents.shape",
+            tuple(req.latents.shape),
+            f"expected [{h * w}, {z_dim}] or [Cz, {h * 2}, {w * 2}]",
+        )
+    return x.float().clone()
+
+
+def generate_images(
+    requests: list[ImageRequest],
+    grid: tuple[int, int],
+    config: GenerationConfig | None = None,
+    generator: torch.Generator | None = None,
+) -> list[ImageOutput]:
+    """Denoise one image per request on a latent-token grid (h, w); returns final latent tokens."""
+    cfg = config or GenerationConfig()
+    cfg.check()
+    pipe = requests[0].context.pipe
+    z_dim = pipe.model.config.patch_latent_dim
+    xs = [_initial_noise(r, grid, z_dim, pipe, generator) for r in requests]  # fp32 ODE state, [T, Z] each
+    ts = flow_schedule(cfg.num_steps, cfg.shift)
+    for i in range(cfg.num_steps - 1):
+        t = float(ts[i])
+        active = cfg_active(t, cfg.cfg_interval)
+        text_scale = cfg.cfg_text_scale if active else 1.0
+        img_scale = cfg.cfg_img_scale if active else 1.0
+        branches: list[tuple[int, str, Context]] = []  # (request, branch name, context)
+        for r, req in enumerate(requests):
+            branches.append((r, "cond", req.context))
+            if text_scale > 1.0:
+                if req.cfg_text_context is None:
+                    raise bad_argument(
+                        "cfg_text_context", None, "text CFG (cfg_text_scale > 1) needs a text-dropped context"
+                    )
+                branches.append((r, "text", req.cfg_text_context))
+                if img_scale > 1.0:
+                    if req.cfg_img_context is None:
+                        raise bad_argument(
+                            "cfg_img_context",
+                            None,
+                            "image CFG (cfg_img_scale > 1) needs an image-dropped context",
+                        )
+                    branches.append((r, "img", req.cfg_img_context))
+        groups = [branches] if cfg.batch_cfg else [[b] for b in branches]
+        vel: dict[tuple[int, str], torch.Tensor] = {}
+        for group in groups:
+            for (r, name), v in zip([(b[0], b[1]) for b in group], _velocities(pipe, group, xs, grid, t)):
+                vel[(r, name)] = v
+        dt = ts[i] - ts[i + 1]
+        for r in range(len(requests)):
+            v = cfg_combine(
+                vel[(r, "cond")],
+                vel.get((r, "text")),
+                vel.get((r, "img")),
+                text_scale,
+                img_scale,
+                cfg.cfg_renorm_type,  # type: ignore[arg-type]
+                cfg.cfg_renorm_min,
+            )
+            xs[r] = xs[r] - v.float() * dt
+    return [ImageOutput(x, grid) for x in xs]
+
+
+def _velocities(pipe, branches, xs, grid, t: float) -> list[torch.Tensor]:
+    """One packed forward over the noisy query of every branch; returns each branch's velocity [T, Z]."""
+    builder = pipe.builder(
+        ropes=[c.rope for _, _, c in branches], past_lens=[c.num_tokens for _, _, c in branches]
+    )
+    for j, (r, _, _) in enumerate(branches):
+        builder.add_vae_image(xs[r].to(pipe.dtype), grid, sample=j, t=t, noisy=True)
+    seq = builder.build(pipe.device)
+    with torch.no_grad():
+        h, _ = pipe.model.forward_packed(seq, past=[c.cache or None for _, _, c in branches])
+        v = pipe.model.velocity(h[seq.noisy_vae_idx]).float().cpu()
+    return list(v.split(grid[0] * grid[1]))

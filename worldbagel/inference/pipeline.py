@@ -1,0 +1,221 @@
+"""BagelPipeline: the model, its autoencoder, tokenizer and image transforms, plus the official usages.
+
+Shape legend: T latent tokens (h*w), Z latent token features, P ViT patch features.
+
+    pipe = BagelPipeline.from_pretrained("BAGEL-7B-MoT")
+    ctx = pipe.new_context().add_image(frame).add_text("move forward 0.25 m")
+    image = pipe.generate_image(*pipe.interleave_contexts([frame, "move forward 0.25 m"]))
+
+`interleave_contexts` rebuilds the official `interleave_inference` context logic (main / text-dropped /
+image-dropped contexts, optional think system prompt), so every atomic step of the official inferencer is
+one call here.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from worldbagel.errors import bad_argument
+from worldbagel.inference.context import Context
+from worldbagel.inference.generate import (
+    GenerationConfig,
+    ImageOutput,
+    ImageRequest,
+    TextOutput,
+    generate_images,
+    generate_text,
+)
+from worldbagel.model.bagel import Bagel
+from worldbagel.model.sequence import SequenceBuilder, SpecialIds
+from worldbagel.model.siglip_navit import patchify
+from worldbagel.model.transforms import ImageTransform
+
+logger = logging.getLogger(__name__)
+
+# The official thinking system prompts (inferencer.py constants).
+VLM_THINK_SYSTEM_PROMPT = (
+    "You should first think about the reasoning process in the mind and then provide the user with the answer. \n"
+    "The reasoning process is enclosed within <think> </think> tags, i.e. <think> reasoning process here </think> "
+    "answer here"
+)
+GEN_THINK_SYSTEM_PROMPT = (
+    "You should first think about the planning process in the mind and then generate the image. \n"
+    "The planning process is enclosed within <think> </think> tags, i.e. <think> planning process here </think> "
+    "image here"
+)
+
+
+def split_think(text: str) -> tuple[str, str]:
+    """'<think> a </think> b' -> ('a', 'b'); text without a closed think block -> ('', text stripped)."""
+    start, end = text.find("<think>"), text.find("</think>")
+    if end < 0:
+        return "", text.strip()
+    thought = text[start + len("<think>") : end] if 0 <= start < end else text[:end]
+    return thought.strip(), text[end + len("</think>") :].strip()
+
+
+@dataclass
+class InterleavedContexts:
+    """The three contexts of one generation (official interleave_inference) and the thinking text."""
+
+    context: Context
+    cfg_text_context: Context
+    cfg_img_context: Context
+    image_size: tuple[int, int] | None
+    """(H, W) of the last input image (the default output size), None if there was none."""
+    thought: str = ""
+
+
+class BagelPipeline:
+    """Everything needed to run BAGEL: model, VAE, tokenizer, transforms, device and dtype."""
+
+    def __init__(
+        self,
+        model: Bagel,
+        vae,
+        tokenizer,
+        vae_transform: ImageTransform | None = None,
+        vit_transform: ImageTransform | None = None,
+    ):
+        from worldbagel.model.transforms import vae_transform as default_vae
+        from worldbagel.model.transforms import vit_transform as default_vit
+
+        self.model = model.eval()
+        self.vae = vae.eval() if vae is not None else None
+        self.tokenizer = tokenizer
+        s = tokenizer.special
+        self.special = SpecialIds(s.bos_token_id, s.eos_token_id, s.start_of_image, s.end_of_image)
+        self.vae_transform = vae_transform or default_vae()
+        self.vit_transform = vit_transform or default_vit()
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, dtype=None, device=None, **transform_kwargs) -> BagelPipeline:
+        """Load model, VAE and tokenizer from an official-layout folder."""
+        from worldbagel.model.checkpoint import load_bagel
+
+        loaded = load_bagel(path, dtype=dtype, device=device)
+        return cls(loaded.model, loaded.vae, loaded.tokenizer, **transform_kwargs)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
+
+    def builder(self, ropes=None, past_lens=None) -> SequenceBuilder:
+        cfg = self.model.config
+        return SequenceBuilder(
+            self.special, ropes, past_lens, cfg.vit_max_num_patch_per_side, cfg.max_latent_size
+        )
+
+    def new_context(self) -> Context:
+        return Context(self)
+
+    # ------------------------------------------------------------------ encoders / decoder
+    def encode_vae(
+        self, image, sample: bool | torch.Generator = False
+    ) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Image -> clean latent tokens [T, Z] and their grid (h, w), after the VAE transform."""
+        if self.vae is None:
+            raise bad_argument("vae", None, "this pipeline has no autoencoder; load one to encode images")
+        x = self.vae_transform(image)[None].to(self.vae.device)  # [1, 3, H, W] in [-1, 1]
+        with torch.no_grad():
+            lat = self.vae.encode(x, sample=sample)  # [1, Cz, H/8, W/8]
+        p = self.model.config.latent_patch_size
+        grid = (lat.shape[-2] // p, lat.shape[-1] // p)
+        return self.vae.patchify(lat)[0].float(), grid
+
+    def encode_vit(self, image) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Image -> ViT patches [nh*nw, P] and the patch grid, after the ViT transform."""
+        x = self.vit_transform(image)  # [3, H, W]
+        p = self.model.config.vit.patch_size
+        return patchify(x, p), (x.shape[1] // p, x.shape[2] // p)
+
+    def decode(self, out: ImageOutput | torch.Tensor, grid: tuple[int, int] | None = None) -> np.ndarray:
+        """Latent tokens -> uint8 image [H, W, 3] ((x * 0.5 + 0.5) clamped to [0, 1], times 255)."""
+        tokens, grid = (out.latents, out.grid) if isinstance(out, ImageOutput) else (out, grid)
+        if grid is None:
+            raise bad_argument("grid", None, "pass the latent-token grid (h, w) with raw tokens")
+        lat = self.vae.unpatchify(tokens[None].to(self.vae.device, self.vae.dtype), *grid)
+        with torch.no_grad():
+            img = self.vae.decode(lat)[0]
+        img = ((img.float() * 0.5 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
+        return img.permute(1, 2, 0).cpu().numpy()
+
+    def latent_grid(self, height: int, width: int) -> tuple[int, int]:
+        """Snap an image size to the latent stride and return its token grid (h, w)."""
+        s = self.model.config.latent_downsample
+        if height < s or width < s:
+            raise bad_argument("image_size", (height, width), f"both sides must be >= {s} pixels")
+        return height // s, width // s
+
+    # ------------------------------------------------------------------ official usages
+    def interleave_contexts(
+        self,
+        inputs: list,
+        think: bool = False,
+        understanding_output: bool = False,
+        sample_vae: bool | torch.Generator = False,
+    ) -> InterleavedContexts:
+        """Build main / text-dropped / image-dropped contexts exactly as the official interleave_inference.
+
+        For each text: the text-dropped context becomes a fork of the main one *before* the text, and the text
+        goes into the main and image-dropped contexts. For each image: it goes into the main context (VAE
+        unless understanding_output, and ViT), and the text-dropped context becomes a fork *after* it. The
+        image-dropped context never receives images. With think, the system prompt opens the main and
+        image-dropped contexts.
+        """
+        gen = self.new_context()
+        cfg_text = gen.fork()
+        cfg_img = gen.fork()
+        if think:
+            prompt = VLM_THINK_SYSTEM_PROMPT if understanding_output else GEN_THINK_SYSTEM_PROMPT
+            gen.add_text(prompt)
+            cfg_img.add_text(prompt)
+        size = None
+        for item in inputs:
+            if isinstance(item, str):
+                cfg_text = gen.fork()
+                gen.add_text(item)
+                cfg_img.add_text(item)
+            else:
+                resized = self.vae_transform.resize(item)
+                gen.add_image(resized, vae=not understanding_output, vit=True, sample=sample_vae)
+                size = (resized.height, resized.width)
+                cfg_text = gen.fork()
+        return InterleavedContexts(gen, cfg_text, cfg_img, size)
+
+    def generate_text(self, context: Context, **kwargs) -> TextOutput:
+        return generate_text(context, **kwargs)
+
+    def think(self, ic: InterleavedContexts, max_think_tokens: int = 1000, **kwargs) -> InterleavedContexts:
+        """Generate the thinking text and append it to the main context only (official think path)."""
+        out = generate_text(ic.context, max_new_tokens=max_think_tokens, **kwargs)
+        ic.context.add_text(out.ids)
+        ic.thought = out.text
+        return ic
+
+    def generate_image(
+        self,
+        ic: InterleavedContexts,
+        image_size: tuple[int, int] | None = None,
+        config: GenerationConfig | None = None,
+        latents: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        decode: bool = True,
+    ) -> np.ndarray | ImageOutput:
+        """Generate one image from interleaved contexts; returns uint8 [H, W, 3] (or latents if decode=False)."""
+        size = image_size or ic.image_size
+        if size is None:
+            raise bad_argument("image_size", None, "give (H, W) when the inputs contain no image")
+        grid = self.latent_grid(*size)
+        req = ImageRequest(ic.context, ic.cfg_text_context, ic.cfg_img_context, latents)
+        out = generate_images([req], grid, config, generator)[0]
+        return self.decode(out) if decode else out
