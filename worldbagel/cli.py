@@ -38,6 +38,7 @@ COMMANDS: dict[str, Command] = {
             "describe a BAGEL model folder (config, parameters per expert, files)",
             "model_dir",
         ),
+        Command("generate", "generate", "text (+ image) in, image or text out, on any model folder"),
     ]
 }
 

@@ -7,9 +7,49 @@ the dataclass below. Nothing below the CLI sees a DictConfig.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from hydra.core.config_store import ConfigStore
+
+
+@dataclass
+class ModelConfig:
+    """Which BAGEL folder to load and how (config group `model`: bagel-7b, gridworld, tiny)."""
+
+    name: str = "gridworld"
+    """Preset name (informational; the yaml file of the `model` group sets it)."""
+    path: str | None = None
+    """Model folder in the official layout; None selects the world model shipped inside the package."""
+    dtype: str | None = None
+    """Weights dtype: None = fp32 on CPU / stored dtype on CUDA, or float32, bfloat16, float16, keep."""
+    device: str = "cpu"
+    """Torch device, e.g. cpu or cuda:0."""
+    vae_image_size: list[int] = field(default_factory=lambda: [1024, 512, 16])
+    """VAE-side image transform: max side, min side, stride (official 1024/512/16)."""
+    vit_image_size: list[int] = field(default_factory=lambda: [980, 224, 14])
+    """ViT-side image transform: max side, min side, stride (official 980/224/14)."""
+
+
+@dataclass
+class SamplerConfig:
+    """Rectified-flow sampling knobs (config group `sampler`)."""
+
+    num_steps: int = 50
+    """Grid points of the flow schedule (num_steps - 1 model evaluations)."""
+    shift: float = 3.0
+    """Timestep shift (release: 3.0)."""
+    cfg_text_scale: float = 4.0
+    """Text guidance scale; <= 1 disables guidance."""
+    cfg_img_scale: float = 2.0
+    """Image guidance scale; <= 1 disables image guidance."""
+    cfg_interval: list[float] = field(default_factory=lambda: [0.0, 1.0])
+    """Guidance applies at times t in (lo, hi]."""
+    cfg_renorm_type: str = "text_channel"
+    """global, channel or text_channel."""
+    cfg_renorm_min: float = 0.0
+    """Lower clamp of the renorm scale (1.0 disables renorm)."""
+    batch_cfg: bool = True
+    """Run the CFG branches in one batched forward."""
 
 
 @dataclass
@@ -23,8 +63,37 @@ class InfoConfig:
     """Also read the safetensors headers to report stored dtypes and file sizes."""
 
 
+@dataclass
+class GenerateConfig:
+    """`worldbagel generate`: text (+ optional image) in, image or text out, on any model folder."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The model to run (group `model`)."""
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    """Image sampling knobs (group `sampler`)."""
+    prompt: str = ""
+    """The text input (instruction, action, question)."""
+    image: str | None = None
+    """Optional input image file (context image for editing / next-frame prediction / questions)."""
+    output: str = "image"
+    """What to produce: image or text."""
+    think: bool = False
+    """Generate a <think> ... </think> text first (official think mode)."""
+    max_new_tokens: int = 256
+    """Limit of generated text tokens (answers and thoughts)."""
+    height: int | None = None
+    """Output image height; default: the input image's (resized) height, else 512."""
+    width: int | None = None
+    """Output image width; default like height."""
+    seed: int = 0
+    """Seed of the initial noise and of text sampling."""
+    out: str = "generated.png"
+    """Where to write the image (png) or the text (txt; also printed)."""
+
+
 SCHEMAS: dict[str, type] = {
     "info": InfoConfig,
+    "generate": GenerateConfig,
 }
 
 

@@ -50,6 +50,21 @@ GEN_THINK_SYSTEM_PROMPT = (
 )
 
 
+def shipped_model_dir(name: str) -> Path:
+    """Folder of a model shipped inside the package (worldbagel/assets/<name>)."""
+    from importlib import resources
+
+    folder = Path(str(resources.files("worldbagel"))) / "assets" / name
+    if not (folder / "ema.safetensors").is_file():
+        raise bad_argument(
+            "model.path",
+            None,
+            f"no model named {name!r} ships with this package ({folder} has no ema.safetensors); "
+            "pass model.path=/path/to/BAGEL-folder",
+        )
+    return folder
+
+
 def split_think(text: str) -> tuple[str, str]:
     """'<think> a </think> b' -> ('a', 'b'); text without a closed think block -> ('', text stripped)."""
     start, end = text.find("<think>"), text.find("</think>")
@@ -100,6 +115,18 @@ class BagelPipeline:
 
         loaded = load_bagel(path, dtype=dtype, device=device)
         return cls(loaded.model, loaded.vae, loaded.tokenizer, **transform_kwargs)
+
+    @classmethod
+    def from_config(cls, cfg) -> BagelPipeline:
+        """Load from a `worldbagel.config.ModelConfig` (path None = the model shipped in the package)."""
+        path = Path(cfg.path) if cfg.path else shipped_model_dir(cfg.name)
+        return cls.from_pretrained(
+            path,
+            dtype=cfg.dtype,
+            device=cfg.device,
+            vae_transform=ImageTransform(*cfg.vae_image_size),
+            vit_transform=ImageTransform(*cfg.vit_image_size),
+        )
 
     @property
     def device(self) -> torch.device:

@@ -1,0 +1,73 @@
+"""`worldbagel generate`: one official-style generation (image or text) from the command line."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from rich.console import Console
+
+from worldbagel.config import GenerateConfig
+from worldbagel.errors import bad_argument
+from worldbagel.inference.generate import GenerationConfig
+from worldbagel.inference.pipeline import BagelPipeline
+
+logger = logging.getLogger(__name__)
+
+
+def sampler_to_generation(s) -> GenerationConfig:
+    """worldbagel.config.SamplerConfig -> GenerationConfig."""
+    return GenerationConfig(
+        num_steps=s.num_steps,
+        shift=s.shift,
+        cfg_text_scale=s.cfg_text_scale,
+        cfg_img_scale=s.cfg_img_scale,
+        cfg_interval=(float(s.cfg_interval[0]), float(s.cfg_interval[1])),
+        cfg_renorm_type=s.cfg_renorm_type,
+        cfg_renorm_min=s.cfg_renorm_min,
+        batch_cfg=s.batch_cfg,
+    )
+
+
+def run(cfg: GenerateConfig, console: Console) -> int:
+    if cfg.output not in ("image", "text"):
+        raise bad_argument("output", cfg.output, "use output=image or output=text")
+    if not cfg.prompt and cfg.image is None:
+        raise bad_argument("prompt", cfg.prompt, "give a prompt=... and/or an image=PATH")
+    inputs: list = []
+    if cfg.image is not None:
+        path = Path(cfg.image)
+        if not path.is_file():
+            raise bad_argument("image", cfg.image, "no such file; pass a PNG/JPEG path")
+        inputs.append(Image.open(path).convert("RGB"))
+    if cfg.prompt:
+        inputs.append(cfg.prompt)
+    gen_config = sampler_to_generation(cfg.sampler)
+    gen_config.check()
+    with console.status(f"loading {cfg.model.path or cfg.model.name}"):
+        pipe = BagelPipeline.from_config(cfg.model)
+    torch.manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    understanding = cfg.output == "text"
+    ic = pipe.interleave_contexts(inputs, think=cfg.think, understanding_output=understanding)
+    out = Path(cfg.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if understanding:
+        text = pipe.generate_text(ic.context, max_new_tokens=cfg.max_new_tokens).text
+        out.write_text(text + "\n")
+        console.print(text, markup=False, highlight=False)
+        return 0
+    if cfg.think:
+        with console.status("thinking"):
+            pipe.think(ic, max_think_tokens=cfg.max_new_tokens)
+        console.print(f"[bold]thought:[/bold] {ic.thought}", highlight=False)
+    size = ic.image_size or (512, 512)
+    size = (cfg.height or size[0], cfg.width or size[1])
+    with console.status(f"denoising {size[0]}x{size[1]} in {gen_config.num_steps - 1} steps"):
+        image = pipe.generate_image(ic, image_size=size, config=gen_config, generator=generator)
+    Image.fromarray(np.asarray(image)).save(out)
+    console.print(f"wrote {out} ({image.shape[1]}x{image.shape[0]})")
+    return 0
