@@ -2,7 +2,8 @@
 
 Shapes: a video is a uint8 array `[T, H, W, 3]`; a single image `[H, W, 3]`.
 
-- `write_video(path, frames, fps)`: `.mp4` through imageio v3 + imageio-ffmpeg (libx264, yuv420p);
+- `write_video(path, frames, fps)`: `.mp4` through imageio-ffmpeg (imageio's ffmpeg backend; libx264,
+  yuv420p, quality 8 of 10);
   `.gif` through pillow. Writes are atomic (temp file + os.replace).
   libx264 needs even sides and most players want multiples of 16, so frames are padded at the bottom and
   right with black up to a multiple of `macro_block_size` (never resampled); reading such an mp4 back gives
@@ -78,18 +79,8 @@ def write_video(
     tmp = Path(tmp_name)
     try:
         if suffix == ".mp4":
-            import imageio.v3 as iio
-
             block = macro_block_size if macro_block_size % 2 == 0 else 2 * macro_block_size
-            iio.imwrite(
-                tmp,
-                _pad_to_multiple(video, block),
-                fps=fps,
-                codec="libx264",
-                macro_block_size=1,
-                pixelformat="yuv420p",
-                plugin="FFMPEG",
-            )
+            _write_mp4(tmp, _pad_to_multiple(video, block), fps)
         else:
             images = [Image.fromarray(f) for f in video]
             images[0].save(
@@ -142,10 +133,41 @@ def read_video(path: str | os.PathLike) -> np.ndarray:
                 frames.append(np.asarray(im.convert("RGB")))
         return np.stack(frames)
     if suffix == ".mp4":
-        import imageio.v3 as iio
-
-        return _as_video(iio.imread(path, plugin="FFMPEG"), name=str(path))
+        return _read_mp4(path)
     raise bad_argument("path", str(path), f"use a file ending in {VIDEO_SUFFIXES} or a folder of frames")
+
+
+def _write_mp4(path: Path, video: np.ndarray, fps: float) -> None:
+    # imageio-ffmpeg (imageio's ffmpeg backend) directly, so its pipes are closed when we are done;
+    # the frames are already padded, so macro_block_size=1 stops it from resampling them.
+    import imageio_ffmpeg
+
+    t, h, w, _ = video.shape
+    writer = imageio_ffmpeg.write_frames(
+        str(path), (w, h), fps=fps, codec="libx264", pix_fmt_out="yuv420p", macro_block_size=1, quality=8
+    )
+    writer.send(None)
+    try:
+        for frame in video:
+            writer.send(np.ascontiguousarray(frame))
+    finally:
+        writer.close()
+
+
+def _read_mp4(path: Path) -> np.ndarray:
+    # imageio-ffmpeg's generator directly (closed explicitly): imageio's v3 reader leaves its pipes open.
+    import imageio_ffmpeg
+
+    reader = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
+    try:
+        meta = next(reader)
+        w, h = meta["size"]
+        frames = [np.frombuffer(buf, np.uint8).reshape(h, w, 3) for buf in reader]
+    finally:
+        reader.close()
+    if not frames:
+        raise bad_argument("path", str(path), "the mp4 holds no frames; re-encode or replace it")
+    return np.stack(frames)
 
 
 def _resize_height(frames: np.ndarray, height: int) -> np.ndarray:
