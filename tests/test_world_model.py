@@ -1,0 +1,88 @@
+"""WorldModel on the tiny official-layout fixture: shapes, forks, windows, determinism, reasoning."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from worldbagel.actions import DiscreteActionCodec
+from worldbagel.errors import ConfigError
+from worldbagel.inference.generate import GenerationConfig
+from worldbagel.world_model import WorldModel, WorldModelConfig, predict_batch
+
+CODEC = DiscreteActionCodec(["move up", "move right", "move down", "move left"])
+
+
+def _wm(pipe, **kw) -> WorldModel:
+    sampler = GenerationConfig(num_steps=3, cfg_text_scale=2.0, cfg_img_scale=1.5, cfg_renorm_type="global")
+    return WorldModel(
+        pipe, CODEC, WorldModelConfig(sampler=sampler, max_history_frames=2, window_slack=1, **kw)
+    )
+
+
+def test_predict_shapes_and_history_growth(tiny_pipe, frame):
+    wm = _wm(tiny_pipe).reset(frame, instruction="reach the goal")
+    n0 = wm.context.num_tokens
+    frames = wm.predict(2, actions=[1, "move down"], generator=torch.Generator().manual_seed(0))
+    assert len(frames) == 2 and all(f.shape == (64, 64, 3) and f.dtype == np.uint8 for f in frames)
+    assert wm.context.num_tokens > n0
+    texts = [tiny_pipe.tokenizer.decode(s.data.tolist()) for s in wm.context.segments if s.kind == "text"]
+    assert "move right" in texts and "move down" in texts
+
+
+def test_same_seed_same_future_and_imagine_leaves_history(tiny_pipe, frame):
+    a = _wm(tiny_pipe).reset(frame)
+    b = _wm(tiny_pipe).reset(frame)
+    before = (a.context.num_tokens, a.context.rope, a.frames_seen)
+    fa = a.imagine([0, 1], generator=torch.Generator().manual_seed(4))
+    fb = b.imagine([0, 1], generator=torch.Generator().manual_seed(4))
+    assert all(np.array_equal(x, y) for x, y in zip(fa, fb))
+    assert (a.context.num_tokens, a.context.rope, a.frames_seen) == before
+
+
+def test_fork_isolation_and_batched_candidates_equal_one_by_one(tiny_pipe, frame):
+    wm = _wm(tiny_pipe, reencode="latents").reset(frame)
+    before = wm.context.num_tokens
+    forks = [wm.fork() for _ in range(3)]
+    batched = predict_batch(forks, 1, [[a] for a in (0, 1, 2)], torch.Generator().manual_seed(1))
+    assert wm.context.num_tokens == before
+    singles = []
+    for a in (0, 1, 2):
+        f = wm.fork()
+        g = torch.Generator().manual_seed(1)
+        _ = torch.randn(
+            16 * [0, 1, 2].index(a), 64, generator=g
+        )  # skip the noise drawn for earlier candidates
+        singles.append(f.predict(1, [a], generator=g)[0])
+    for x, y in zip(batched, singles):
+        assert np.abs(x[0].astype(int) - y.astype(int)).max() <= 1
+
+
+def test_memory_stays_bounded_over_200_steps(tiny_pipe, frame):
+    wm = _wm(tiny_pipe, use_vit=False).reset(frame, instruction="explore")
+    sizes = []
+    for step in range(200):
+        wm.act(step % 4).observe(frame if step % 2 else frame[::-1].copy())
+        sizes.append(wm.context.cache.nbytes())
+    assert max(sizes[100:]) <= max(sizes[:20])
+    assert wm.context.num_groups <= 1 + 2 * (2 + 1)
+
+
+def test_reason_returns_text_and_think_splits(tiny_pipe, frame):
+    wm = _wm(tiny_pipe).reset(frame)
+    answer = wm.reason("where is the goal?", max_new_tokens=4)
+    assert isinstance(answer, str)
+    thought, ans = wm.reason_full("which way?", think=True, max_new_tokens=4)
+    assert isinstance(thought, str) and isinstance(ans, str)
+
+
+def test_bad_arguments_are_named(tiny_pipe, frame):
+    with pytest.raises(ConfigError, match="reencode"):
+        WorldModel(tiny_pipe, CODEC, WorldModelConfig(reencode="bogus"))
+    wm = _wm(tiny_pipe)
+    with pytest.raises(ConfigError, match="history"):
+        wm.predict()
+    wm.reset(frame)
+    with pytest.raises(ConfigError, match="actions"):
+        wm.predict(2, actions=[0])

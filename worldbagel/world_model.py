@@ -1,0 +1,235 @@
+"""WorldModel: BAGEL as an action-conditioned video predictor and a reasoner over observation histories.
+
+    wm = WorldModel(pipe, codec)                 # any BAGEL folder: BAGEL-7B-MoT or a small one
+    wm.reset(first_obs, instruction="reach the green cell")
+    wm.act(1); frame = wm.predict()[0]           # next frame for action 1, re-encoded into the history
+    frames = wm.imagine([0, 0, 3])               # open loop on a fork: the real history is untouched
+    answer = wm.reason("Where is the goal?")
+
+The history is interleaved exactly like BAGEL's edit data: each frame enters as clean VAE latents (+ ViT
+tokens), each action as a text segment. Prediction uses the official edit-style CFG contexts: the main
+context, the context before the latest action text (text guidance) and a text-only context (image guidance).
+The window keeps the instruction plus the newest `max_history_frames` frames (and their actions), so long
+rollouts keep memory bounded.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from worldbagel.actions import ActionCodec
+from worldbagel.errors import bad_argument
+from worldbagel.inference.context import Context
+from worldbagel.inference.generate import GenerationConfig, ImageRequest, generate_images, generate_text_batch
+from worldbagel.inference.pipeline import VLM_THINK_SYSTEM_PROMPT, BagelPipeline, split_think
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class WorldModelConfig:
+    """How the world model keeps its history and samples frames."""
+
+    max_history_frames: int = 4
+    """Frames kept in the context window (with their actions); older ones are dropped and the rest re-prefilled."""
+    use_vit: bool = True
+    """Also feed every frame through the ViT (understanding tokens), as BAGEL's edit data does."""
+    reencode: str = "pixels"
+    """How a predicted frame enters the history: `pixels` (decode, then encode like a real frame) or
+    `latents` (reuse the generated latents: cheaper, no VAE round trip)."""
+    sampler: GenerationConfig = field(default_factory=GenerationConfig)
+    """Rectified-flow sampling knobs (steps, shift, CFG scales, interval, renorm)."""
+    image_cfg: bool = True
+    """Keep a text-only context for image guidance (costs one text prefill per action)."""
+    window_slack: int = 2
+    """Extra frames allowed before the window is applied (re-prefilling then happens once every
+    `window_slack + 1` frames instead of every frame)."""
+
+    def check(self) -> None:
+        if self.max_history_frames < 1:
+            raise bad_argument("max_history_frames", self.max_history_frames, "keep at least 1 frame")
+        if self.reencode not in ("pixels", "latents"):
+            raise bad_argument("reencode", self.reencode, "use 'pixels' or 'latents'")
+        self.sampler.check()
+
+
+class WorldModel:
+    """A BAGEL pipeline plus an action codec, holding one observed/imagined history."""
+
+    def __init__(
+        self, pipe: BagelPipeline, codec: ActionCodec | None = None, config: WorldModelConfig | None = None
+    ):
+        self.pipe = pipe
+        self.codec = codec
+        self.config = config or WorldModelConfig()
+        self.config.check()
+        self._main: Context | None = None
+        self._text_only: Context | None = None
+        self._before_action: Context | None = None
+        self._has_instruction = False
+        self.frame_size: tuple[int, int] | None = None
+        self.frames_seen = 0
+
+    # ------------------------------------------------------------------ history
+    @property
+    def context(self) -> Context:
+        if self._main is None:
+            raise bad_argument("history", None, "call reset(first_obs) before using the world model")
+        return self._main
+
+    def reset(self, first_obs: np.ndarray, instruction: str | None = None) -> WorldModel:
+        """Start a new history from a first observation (and an optional instruction)."""
+        self._main = self.pipe.new_context()
+        self._text_only = self.pipe.new_context() if self.config.image_cfg else None
+        self._has_instruction = bool(instruction)
+        if instruction:
+            self._main.add_text(instruction)
+            if self._text_only is not None:
+                self._text_only.add_text(instruction)
+        self._before_action = None
+        self.frames_seen = 0
+        self.frame_size = None
+        return self.observe(first_obs)
+
+    def observe(self, obs: np.ndarray) -> WorldModel:
+        """Append an observed frame (uint8 [H, W, 3])."""
+        obs = np.asarray(obs)
+        if obs.ndim != 3 or obs.shape[-1] != 3:
+            raise bad_argument("obs.shape", obs.shape, "expected an RGB frame [H, W, 3]")
+        self.context.add_image(obs, vae=True, vit=self.config.use_vit)
+        size = self.pipe.vae_transform.target_size(obs.shape[0], obs.shape[1])
+        self.frame_size = size
+        self._after_frame()
+        return self
+
+    def _after_frame(self) -> None:
+        self.frames_seen += 1
+        self._before_action = None
+        keep = 1 if self._has_instruction else 0
+        n, slack = self.config.max_history_frames, self.config.window_slack
+        # a frame and its action are two groups of the main context; the text-only context has the actions
+        if self.context.num_groups > keep + 2 * (n + slack):
+            self.context.window(max_groups=keep + 2 * n, keep_first=keep)
+        if self._text_only is not None and self._text_only.num_groups > keep + n + slack:
+            self._text_only.window(max_groups=keep + n, keep_first=keep)
+
+    def act(self, action: Any) -> WorldModel:
+        """Append an action (raw env action through the codec, or action text)."""
+        text = action if isinstance(action, str) else self._encode(action)
+        self._before_action = self.context.fork()
+        self.context.add_text(text)
+        if self._text_only is not None:
+            self._text_only.add_text(text)
+        return self
+
+    def _encode(self, action: Any) -> str:
+        if self.codec is None:
+            raise bad_argument("action", action, "this world model has no action codec; pass action text")
+        return self.codec.encode(action)
+
+    def fork(self) -> WorldModel:
+        """A branch sharing this history (no recomputation, no tensor copy)."""
+        other = WorldModel.__new__(WorldModel)
+        other.__dict__.update(self.__dict__)
+        other._main = self.context.fork()
+        other._text_only = self._text_only.fork() if self._text_only is not None else None
+        other._before_action = self._before_action.fork() if self._before_action is not None else None
+        return other
+
+    # ------------------------------------------------------------------ prediction
+    def _request(self, noise: torch.Tensor | None) -> ImageRequest:
+        return ImageRequest(
+            self.context,
+            self._before_action if self._before_action is not None else self.context,
+            self._text_only,
+            noise,
+        )
+
+    def _absorb(self, latents: torch.Tensor, grid: tuple[int, int]) -> np.ndarray:
+        frame = self.pipe.decode(latents, grid)
+        if self.config.reencode == "latents":
+            vit_image = frame if self.config.use_vit else None
+            self.context.add_latents(latents, grid, vit_image=vit_image)
+            self._after_frame()
+        else:
+            self.observe(frame)
+        return frame
+
+    def predict(
+        self, n_frames: int = 1, actions: list | None = None, generator: torch.Generator | None = None
+    ) -> list[np.ndarray]:
+        """Predict `n_frames` next frames; frame i first appends actions[i] when given. Each predicted frame
+        is re-encoded into the history so the next prediction sees it."""
+        if actions is not None and len(actions) != n_frames:
+            raise bad_argument("actions", actions, f"give exactly n_frames={n_frames} actions (or none)")
+        return predict_batch([self], n_frames, [actions] if actions is not None else None, generator)[0]
+
+    def imagine(self, action_sequence: list, generator: torch.Generator | None = None) -> list[np.ndarray]:
+        """Open-loop rollout of an action sequence on a fork (this history is not changed)."""
+        return self.fork().predict(len(action_sequence), list(action_sequence), generator)
+
+    def continue_video(
+        self, frames: list[np.ndarray], n: int, generator: torch.Generator | None = None
+    ) -> list[np.ndarray]:
+        """Observe `frames` (a clip) from scratch and predict the next `n` frames with no actions."""
+        if len(frames) == 0:
+            raise bad_argument("frames", frames, "give at least one frame to continue")
+        self.reset(frames[0])
+        for f in frames[1:]:
+            self.observe(f)
+        return self.predict(n, generator=generator)
+
+    # ------------------------------------------------------------------ text
+    def reason(self, question: str, think: bool = False, max_new_tokens: int = 128, **sampling) -> str:
+        """Answer a question about the history (greedy unless sampling options are given). With think, the
+        official VLM thinking system prompt is used and only the answer after </think> is returned
+        (`reason_full` returns both)."""
+        return self.reason_full(question, think, max_new_tokens, **sampling)[1]
+
+    def reason_full(
+        self, question: str, think: bool = False, max_new_tokens: int = 128, **sampling
+    ) -> tuple[str, str]:
+        """(thought, answer) for a question; thought is '' without think."""
+        ctx = self.context.fork()
+        if think:
+            ctx.add_text(VLM_THINK_SYSTEM_PROMPT)
+        ctx.add_text(question)
+        out = generate_text_batch([ctx], max_new_tokens=max_new_tokens, **sampling)[0]
+        return split_think(out.text) if think else ("", out.text.strip())
+
+
+def predict_batch(
+    worlds: list[WorldModel],
+    n_frames: int = 1,
+    actions: list[list] | None = None,
+    generator: torch.Generator | None = None,
+) -> list[list[np.ndarray]]:
+    """Predict `n_frames` frames for several world models (e.g. forked candidates) with ONE packed forward per
+    denoising step across all of them."""
+    if not worlds:
+        return []
+    outs: list[list[np.ndarray]] = [[] for _ in worlds]
+    for i in range(n_frames):
+        if actions is not None:
+            for w, acts in zip(worlds, actions):
+                w.act(acts[i])
+        size = worlds[0].frame_size
+        if size is None:
+            raise bad_argument("history", None, "call reset(first_obs) before predicting")
+        grid = worlds[0].pipe.latent_grid(*size)
+        reqs = [w._request(None) for w in worlds]
+        cfg = worlds[0].config.sampler
+        if any(w._before_action is None for w in worlds) and cfg.cfg_text_scale > 1:
+            # no action since the last frame (video continuation): nothing to drop for text guidance
+            cfg = replace(cfg, cfg_text_scale=1.0)
+        if any(w._text_only is None for w in worlds) and cfg.cfg_img_scale > 1:
+            cfg = replace(cfg, cfg_img_scale=1.0)  # image_cfg=False: no text-only context kept
+        results = generate_images(reqs, grid, cfg, generator)
+        for j, (w, res) in enumerate(zip(worlds, results)):
+            outs[j].append(w._absorb(res.latents, res.grid))
+    return outs
