@@ -93,15 +93,11 @@ def sdpa_attention(
     q [Lq, Hq, D], k/v [Lk, Hkv, D], mask bool [Lq, Lk] or None (all visible) -> [Lq, Hq, D].
     Works on CPU and CUDA and supports backward.
     """
-    hq, hkv = q.shape[1], k.shape[1]
     qh = q.transpose(0, 1)  # [Hq, Lq, D]
-    kh = k.transpose(0, 1)  # [Hkv, Lk, D]
+    kh = k.transpose(0, 1)  # [Hkv, Lk, D]; query head i uses kv head i // (Hq / Hkv)
     vh = v.transpose(0, 1)
-    if hq != hkv:
-        rep = hq // hkv
-        kh = kh.repeat_interleave(rep, dim=0)  # [Hq, Lk, D]
-        vh = vh.repeat_interleave(rep, dim=0)
-    out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=scale)  # [Hq, Lq, D]
+    gqa = q.shape[1] != k.shape[1]
+    out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=scale, enable_gqa=gqa)  # [Hq, Lq, D]
     return out.transpose(0, 1)
 
 
