@@ -166,6 +166,28 @@ def test_fvd_default_weights_missing(monkeypatch):
         M.FVDMetric().load()
 
 
+def test_package_errors_while_building_become_one_clear_error(monkeypatch, tmp_path):
+    i3d = tmp_path / "i3d_pretrained_400.pt"
+    i3d.write_bytes(b"corrupt")
+
+    def corrupt(*a, **k):
+        raise RuntimeError("PytorchStreamReader failed reading zip archive")
+
+    _fake_package(monkeypatch, "cdfvd.fvd", cdfvd=corrupt)
+    with pytest.raises(CheckpointError, match="could not build fvd.*PytorchStreamReader") as err:
+        M.FVDMetric().load(weights_path=i3d)
+    assert err.value.__cause__ is None and err.value.__suppress_context__
+
+    def lazy_import(*a, **k):
+        raise ModuleNotFoundError("No module named 'open_clip'", name="open_clip")
+
+    for f in P.DREAMSIM_FILES:
+        (tmp_path / f).mkdir()
+    _fake_package(monkeypatch, "dreamsim", dreamsim=lazy_import)
+    with pytest.raises(DependencyNotInstalled, match="open_clip"):
+        M.DreamSimMetric().load(weights_path=tmp_path)
+
+
 def test_unloaded_metric_and_unknown_name():
     with pytest.raises(ConfigError, match="load"):
         M.LPIPSMetric()(np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8, 3), np.uint8))

@@ -106,7 +106,13 @@ def contact_sheet(
     font, small, bold = label_font(14), label_font(12), label_font(15)
     probe = _enlarge(real[0, 0], cell)
     cw, ch = probe.size
-    gap, label_w = 6, 150
+    gap = 6
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    label_w = 16 + max(
+        [measure.textlength(t, font=bold) for t in labels]
+        + [measure.textlength(m, font=font) for m in ["real", *preds]]
+    )
+    label_w = int(min(max(label_w, 60), 260))
     caption_h = 16 if show_psnr and preds else 0
     row_h = ch + gap + caption_h
     rows_per_sample = 1 + len(preds)

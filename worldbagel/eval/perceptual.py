@@ -30,6 +30,7 @@ import importlib
 import inspect
 import logging
 import os
+import pickle
 from abc import ABC, abstractmethod
 from pathlib import Path
 
@@ -105,7 +106,18 @@ class PerceptualMetric(ABC):
             _existing(weights_path, f"{self.name} weights", self.weights_help)
         pkg = import_optional(self.module, self.package, f"the {self.name} metric")
         self.device = torch.device(device)
-        self.model = self._build(pkg, None if weights_path is None else Path(weights_path).expanduser())
+        try:
+            self.model = self._build(pkg, None if weights_path is None else Path(weights_path).expanduser())
+        except (CheckpointError, DependencyNotInstalled):
+            raise
+        except ImportError as exc:  # a lazy import inside the package
+            raise DependencyNotInstalled(
+                f"the {self.name} metric needs '{getattr(exc, 'name', None) or exc}': pip install it (see docs/metrics.md)"
+            ) from None
+        except (RuntimeError, OSError, ValueError, KeyError, EOFError, pickle.UnpicklingError) as exc:
+            raise CheckpointError(
+                f"could not build {self.name} from its weights ({type(exc).__name__}: {exc}); {self.weights_help}"
+            ) from None
         return self
 
     @abstractmethod

@@ -124,7 +124,7 @@ def rpe(pred, true, delta: int = 1) -> dict[str, float]:
         delta: step between the two poses of each relative motion (1 <= delta < N).
 
     Returns:
-        {"trans_rmse", "trans_mean" (length units), "rot_rmse", "rot_mean" (radians), "n" (pairs)}.
+        {"trans_rmse", "trans_mean" (length units), "rot_rmse", "rot_mean" (radians), "n" (pairs), "delta"}.
     """
     p, t = _poses(pred, "pred"), _poses(true, "true")
     if p.shape != t.shape:
@@ -144,4 +144,5 @@ def rpe(pred, true, delta: int = 1) -> dict[str, float]:
         "rot_rmse": float(np.sqrt((rot**2).mean())),
         "rot_mean": float(rot.mean()),
         "n": int(trans.size),
+        "delta": int(delta),
     }
