@@ -195,6 +195,53 @@ def test_unloaded_metric_and_unknown_name():
         M.load_perceptual("fid")
 
 
+class _FakeLPIPS(torch.nn.Module):
+    """Stands in for lpips.LPIPS (which needs torchvision): same trunk key layout, simple distance."""
+
+    def __init__(self, **kwargs):
+        super().__init__()
+        assert kwargs["net"] == "alex" and kwargs["version"] == "0.1" and kwargs["pnet_rand"] is True
+        self.net = torch.nn.Module()
+        self.net.slice1 = torch.nn.Sequential()
+        self.net.slice1.add_module("0", torch.nn.Conv2d(3, 2, 1))
+        self.net.slice2 = torch.nn.Sequential()
+        self.net.slice2.add_module("3", torch.nn.Conv2d(2, 1, 1, bias=False))
+
+    def forward(self, in0, in1, normalize=False):
+        assert normalize and in0.dtype == torch.float32 and in0.shape[1] == 3
+        f0, f1 = self.net.slice2(self.net.slice1(in0)), self.net.slice2(self.net.slice1(in1))
+        return ((f0 - f1) ** 2).mean(dim=(1, 2, 3), keepdim=True)
+
+
+def test_lpips_loads_alexnet_weights_into_the_trunk_and_scores_frames(monkeypatch, tmp_path):
+    _fake_package(monkeypatch, "lpips", LPIPS=_FakeLPIPS)
+    state = {
+        "features.0.weight": torch.randn(2, 3, 1, 1),
+        "features.0.bias": torch.randn(2),
+        "features.3.weight": torch.randn(1, 2, 1, 1),
+        "classifier.1.weight": torch.randn(4, 4),  # torchvision's head: ignored
+    }
+    path = tmp_path / P.ALEXNET_FILE
+    torch.save(state, path)
+    metric = M.LPIPSMetric().load(weights_path=path)
+    assert torch.equal(metric.model.net.slice2[0].weight, state["features.3.weight"])
+    a = RNG.integers(0, 256, (2, 3, 12, 12, 3), dtype=np.uint8)
+    b = noisy(a, 50)
+    d = metric(b, a)
+    assert d.shape == (2, 3) and np.all(d > 0)
+    assert d[1, 2] == pytest.approx(metric(b[1, 2], a[1, 2]), rel=1e-6)
+    assert np.all(metric(a, a) == 0)
+    # a trunk of another shape is a CheckpointError naming the file
+    state["features.0.weight"] = torch.randn(5, 3, 1, 1)
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match="do not fit"):
+        M.LPIPSMetric().load(weights_path=path)
+    # loaded per-frame perceptual metrics feed the horizon bookkeeping
+    scores = M.HorizonScores()
+    values = scores.add_frames(M.SINGLE_STEP, 1, b[0], a[0], names=("l1",), perceptual=[metric])
+    assert set(values) == {"l1", "lpips"} and scores.summary()["modes"]["single_step"]["lpips"]["n"][0] == 3
+
+
 def test_alexnet_key_mapping():
     state = {
         f"features.{i}.{p}": torch.full((2,), float(i)) for i in (0, 3, 6, 8, 10) for p in ("weight", "bias")
