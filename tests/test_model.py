@@ -277,3 +277,32 @@ def test_patchify_order_is_dy_dx_channel():
     assert patches.shape == (4, 588)
     # second patch (row 0, col 1), feature (dy=1, dx=2, c=1) is pixel (1, 14 + 2) of channel 1
     assert patches[1, (1 * 14 + 2) * 3 + 1] == img[1, 1, 16]
+
+
+def test_flex_backend_matches_sdpa_with_caches_and_packs(model):
+    """The FlexAttention path (CUDA default; eager and forward-only on CPU) equals the SDPA path."""
+    from worldbagel.model.attention import set_attention_backend
+
+    b1 = _builder()
+    _context_sequence(b1)
+    with torch.no_grad():
+        _, kv = model.forward_packed(b1.build(), return_kv=True)
+
+    def run():
+        b = _builder(ropes=[b1.rope(), 0], past_lens=[kv[0][0].shape[0], 0])
+        b.add_text([30, 31], sample=0)
+        b.add_vae_image(_image_tokens(7, 4, 64), (2, 2), sample=0, t=0.3, noisy=True)
+        _context_sequence(b, sample=1, seed=3)
+        b.add_vae_image(_image_tokens(8, 4, 64), (2, 2), sample=1, t=0.6, noisy=True)
+        b.add_text([12], sample=1)
+        with torch.no_grad():
+            return model.forward_packed(b.build(), past=[kv, None])[0]
+
+    try:
+        set_attention_backend("sdpa")
+        ref = run()
+        set_attention_backend("flex")
+        got = run()
+    finally:
+        set_attention_backend("auto")
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)

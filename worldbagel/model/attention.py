@@ -97,11 +97,46 @@ def sdpa_attention(
     kh = k.transpose(0, 1)  # [Hkv, Lk, D]; query head i uses kv head i // (Hq / Hkv)
     vh = v.transpose(0, 1)
     gqa = q.shape[1] != k.shape[1]
-    out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=scale, enable_gqa=gqa)  # [Hq, Lq, D]
+    out = F.scaled_dot_product_attention(
+        qh, kh, vh, attn_mask=mask, scale=scale, enable_gqa=gqa
+    )  # [Hq, Lq, D]
     return out.transpose(0, 1)
 
 
+BACKENDS = ("auto", "sdpa", "flex")
+_backend = "auto"
+
+
+def set_attention_backend(name: str) -> None:
+    """Choose the LLM attention kernel: `sdpa` (per-sample masked SDPA; CPU default, supports backward
+    everywhere), `flex` (one FlexAttention call over the whole pack; compiled on CUDA, eager and
+    forward-only on CPU), or `auto` (flex on CUDA, sdpa on CPU)."""
+    global _backend
+    if name not in BACKENDS:
+        raise ValueError(f"invalid attention backend={name!r}; expected one of {BACKENDS}")
+    _backend = name
+
+
 def attend_packed(
+    q: torch.Tensor,
+    k_new: torch.Tensor,
+    v_new: torch.Tensor,
+    layouts: list[SampleLayout],
+    past: list[tuple[torch.Tensor, torch.Tensor] | None],
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Attention over a pack of samples, each with its own cached prefix (see `attend_packed_sdpa`)."""
+    backend = _backend
+    if backend == "auto":
+        backend = "flex" if q.is_cuda else "sdpa"
+    if backend == "flex":
+        from worldbagel.model.flex_backend import attend_packed_flex
+
+        return attend_packed_flex(q, k_new, v_new, layouts, past, scale)
+    return attend_packed_sdpa(q, k_new, v_new, layouts, past, scale)
+
+
+def attend_packed_sdpa(
     q: torch.Tensor,
     k_new: torch.Tensor,
     v_new: torch.Tensor,
