@@ -1,0 +1,138 @@
+"""The training objective: logit-normal timesteps with shift, flow-matching noising and target, CE + MSE losses."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from worldbagel.data.packing import EpisodeFeatures, TextIds, build_batch
+from worldbagel.data.sequence_plan import DropoutConfig, PlanConfig, episode_plans
+from worldbagel.data.trajectory import Episode
+from worldbagel.errors import ConfigError
+from worldbagel.model.sequence import SpecialIds
+from worldbagel.train.objective import (
+    LossWeights,
+    compute_losses,
+    noise_batch,
+    sample_timesteps,
+    shift_timesteps,
+)
+
+SPECIAL = SpecialIds(250, 251, 252, 253)
+T, Z = 4, 8
+
+
+def encode(text: str) -> list[int]:
+    return [ord(c) % 200 for c in text]
+
+
+@pytest.fixture(scope="module")
+def model():
+    from worldbagel.model.bagel import Bagel
+    from worldbagel.model.configuration import BagelConfig, LLMConfig
+
+    cfg = BagelConfig(
+        llm=LLMConfig(
+            vocab_size=256,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+        ),
+        visual_und=False,
+        max_latent_size=8,
+    )
+    cfg.vae.z_channels = 2  # Z = 2*2*2 = 8
+    torch.manual_seed(0)
+    m = Bagel(cfg)
+    m.init_weights()
+    torch.nn.init.normal_(m.llm2vae.weight, std=0.1)
+    return m.train()
+
+
+def batch(horizon=2, text_targets=True, target_mode="chain"):
+    steps = 5
+    notes = [{"thought": f"think {i}"} for i in range(steps)]
+    ep = Episode.from_arrays(
+        "e",
+        np.zeros((steps + 1, 8, 8, 3), np.uint8),
+        list(range(steps)),
+        [f"a{i}" for i in range(steps)],
+        annotations=notes,
+    )
+    cfg = PlanConfig(horizon=horizon, vit=False, text_targets=text_targets, target_mode=target_mode)
+    plans = episode_plans(0, ep, cfg)[:2]
+    g = torch.Generator().manual_seed(0)
+    feats = [EpisodeFeatures(torch.randn(steps + 1, T, Z, generator=g), (2, 2)) for _ in plans]
+    return build_batch(
+        plans, feats, TextIds(encode), SPECIAL, DropoutConfig(0, 0, 0), [0, 1], latent_max_side=8
+    )
+
+
+def test_shift():
+    t = torch.linspace(0, 1, 11)
+    assert torch.allclose(shift_timesteps(t, 1.0), t)
+    s3 = shift_timesteps(t, 3.0)
+    assert s3[0] == 0 and s3[-1] == 1 and torch.all(s3[1:-1] > t[1:-1])  # s > 1 moves mass towards noise
+    assert shift_timesteps(torch.tensor([0.5]), 3.0).item() == pytest.approx(0.75)
+    assert torch.all(torch.diff(s3) > 0)
+    with pytest.raises(ConfigError, match="timestep_shift"):
+        shift_timesteps(t, 0.0)
+
+
+def test_logit_normal_timesteps():
+    t = sample_timesteps(20000, torch.Generator().manual_seed(0), 1.0)
+    logit = torch.log(t / (1 - t))
+    assert abs(logit.mean().item()) < 0.03 and abs(logit.std().item() - 1.0) < 0.03
+    ts = sample_timesteps(20000, torch.Generator().manual_seed(0), 3.0)
+    assert ts.median().item() == pytest.approx(0.75, abs=0.02)
+    assert torch.equal(t, sample_timesteps(20000, torch.Generator().manual_seed(0), 1.0))
+
+
+@pytest.mark.parametrize("mode", ["chain", "group"])
+def test_noising_and_target(mode):
+    b = batch(horizon=2, target_mode=mode)
+    flow = noise_batch(b, torch.Generator().manual_seed(1), shift=2.0)
+    seq, x0_all = flow.seq, b.seq.vae_tokens
+    noisy = torch.zeros(x0_all.shape[0], dtype=torch.bool)
+    noisy[b.noisy_rows] = True
+    assert torch.equal(seq.vae_tokens[~noisy], x0_all[~noisy]) and torch.all(seq.vae_t[~noisy] == 0)
+    t_rows = seq.vae_t[b.noisy_rows]
+    assert torch.equal(t_rows, flow.t[b.noise_group])  # one timestep per noise group
+    assert flow.t.numel() == (4 if mode == "chain" else 2)  # 2 samples x (2 targets | 1 group)
+    x0 = x0_all[b.noisy_rows]
+    eps = (seq.vae_tokens[b.noisy_rows] - (1 - t_rows[:, None]) * x0) / t_rows[:, None]
+    assert torch.allclose(flow.target, eps - x0, atol=1e-5)
+    assert abs(eps.std().item() - 1) < 0.35  # eps is standard normal noise
+
+
+def test_losses_match_a_manual_computation(model):
+    b = batch()
+    gen_a, gen_b = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    out = compute_losses(model, b, gen_a, shift=1.0, weights=LossWeights(ce=0.25, mse=1.0))
+    flow = noise_batch(b, gen_b, 1.0)
+    hidden, _ = model.forward_packed(flow.seq)
+    ce = F.cross_entropy(model.logits(hidden[flow.seq.ce_idx]), flow.seq.ce_labels)
+    mse = (model.velocity(hidden[flow.seq.noisy_vae_idx]) - flow.target).pow(2).mean(-1).mean()
+    assert out["loss_ce"].item() == pytest.approx(ce.item(), rel=1e-5)
+    assert out["loss_mse"].item() == pytest.approx(mse.item(), rel=1e-5)
+    assert out["loss"].item() == pytest.approx(0.25 * ce.item() + mse.item(), rel=1e-5)
+    assert out["n_ce"].item() == b.num_ce > 0 and out["n_mse"].item() == b.num_mse == 4 * T
+    normed = compute_losses(model, b, torch.Generator().manual_seed(3), ce_norm=100.0, mse_norm=10.0)
+    assert normed["loss_ce"].item() == pytest.approx(out["ce_sum"].item() / 100.0, rel=1e-5)
+    assert normed["loss_mse"].item() == pytest.approx(out["mse_sum"].item() / 10.0, rel=1e-5)
+    model.zero_grad()
+    out["loss"].backward()
+    assert (
+        model.llm2vae.weight.grad.abs().sum() > 0 and model.language_model.lm_head.weight.grad.abs().sum() > 0
+    )
+
+
+def test_no_text_targets_gives_zero_ce(model):
+    b = batch(text_targets=False)
+    assert b.num_ce == 0
+    out = compute_losses(model, b, torch.Generator().manual_seed(0))
+    assert out["loss_ce"].item() == 0.0 and torch.isfinite(out["loss"]) and out["loss_mse"].item() > 0
