@@ -138,12 +138,11 @@ class GridWorldEnv(gym.Env[np.ndarray, np.int64]):
             self.layout_seed = layout_seed
 
         n_cells = self.rows * self.cols
-        goal_idx = int(self.np_random.integers(n_cells))
+        goal = self._cell_option(options, "goal", divmod(int(self.np_random.integers(n_cells)), self.cols))
         start_idx = int(self.np_random.integers(n_cells - 1))
-        start_idx += start_idx >= goal_idx  # any cell but the goal
-        heading = int(self.np_random.integers(4))
-        goal = self._cell_option(options, "goal", divmod(goal_idx, self.cols))
+        start_idx += start_idx >= goal[0] * self.cols + goal[1]  # any cell but the goal
         agent = self._cell_option(options, "agent", divmod(start_idx, self.cols))
+        heading = int(self.np_random.integers(4))
         if options.get("heading") is not None:
             heading = int(options["heading"])
             if heading not in range(4):

@@ -11,9 +11,11 @@ in a right-handed 2-D frame, distance (straight line to the box centre), success
 action_text. When the episode ends it adds path_length (metres walked), shortest_path_length and spl.
 
 Shortest path length (for SPL) is the geodesic distance from the start to the edge of the success
-region: the taut free-space path to the box centre (Dijkstra on a 0.2 m grid keeping the agent's
-radius clear of walls, then string-pulled; envs/floorplan.py) minus the success radius, floored at 0. In single-room tasks (Hallway, OneRoom) it is the straight-line distance
-minus the success radius. SPL = success * l / max(p, l), with p the path length walked.
+region: the free-space path to the box centre (A* on a 0.2 m grid keeping the agent's radius clear of
+walls, then pulled taut; envs/floorplan.py) minus the success radius, floored at 0. In single-room
+tasks (Hallway, OneRoom) it is the straight-line distance minus the success radius.
+SPL = success * l / max(p, l), with p the path length walked. `optimal_action()` follows a distance
+field of the same grid with 0.15 m extra clearance (PLAN_MARGIN).
 
 MiniWorld renders with OpenGL through pyglet. Without a display, `PYGLET_HEADLESS=1` (EGL) is set
 here before the import unless the variable is already set; see `install_help()`.
@@ -163,6 +165,7 @@ class MiniWorldNavEnv(gym.Env[np.ndarray, np.int64]):
         self.observation_space = spaces.Box(0, 255, (obs_size, obs_size, 3), np.uint8)
         self._frame: np.ndarray | None = None
         self._plan: tuple[Floorplan, np.ndarray] | None = None
+        self._shortest: float | None = None
 
     # ----------------------------------------------------------------------------------------
     @property
@@ -192,6 +195,7 @@ class MiniWorldNavEnv(gym.Env[np.ndarray, np.int64]):
         self._steps = 0
         self._success = False
         self._plan = None
+        self._shortest = None
         return self._frame.copy(), self._info("")
 
     def step(self, action):
@@ -233,12 +237,14 @@ class MiniWorldNavEnv(gym.Env[np.ndarray, np.int64]):
     # ----------------------------------------------------------------------------------------
     def shortest_path_length(self) -> float:
         """Geodesic metres from the episode's start to the edge of the success region (see module doc)."""
-        goal = self._xz(self._world.box.pos)
-        if self.task in _SINGLE_ROOM:
-            d = float(np.hypot(*(self._start - goal)))
-        else:
-            d = self._geodesic(self._start)
-        return max(0.0, d - self.success_radius)
+        if self._shortest is None:  # fixed for the episode: computed once, on first use
+            goal = self._xz(self._world.box.pos)
+            if self.task in _SINGLE_ROOM:
+                d = float(np.hypot(*(self._start - goal)))
+            else:
+                d = self._geodesic(self._start)
+            self._shortest = max(0.0, d - self.success_radius)
+        return self._shortest
 
     def episode_metrics(self) -> dict[str, float | bool]:
         """success, path_length, shortest_path_length and spl of the episode so far."""
@@ -312,8 +318,11 @@ class MiniWorldNavEnv(gym.Env[np.ndarray, np.int64]):
 
     def _geodesic(self, xz: np.ndarray) -> float:
         """Taut shortest-path length from `xz` to the box centre with exactly the agent's clearance."""
-        fp, field = self._field_for(self._world.agent.radius)
-        return fp.path_length(field, xz, self._xz(self._world.box.pos))
+        w = self._world
+        segs = np.asarray(w.wall_segs, float)[:, :, [0, 2]]
+        bounds = (w.min_x, w.max_x, w.min_z, w.max_z)
+        fp = Floorplan(segs, bounds, clearance=w.agent.radius, resolution=self.grid_resolution)
+        return fp.path_length(xz, self._xz(w.box.pos))
 
     def _info(self, action_text: str) -> dict[str, Any]:
         w = self._world

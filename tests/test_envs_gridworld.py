@@ -164,6 +164,13 @@ def test_layout_splits_never_overlap():
     assert info["layout_seed"] == EVAL_LAYOUT_SEEDS.start + 5
 
 
+def test_random_start_never_on_a_pinned_goal():
+    env = GridWorldEnv(size=2, obs_size=16)
+    for seed in range(40):
+        _, info = env.reset(seed=seed, options={"goal": (1, 1)})
+        assert info["agent"] != (1, 1) and info["distance"] > 0 and not info["success"]
+
+
 def test_same_seed_same_maze_and_layout_pinning():
     env = GridWorldEnv()
     a, ia = env.reset(seed=11)
