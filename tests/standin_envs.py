@@ -28,8 +28,9 @@ class GridStandIn(gym.Env):
         max_steps: int = 30,
         crash_on_reset: int | None = None,
         render_mode: str | None = "rgb_array",
+        split: str = "train",
     ):
-        self.size, self.obs_size, self.max_steps = size, obs_size, max_steps
+        self.size, self.obs_size, self.max_steps, self.split = size, obs_size, max_steps, split
         self.render_mode = render_mode
         self.crash_on_reset = crash_on_reset
         self.action_space = gym.spaces.Discrete(4)

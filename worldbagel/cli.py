@@ -38,6 +38,8 @@ COMMANDS: dict[str, Command] = {
             "describe a BAGEL model folder (config, parameters per expert, files)",
             "model_dir",
         ),
+        Command("rollout", "rollout", "run a policy in an env: mp4/gif per episode, metrics.json, a table"),
+        Command("collect", "collect", "record episodes (frames, actions, texts) into a trajectory dataset"),
         Command("generate", "generate", "text (+ image) in, image or text out, on any model folder"),
     ]
 }

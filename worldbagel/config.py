@@ -8,6 +8,7 @@ the dataclass below. Nothing below the CLI sees a DictConfig.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
@@ -91,7 +92,81 @@ class GenerateConfig:
     """Where to write the image (png) or the text (txt; also printed)."""
 
 
+@dataclass
+class EnvConfig:
+    """Which environment to run (config group `env`: gridworld, gridworld_ego, miniworld, habitat, video)."""
+
+    name: str = "gridworld"
+    """Short name (informational; the yaml file of the `env` group sets it)."""
+    id: str = "WorldBagel/GridWorld-v0"
+    """Gymnasium id; `WorldBagel/...` ids come from worldbagel.envs, any other registered id works too."""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    """Constructor keyword arguments for `gymnasium.make(id, **kwargs)` (obs_size, max_steps, split, ...)."""
+    fps: float | None = None
+    """Video frame rate; None uses the env's metadata render_fps (else 10)."""
+
+
+@dataclass
+class PolicyConfig:
+    """Which policy acts (config group `policy`: random, oracle, scripted; more register by name)."""
+
+    name: str = "oracle"
+    """Registered policy name (worldbagel.policies.POLICIES)."""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of the policy's factory, e.g. `actions` for scripted."""
+
+
+@dataclass
+class RolloutConfig:
+    """`worldbagel rollout env=gridworld policy=random episodes=3`: run episodes, write videos and metrics."""
+
+    env: EnvConfig = field(default_factory=EnvConfig)
+    """The environment (group `env`)."""
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    """The policy (group `policy`)."""
+    episodes: int = 3
+    """Number of episodes; episode i is seeded with seed + i."""
+    seed: int = 0
+    """Seed of episode 0."""
+    max_steps: int | None = None
+    """Cap on steps per episode on top of the env's own limit (None: the env's limit)."""
+    out: str | None = None
+    """Run folder; None writes to runs/rollout-<timestamp>."""
+    video: bool = True
+    """Write an mp4 per episode."""
+    gif: bool = True
+    """Write a gif per episode."""
+
+
+@dataclass
+class CollectConfig:
+    """`worldbagel collect env=gridworld policy=oracle episodes=N out=DIR`: record a trajectory dataset."""
+
+    env: EnvConfig = field(default_factory=EnvConfig)
+    """The environment (group `env`)."""
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    """The policy (group `policy`)."""
+    out: str = "???"
+    """Dataset folder (index.json + one folder per episode); re-running with the same folder resumes."""
+    episodes: int = 100
+    """Total number of episodes the dataset should hold (ids ep-000000 ...)."""
+    seed: int = 0
+    """Episode i is seeded with seed + i, so a resumed run records the same data as an uninterrupted one."""
+    split: str = "train"
+    """Split name stored with each episode."""
+    max_steps: int | None = None
+    """Cap on steps per episode on top of the env's own limit."""
+    frame_format: str = "png"
+    """Frame files: png (lossless) or jpg."""
+    preview: bool = False
+    """Also write preview.mp4 in each episode folder."""
+    workers: int = 1
+    """Parallel worker processes, each with its own env (1 = in this process)."""
+
+
 SCHEMAS: dict[str, type] = {
+    "rollout": RolloutConfig,
+    "collect": CollectConfig,
     "info": InfoConfig,
     "generate": GenerateConfig,
 }

@@ -164,4 +164,5 @@ def update_index(root: Path, entry: dict[str, Any]) -> None:
     with index_lock(root):
         entries = [e for e in read_index(root) if e.get("id") != entry["id"]]
         entries.append(entry)
+        entries.sort(key=lambda e: str(e.get("id")))
         write_index(root, entries)

@@ -1,0 +1,187 @@
+"""`worldbagel rollout` / `worldbagel collect` end to end (in-process through cli.main), plus run_rollouts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from functools import partial
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from standin_envs import GridStandIn
+from worldbagel.policies import OraclePolicy, RandomPolicy, make_policy
+
+from worldbagel.cli import main
+from worldbagel.data.collect import collect
+from worldbagel.data.trajectory import TrajectoryDataset, read_index
+from worldbagel.errors import WorldBagelError
+from worldbagel.rollout import build_env, run_rollouts
+
+CRASHY = "WorldBagelTest/CrashyGrid-v0"
+if CRASHY not in gym.registry:
+    # The second reset of each env instance crashes two steps in (a simulator dying mid-episode).
+    gym.register(CRASHY, entry_point=partial(GridStandIn, size=5, crash_on_reset=2), disable_env_checker=True)
+
+
+def test_rollout_default_is_gridworld_oracle_with_videos_and_metrics(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["rollout", f"out={out}"]) == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == [f"episode_{i:03d}.{ext}" for i in range(3) for ext in ("gif", "mp4")] + ["metrics.json"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["env_id"] == "WorldBagel/GridWorld-v0" and metrics["policy"] == "oracle"
+    eps = metrics["episodes"]
+    assert [e["seed"] for e in eps] == [0, 1, 2]
+    for e in eps:
+        assert e["status"] == "ok" and e["success"] is True and e["spl"] == 1.0
+        assert e["length"] == e["shortest_path"] > 0 and e["video"] == f"episode_{e['episode']:03d}.mp4"
+    agg = metrics["aggregate"]
+    assert agg["success_rate"] == 1.0 and agg["completed"] == 3 and agg["failed"] == 0
+    assert agg["length"] == pytest.approx(np.mean([e["length"] for e in eps]))
+    printed = capsys.readouterr().out
+    assert "WorldBagel/GridWorld-v0 x oracle" in printed and "3/3 ok" in printed
+
+
+def test_rollout_random_policy_overrides(tmp_path):
+    out = tmp_path / "rand"
+    assert (
+        main(
+            [
+                "rollout",
+                "env=gridworld",
+                "policy=random",
+                "episodes=2",
+                "max_steps=5",
+                "gif=false",
+                f"out={out}",
+            ]
+        )
+        == 0
+    )
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["policy"] == "random" and len(metrics["episodes"]) == 2
+    assert all(e["length"] <= 5 and e["gif"] is None for e in metrics["episodes"])
+    assert not list(out.glob("*.gif")) and len(list(out.glob("*.mp4"))) == 2
+    # same seed, same episodes
+    again = tmp_path / "rand2"
+    assert main(["rollout", "policy=random", "episodes=2", "max_steps=5", "gif=false", f"out={again}"]) == 0
+    strip = lambda m: [(e["length"], e["return"]) for e in m["episodes"]]  # noqa: E731
+    assert strip(json.loads((again / "metrics.json").read_text())) == strip(metrics)
+
+
+def test_crashing_env_keeps_finished_episodes(tmp_path, capsys):
+    out = tmp_path / "crash"
+    rc = main(
+        ["rollout", f"env.id={CRASHY}", "env.kwargs.size=5", "policy=random", "episodes=3", f"out={out}"]
+    )
+    assert rc == 1
+    metrics = json.loads((out / "metrics.json").read_text())
+    status = [(e["status"], e["error"]) for e in metrics["episodes"]]
+    assert status[0] == ("ok", None) and status[2] == ("ok", None)
+    assert status[1] == ("failed", "RuntimeError: simulated simulator crash")
+    assert (out / "episode_000.mp4").exists() and (out / "episode_002.mp4").exists()
+    assert metrics["aggregate"]["completed"] == 2 and metrics["aggregate"]["failed"] == 1
+    assert "simulated simulator crash" in capsys.readouterr().out
+
+
+def test_run_rollouts_library_api(tmp_path):
+    seen = []
+    result = run_rollouts(
+        lambda: GridStandIn(size=5),
+        OraclePolicy,
+        episodes=2,
+        seed=5,
+        out_dir=None,
+        keep_frames=True,
+        progress=lambda done, total, ep: seen.append((done, total, ep.status)),
+    )
+    assert seen == [(1, 2, "ok"), (2, 2, "ok")]
+    assert result.metrics_path is None and result.write_metrics() is None
+    ep = result.episodes[0]
+    assert ep.frames.shape == (ep.length + 1, 20, 20, 3) and ep.success and ep.spl == 1.0
+
+    def broken_factory():
+        raise TypeError("__init__() got an unexpected keyword argument 'sise'")
+
+    with pytest.raises(WorldBagelError, match="could not build the env.*'sise'"):
+        run_rollouts(broken_factory, RandomPolicy(gym.spaces.Discrete(4)), episodes=1)
+
+
+def test_cfg_prints_config_and_bad_override_is_a_clean_error(capsys):
+    assert main(["rollout", "env=miniworld", "policy=random", "--cfg"]) == 0
+    out = capsys.readouterr().out
+    assert "WorldBagel/MiniWorld-Hallway-v0" in out and "name: random" in out
+    assert main(["collect", "out=x", "--cfg"]) == 0
+    assert "episodes: 100" in capsys.readouterr().out
+    assert main(["rollout", "policy=nope"]) == 2
+    assert "nope" in capsys.readouterr().out
+
+
+def test_unknown_policy_name_and_env_id_are_clear_errors(tmp_path, capsys):
+    assert main(["rollout", "policy.name=nope", f"out={tmp_path / 'a'}"]) == 1
+    assert "invalid policy='nope'" in capsys.readouterr().out
+    assert main(["rollout", "env.id=Nope-v9", f"out={tmp_path / 'b'}"]) == 1
+    assert "env.id" in capsys.readouterr().out
+
+
+def _steps_and_frames(root, eid):
+    ep = TrajectoryDataset(root)[TrajectoryDataset(root).ids.index(eid)]
+    return ep.action_texts, ep.actions, ep.frames
+
+
+def test_collect_resume_continues_without_duplicates(tmp_path, capsys):
+    part, full = tmp_path / "part", tmp_path / "full"
+    assert main(["collect", "episodes=2", f"out={part}", "env.kwargs.size=5", "env.kwargs.obs_size=40"]) == 0
+    (part / ".tmp-ep-000002-dead").mkdir()  # what a killed writer leaves behind
+    assert main(["collect", "episodes=4", f"out={part}", "env.kwargs.size=5", "env.kwargs.obs_size=40"]) == 0
+    printed = capsys.readouterr().out
+    assert "already present" in printed
+    ids = [e["id"] for e in read_index(part)]
+    assert sorted(ids) == ["ep-000000", "ep-000001", "ep-000002", "ep-000003"] and len(ids) == 4
+    assert not [p for p in part.iterdir() if p.name.startswith(".tmp-")]
+    assert main(["collect", "episodes=4", f"out={full}", "env.kwargs.size=5", "env.kwargs.obs_size=40"]) == 0
+    for eid in ids:  # resumed data equals uninterrupted data
+        a, b = _steps_and_frames(part, eid), _steps_and_frames(full, eid)
+        assert a[0] == b[0] and a[1] == b[1] and np.array_equal(a[2], b[2])
+    ds = TrajectoryDataset(part, verify="full")
+    assert ds.skipped == [] and all(e.env_id == "WorldBagel/GridWorld-v0" for e in ds)
+    ep = ds[0]
+    assert ep.action_texts[0] in ("move up", "move right", "move down", "move left")
+    assert ep.infos[-1]["success"] is True and ep.length == ep.infos[0]["distance"]
+    assert main(["collect", "episodes=1", f"out={part}", "env=gridworld_ego"]) == 1  # refuses to mix envs
+    assert "use a new folder" in capsys.readouterr().out
+
+
+def test_collect_library_records_failures_and_retries_them(tmp_path):
+    policy_factory = partial(make_policy, "random", seed=0)
+    env_factory = partial(build_env, CRASHY, {})
+    result = collect(env_factory, policy_factory, tmp_path, episodes=3, env_id=CRASHY)
+    assert [e["id"] for e in result.written] == ["ep-000000", "ep-000002"]
+    assert result.failed == [("ep-000001", "RuntimeError: simulated simulator crash")]
+    assert [e["id"] for e in read_index(tmp_path)] == ["ep-000000", "ep-000002"]
+    retry = collect(env_factory, policy_factory, tmp_path, episodes=3, env_id=CRASHY)
+    assert retry.skipped_existing == ["ep-000000", "ep-000002"] and [e["id"] for e in retry.written] == [
+        "ep-000001"
+    ]
+    assert len(TrajectoryDataset(tmp_path)) == 3
+
+
+def test_collect_with_worker_processes_matches_single_process(tmp_path):
+    env_factory = partial(build_env, "WorldBagel/GridWorld-v0", {"size": 5, "obs_size": 40})
+    policy_factory = partial(make_policy, "random", seed=0)
+    kw = {"episodes": 3, "env_id": "WorldBagel/GridWorld-v0", "max_steps": 6}
+    par = collect(env_factory, policy_factory, tmp_path / "par", workers=2, **kw)
+    seq = collect(env_factory, policy_factory, tmp_path / "seq", workers=1, **kw)
+    assert [e["id"] for e in read_index(tmp_path / "par")] == ["ep-000000", "ep-000001", "ep-000002"]
+    assert [e["steps_sha256"] for e in par.written] == [e["steps_sha256"] for e in seq.written]
+
+
+def test_help_lists_commands_and_groups():
+    out = subprocess.run(
+        [sys.executable, "-m", "worldbagel.cli", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "rollout" in out and "collect" in out
+    groups = out.split("config groups:")[1]
+    assert "env" in groups and "policy" in groups

@@ -1,0 +1,223 @@
+"""Record env x policy episodes into the trajectory format (worldbagel/data/trajectory.py), resumably.
+
+    collect(partial(build_env, "WorldBagel/GridWorld-v0"), policy_factory, "data/grid", episodes=100)
+
+Episode i has id `ep-{i:06d}` and is seeded with `seed + i` (env reset and policy reset), so the data do
+not depend on how a collection was split into runs: re-running with the same arguments skips the ids
+already in index.json, cleans leftovers of interrupted writers and records only the missing episodes.
+An episode that raises is discarded (nothing half-written stays), logged and reported in the result;
+the env is rebuilt and collection goes on. With `workers > 1` episodes run in worker processes
+(spawned, one env each); the index is updated under a file lock so they never lose each other's entries.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from worldbagel.actions import ActionCodec, codec_for_env
+from worldbagel.data.trajectory import EpisodeWriter, read_index, remove_partial
+from worldbagel.errors import bad_argument
+from worldbagel.rollout import first_env, frame_of
+
+__all__ = ["CollectResult", "collect", "episode_id", "record_episode"]
+
+logger = logging.getLogger(__name__)
+
+
+def episode_id(index: int) -> str:
+    """The id of episode `index` in a collected dataset."""
+    return f"ep-{index:06d}"
+
+
+@dataclass
+class CollectResult:
+    """What one `collect` call did."""
+
+    root: Path
+    requested: int
+    skipped_existing: list[str] = field(default_factory=list)
+    written: list[dict[str, Any]] = field(default_factory=list)
+    """Index entries of the episodes written by this call."""
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    """(episode id, error text) of episodes that raised."""
+
+
+def record_episode(
+    env: Any,
+    policy: Any,
+    writer: EpisodeWriter,
+    seed: int,
+    codec: ActionCodec | None = None,
+    max_steps: int | None = None,
+) -> dict[str, Any]:
+    """Run one episode into `writer` and finish it; returns the index entry."""
+    policy.reset(seed=seed)
+    obs, info = env.reset(seed=seed)
+    writer.start(frame_of(obs, env), info)
+    done = False
+    while not done:
+        action = policy.act(obs, info)
+        text = codec.encode(action) if codec is not None else None
+        obs, reward, terminated, truncated, info = env.step(action)
+        capped = max_steps is not None and writer.length + 1 >= max_steps
+        writer.add_step(
+            action,
+            frame_of(obs, env),
+            reward,
+            terminated,
+            truncated or (capped and not terminated),
+            info,
+            text,
+        )
+        done = bool(terminated or truncated or capped)
+    return writer.finish()
+
+
+class _Worker:
+    """An env + policy kept alive across episodes (rebuilt after a failure)."""
+
+    def __init__(self, env_factory: Callable[[], Any], policy_factory: Callable[[Any], Any]):
+        self.env_factory, self.policy_factory = env_factory, policy_factory
+        self.env = self.policy = self.codec = None
+        self.built_once = False
+
+    def run(self, root: Path, index: int, seed: int, writer_kwargs: Mapping[str, Any], max_steps: int | None):
+        eid = episode_id(index)
+        if self.env is None and not self.built_once:  # a first build that fails is a config error: stop
+            self.env = first_env(self.env_factory)
+            self.built_once = True
+        try:
+            if self.env is None:
+                self.env = self.env_factory()
+            if self.policy is None:
+                self.policy = self.policy_factory(self.env)
+                self.codec = _codec_or_none(self.env)
+            with EpisodeWriter(root, eid, seed=seed + index, **writer_kwargs) as writer:
+                return (
+                    eid,
+                    record_episode(self.env, self.policy, writer, seed + index, self.codec, max_steps),
+                    None,
+                )
+        except Exception as exc:  # one bad episode must not stop the collection
+            logger.error("episode %s failed: %s: %s", eid, type(exc).__name__, exc, exc_info=True)
+            self.close()
+            return eid, None, f"{type(exc).__name__}: {exc}"
+
+    def close(self) -> None:
+        if self.env is not None:
+            try:
+                self.env.close()
+            except Exception as exc:  # a crashed env may not close cleanly
+                logger.debug("closing env failed: %s", exc)
+        self.env = self.policy = self.codec = None
+
+
+def _codec_or_none(env: Any) -> ActionCodec | None:
+    try:
+        return codec_for_env(env)
+    except Exception as exc:
+        logger.warning("no action codec for %s (%s); action_text comes from info['action_text']", env, exc)
+        return None
+
+
+_PROCESS_WORKER: _Worker | None = None
+
+
+def _init_process(env_factory: Callable[[], Any], policy_factory: Callable[[Any], Any]) -> None:
+    global _PROCESS_WORKER
+    _PROCESS_WORKER = _Worker(env_factory, policy_factory)
+
+
+def _run_in_process(
+    root: Path, index: int, seed: int, writer_kwargs: Mapping[str, Any], max_steps: int | None
+):
+    return _PROCESS_WORKER.run(root, index, seed, writer_kwargs, max_steps)
+
+
+def collect(
+    env_factory: Callable[[], Any],
+    policy_factory: Callable[[Any], Any],
+    root: str | os.PathLike,
+    episodes: int,
+    seed: int = 0,
+    env_id: str = "",
+    split: str = "train",
+    max_steps: int | None = None,
+    frame_format: str = "png",
+    preview_fps: float | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    workers: int = 1,
+    progress: Callable[[int, int, str, str | None], None] | None = None,
+) -> CollectResult:
+    """Make sure `root` holds episodes ep-000000 .. ep-{episodes-1}; record the missing ones.
+
+    `progress(done, todo, episode_id, error_or_None)` is called after each recorded (or failed) episode.
+    Factories must be picklable (module-level functions or functools.partial) when `workers > 1`.
+    """
+    if not (isinstance(episodes, int) and episodes >= 1):
+        raise bad_argument("episodes", episodes, "use an int >= 1")
+    if not (isinstance(workers, int) and workers >= 1):
+        raise bad_argument("workers", workers, "use an int >= 1")
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    cleaned = remove_partial(root)
+    if cleaned:
+        logger.info("removed %d unfinished episode folder(s) of an interrupted run", cleaned)
+    entries = read_index(root)
+    others = sorted(
+        {str(e.get("env_id")) for e in entries if env_id and e.get("env_id") not in (env_id, None)}
+    )
+    if others:
+        raise bad_argument(
+            "out", str(root), f"it holds episodes of {others}, not {env_id}; use a new folder for another env"
+        )
+    existing = {e.get("id") for e in entries}
+    result = CollectResult(root=root, requested=episodes)
+    todo = []
+    for i in range(episodes):
+        (result.skipped_existing if episode_id(i) in existing else todo).append(i)
+    result.skipped_existing = [episode_id(i) for i in result.skipped_existing]
+    writer_kwargs = {
+        "env_id": env_id,
+        "split": split,
+        "frame_format": frame_format,
+        "preview_fps": preview_fps,
+        "metadata": dict(metadata or {}),
+    }
+
+    def record(outcome: tuple[str, dict | None, str | None]) -> None:
+        eid, entry, error = outcome
+        if error is None:
+            result.written.append(entry)
+        else:
+            result.failed.append((eid, error))
+        if progress is not None:
+            progress(len(result.written) + len(result.failed), len(todo), eid, error)
+
+    if workers == 1 or len(todo) <= 1:
+        worker = _Worker(env_factory, policy_factory)
+        try:
+            for i in todo:
+                record(worker.run(root, i, seed, writer_kwargs, max_steps))
+        finally:
+            worker.close()
+        return result
+    import multiprocessing as mp
+
+    with ProcessPoolExecutor(
+        max_workers=min(workers, len(todo)),
+        mp_context=mp.get_context("spawn"),
+        initializer=_init_process,
+        initargs=(env_factory, policy_factory),
+    ) as pool:
+        futures = [pool.submit(_run_in_process, root, i, seed, writer_kwargs, max_steps) for i in todo]
+        for fut in as_completed(futures):
+            record(fut.result())
+    result.written.sort(key=lambda e: e["id"])
+    return result

@@ -1,0 +1,317 @@
+"""Run a policy in an env for a number of episodes: frames, returns, success, SPL, videos, metrics.json.
+
+    result = run_rollouts(lambda: make_env("WorldBagel/GridWorld-v0"), policy, episodes=3, seed=0,
+                          out_dir="runs/demo")
+
+Episode i resets the env with `seed + i` (and the policy with the same seed), so a run is reproducible.
+An exception in one episode (env crash, policy error) is logged, recorded as `status: "failed"` with its
+error text, the env is closed and rebuilt from `env_factory`, and the next episode runs; episodes that
+finished are kept. metrics.json is rewritten atomically after every episode, so even a killed run leaves
+the metrics of the episodes it finished.
+
+metrics.json (see `RolloutResult.to_json`):
+- top level: `seed`, `episodes_requested`, any `metadata` given (e.g. env id and policy name),
+  `episodes` (a list) and `aggregate`.
+- per episode: `episode` (index), `seed`, `status` ("ok" | "failed"), `length` (steps taken), `return`
+  (sum of rewards), `success` (bool, or null when the env does not report it), `spl` (from the env's
+  final info when it reports `spl`; else, when the reset info has a shortest-path `distance` as in
+  GridWorld, success * shortest / max(shortest, length); else null), `shortest_path` (that distance or
+  null), `error` (text or null), `video` / `gif` (file names in the run folder or null), `wall_s`, and the
+  final info's `soft_spl` / `distance_to_goal` when present.
+- aggregate: `episodes`, `completed`, `failed`, and the means over completed episodes of `success`
+  (as `success_rate`), `spl`, `length`, `return` (null when no episode reports the value).
+
+The library does not print; pass `progress(done, total, episode_result)` to follow along.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from worldbagel.data.trajectory_index import atomic_write_text, to_jsonable
+from worldbagel.errors import WorldBagelError, bad_argument
+from worldbagel.policies.base import Policy
+
+__all__ = ["EpisodeResult", "RolloutResult", "build_env", "first_env", "frame_of", "run_rollouts"]
+
+logger = logging.getLogger(__name__)
+
+EXTRA_INFO_KEYS = ("soft_spl", "distance_to_goal")
+
+
+@dataclass
+class EpisodeResult:
+    """Outcome of one episode (frames are kept only with `keep_frames=True`)."""
+
+    episode: int
+    seed: int
+    status: str = "ok"
+    length: int = 0
+    ret: float = 0.0
+    success: bool | None = None
+    spl: float | None = None
+    shortest_path: float | None = None
+    error: str | None = None
+    video: str | None = None
+    gif: str | None = None
+    wall_s: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+    frames: np.ndarray | None = field(default=None, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        """The metrics.json entry of this episode."""
+        out = {
+            "episode": self.episode,
+            "seed": self.seed,
+            "status": self.status,
+            "length": self.length,
+            "return": self.ret,
+            "success": self.success,
+            "spl": self.spl,
+            "shortest_path": self.shortest_path,
+            "error": self.error,
+            "video": self.video,
+            "gif": self.gif,
+            "wall_s": round(self.wall_s, 4),
+        }
+        out.update(self.extra)
+        return to_jsonable(out)
+
+
+@dataclass
+class RolloutResult:
+    """All episodes of a run, the run folder and the metrics file."""
+
+    episodes: list[EpisodeResult]
+    seed: int
+    episodes_requested: int
+    out_dir: Path | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def metrics_path(self) -> Path | None:
+        """`<out_dir>/metrics.json`, or None for a run without a folder."""
+        return None if self.out_dir is None else self.out_dir / "metrics.json"
+
+    def aggregate(self) -> dict[str, Any]:
+        """Counts and means over the completed episodes (see module docstring)."""
+        done = [e for e in self.episodes if e.status == "ok"]
+
+        def mean(values: list[Any]) -> float | None:
+            values = [float(v) for v in values if v is not None]
+            return float(np.mean(values)) if values else None
+
+        return {
+            "episodes": len(self.episodes),
+            "completed": len(done),
+            "failed": len(self.episodes) - len(done),
+            "success_rate": mean([e.success for e in done]),
+            "spl": mean([e.spl for e in done]),
+            "length": mean([e.length for e in done]),
+            "return": mean([e.ret for e in done]),
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        """The whole metrics.json document."""
+        return to_jsonable(
+            {
+                **self.metadata,
+                "seed": self.seed,
+                "episodes_requested": self.episodes_requested,
+                "episodes": [e.to_json() for e in self.episodes],
+                "aggregate": self.aggregate(),
+            }
+        )
+
+    def write_metrics(self) -> Path | None:
+        """Write metrics.json atomically (no-op without an out_dir)."""
+        if self.metrics_path is None:
+            return None
+        atomic_write_text(self.metrics_path, json.dumps(self.to_json(), indent=1) + "\n")
+        return self.metrics_path
+
+
+def build_env(env_id: str, kwargs: Mapping[str, Any] | None = None) -> Any:
+    """`gymnasium.make(env_id, render_mode="rgb_array", **kwargs)` with the WorldBagel ids registered.
+
+    Module-level (picklable with functools.partial) so worker processes can build their own envs.
+    """
+    import gymnasium as gym
+
+    import worldbagel.envs as wb_envs  # registers the WorldBagel/... ids
+
+    if env_id not in gym.registry:
+        raise bad_argument(
+            "env.id", env_id, f"use a registered gymnasium id, e.g. one of {wb_envs.WORLD_BAGEL_IDS}"
+        )
+    kw = dict(kwargs or {})
+    kw.setdefault("render_mode", "rgb_array")
+    return gym.make(env_id, **kw)
+
+
+def frame_of(obs: Any, env: Any = None) -> np.ndarray | None:
+    """The RGB frame [H, W, 3] uint8 of an observation (array, or dict with 'rgb'/'image'), else env.render()."""
+    if isinstance(obs, Mapping):
+        obs = next((obs[k] for k in ("rgb", "image", "pixels") if k in obs), None)
+    arr = None if obs is None else np.asarray(obs)
+    if arr is not None and arr.ndim == 3 and arr.shape[-1] == 3 and arr.dtype == np.uint8:
+        return arr
+    if env is not None:
+        rendered = env.render()
+        if rendered is not None:
+            return np.asarray(rendered, dtype=np.uint8)
+    return None
+
+
+def _bind(policy_or_factory: Any, env: Any) -> Policy:
+    if isinstance(policy_or_factory, type) or not hasattr(policy_or_factory, "act"):
+        return policy_or_factory(env)
+    bind = getattr(policy_or_factory, "bind", None)
+    if bind is not None:
+        bind(env)
+    return policy_or_factory
+
+
+def first_env(env_factory: Callable[[], Any]) -> Any:
+    """Build the first env; a failure there is a configuration problem, not an episode crash."""
+    try:
+        return env_factory()
+    except WorldBagelError:
+        raise
+    except Exception as exc:
+        raise WorldBagelError(
+            f"could not build the env ({type(exc).__name__}: {exc}); check the env id and its kwargs"
+        ) from exc
+
+
+def _close(env: Any) -> None:
+    try:
+        env.close()
+    except Exception as exc:  # a crashed env may fail to close too; nothing more to do about it
+        logger.debug("closing the env failed: %s", exc)
+
+
+def run_rollouts(
+    env_factory: Callable[[], Any],
+    policy: Policy | Callable[[Any], Policy],
+    episodes: int,
+    seed: int = 0,
+    out_dir: str | os.PathLike | None = None,
+    max_steps: int | None = None,
+    video: bool = True,
+    gif: bool = True,
+    fps: float | None = None,
+    keep_frames: bool = False,
+    metadata: Mapping[str, Any] | None = None,
+    progress: Callable[[int, int, EpisodeResult], None] | None = None,
+) -> RolloutResult:
+    """Run `episodes` episodes of `policy` in envs from `env_factory`; see the module docstring.
+
+    `policy` is a Policy (its `bind(env)` is called when present) or a factory `env -> Policy`, called
+    whenever a new env is built. `max_steps` caps each episode on top of the env's own limit. With
+    `out_dir`, writes `episode_XXX.mp4` / `.gif` (when `video` / `gif`) and metrics.json there.
+    """
+    if not (isinstance(episodes, int) and episodes >= 1):
+        raise bad_argument("episodes", episodes, "use an int >= 1")
+    if max_steps is not None and not (isinstance(max_steps, int) and max_steps >= 1):
+        raise bad_argument("max_steps", max_steps, "use an int >= 1, or None for the env's own limit")
+    out = None if out_dir is None else Path(out_dir)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    result = RolloutResult(
+        [], seed=seed, episodes_requested=episodes, out_dir=out, metadata=dict(metadata or {})
+    )
+    env, bound = None, None
+    for i in range(episodes):
+        ep_seed = seed + i
+        er = EpisodeResult(episode=i, seed=ep_seed)
+        frames: list[np.ndarray] = []
+        start = time.perf_counter()
+        if env is None and not result.episodes:  # a first build that fails is a config error: stop
+            env = first_env(env_factory)
+            bound = _bind(policy, env)
+        try:
+            if env is None:
+                env = env_factory()
+                bound = _bind(policy, env)
+            _run_episode(env, bound, ep_seed, max_steps, er, frames)
+        except Exception as exc:  # an env crash must not take the finished episodes down with it
+            er.status, er.error = "failed", f"{type(exc).__name__}: {exc}"
+            logger.error("episode %d (seed %d) failed: %s", i, ep_seed, er.error, exc_info=True)
+            if env is not None:
+                _close(env)
+            env, bound = None, None
+        er.wall_s = time.perf_counter() - start
+        if out is not None and frames and (video or gif):
+            _write_videos(out, er, frames, fps or _env_fps(env), video, gif)
+        if keep_frames and frames:
+            er.frames = np.stack(frames)
+        result.episodes.append(er)
+        result.write_metrics()
+        if progress is not None:
+            progress(i + 1, episodes, er)
+    if env is not None:
+        _close(env)
+    return result
+
+
+def _run_episode(
+    env: Any, policy: Policy, seed: int, max_steps: int | None, er: EpisodeResult, frames: list[np.ndarray]
+) -> None:
+    policy.reset(seed=seed)
+    obs, info = env.reset(seed=seed)
+    first = frame_of(obs, env)
+    if first is not None:
+        frames.append(first)
+    shortest = info.get("distance") if isinstance(info, Mapping) else None
+    done = False
+    while not done:
+        action = policy.act(obs, info)
+        obs, reward, terminated, truncated, info = env.step(action)
+        er.length += 1
+        er.ret += float(reward)
+        frame = frame_of(obs, env)
+        if frame is not None:
+            frames.append(frame)
+        done = bool(terminated or truncated) or (max_steps is not None and er.length >= max_steps)
+    if "success" in info:
+        er.success = bool(info["success"])
+    if "spl" in info and info["spl"] is not None:
+        er.spl = float(info["spl"])
+    elif shortest is not None and er.success is not None and float(shortest) >= 0:
+        er.shortest_path = float(shortest)
+        er.spl = float(er.success) * (
+            shortest / max(shortest, er.length) if max(shortest, er.length) > 0 else 1.0
+        )
+    for key in EXTRA_INFO_KEYS:
+        if key in info:
+            er.extra[key] = info[key]
+
+
+def _env_fps(env: Any) -> float:
+    fps = (getattr(env, "metadata", None) or {}).get("render_fps") if env is not None else None
+    return float(fps) if fps else 10.0
+
+
+def _write_videos(
+    out: Path, er: EpisodeResult, frames: list[np.ndarray], fps: float, mp4: bool, gif: bool
+) -> None:
+    from worldbagel.video import write_video
+
+    stack = np.stack(frames)
+    try:
+        if mp4:
+            er.video = write_video(out / f"episode_{er.episode:03d}.mp4", stack, fps=fps).name
+        if gif:
+            er.gif = write_video(out / f"episode_{er.episode:03d}.gif", stack, fps=fps).name
+    except Exception as exc:  # a video failure must not lose the episode's metrics
+        logger.error("writing the video of episode %d failed: %s", er.episode, exc)
