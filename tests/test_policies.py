@@ -184,3 +184,19 @@ def test_base_act_batch_loops_act_with_split_infos():
 def test_make_policy_unknown_name():
     with pytest.raises(ConfigError, match=r"invalid policy='nope'.*oracle"):
         make_policy("nope", GridStandIn())
+
+
+@pytest.mark.skipif(not _real_gridworld_available(), reason="worldbagel.envs GridWorld not available yet")
+def test_oracle_act_batch_with_make_vec_gridworld():
+    vec = gym.make_vec("WorldBagel/GridWorld-v0", num_envs=2, vectorization_mode="sync")
+    policy = make_policy("oracle", vec)
+    obs, infos = vec.reset(seed=[3, 4])
+    start = infos["distance"].copy()
+    done_at = np.full(2, -1)
+    for t in range(1, 80):
+        obs, _, term, _, infos = vec.step(policy.act_batch(obs, infos))
+        done_at[(done_at < 0) & term] = t
+        if (done_at > 0).all():
+            break
+    assert np.array_equal(done_at, start)
+    vec.close()

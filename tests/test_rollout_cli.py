@@ -185,3 +185,47 @@ def test_help_lists_commands_and_groups():
     assert "rollout" in out and "collect" in out
     groups = out.split("config groups:")[1]
     assert "env" in groups and "policy" in groups
+
+
+class _DetourOracle:
+    """Wastes the first step bumping into a wall or the border, then follows the oracle."""
+
+    def __init__(self, env):
+        self.env, self.oracle, self.t = env, OraclePolicy(env), 0
+        self.action_space = env.action_space
+
+    def reset(self, seed=None):
+        self.t = 0
+
+    def act(self, obs, info):
+        self.t += 1
+        if self.t == 1:
+            u = self.env.unwrapped
+            for a, (dr, dc) in enumerate(((-1, 0), (0, 1), (1, 0), (0, -1))):
+                r, c = u.agent[0] + dr, u.agent[1] + dc
+                if not (0 <= r < u.size and 0 <= c < u.size) or u.walls[r, c]:
+                    return a
+        return self.oracle.act(obs, info)
+
+
+class _ReportsSPL(gym.Wrapper):
+    def step(self, action):
+        obs, r, term, trunc, info = self.env.step(action)
+        if term or trunc:
+            info = {**info, "spl": 0.42, "soft_spl": 0.5}
+        return obs, r, term, trunc, info
+
+
+def test_spl_from_shortest_distance_and_from_env_info():
+    result = run_rollouts(lambda: GridStandIn(size=6, max_steps=60), _DetourOracle, episodes=4, seed=0)
+    for ep in result.episodes:
+        d = ep.shortest_path
+        assert ep.success and d >= 1
+        if ep.length == d + 1:  # a wall/border was next to the start: one wasted step
+            assert ep.spl == pytest.approx(d / (d + 1))
+        else:
+            assert ep.spl == 1.0
+    assert any(ep.spl < 1.0 for ep in result.episodes)
+    reported = run_rollouts(lambda: _ReportsSPL(GridStandIn(size=5)), OraclePolicy, episodes=1)
+    ep = reported.episodes[0]
+    assert ep.spl == 0.42 and ep.to_json()["soft_spl"] == 0.5
