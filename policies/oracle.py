@@ -60,7 +60,16 @@ class OraclePolicy(BasePolicy):
         self.env = env
         self.action_space = getattr(env, "single_action_space", None) or env.action_space
         self._follower = None
-        if _is_vector(env) or _has_attr(env, "optimal_action"):
+        if _is_vector(env):
+            subs = getattr(env, "envs", None)  # SyncVectorEnv; async sub-envs are checked on first call
+            if subs is not None and not all(_has_attr(e, "optimal_action") for e in subs):
+                raise WorldBagelError(
+                    "OraclePolicy on a vector env needs optimal_action() in every sub-env (GridWorld, MiniWorld); "
+                    "for other envs run single envs"
+                )
+            self.strategy = "optimal_action"
+            return
+        if _has_attr(env, "optimal_action"):
             self.strategy = "optimal_action"
             return
         follower = _habitat_follower(env, self.stop_radius)
