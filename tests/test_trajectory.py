@@ -200,3 +200,19 @@ def test_episode_from_arrays_and_to_jsonable():
     assert to_jsonable(float("nan")) is None
     with pytest.raises(TypeError):
         to_jsonable(object())
+
+
+def test_preview_mp4_and_jpg_frames(tmp_path):
+    frames = np.zeros((4, 16, 16, 3), np.uint8)
+    frames[:, :, :8] = 200
+    with EpisodeWriter(tmp_path, "ep-0", frame_format="jpg", preview_fps=5) as wr:
+        wr.start(frames[0])
+        for f in frames[1:]:
+            wr.add_step(0, f, 0.0, False, False)
+        wr.finish()
+    from worldbagel.video import read_video
+
+    assert read_video(tmp_path / "ep-0" / "preview.mp4").shape[0] == 4
+    ep = TrajectoryDataset(tmp_path, verify="full")[0]
+    assert ep.frame_paths[0].suffix == ".jpg"
+    assert np.abs(ep.frames.astype(int) - frames.astype(int)).mean() < 3
