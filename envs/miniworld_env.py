@@ -136,13 +136,21 @@ class MiniWorldNavEnv(gym.Env[np.ndarray, np.int64]):
             raise bad_argument("render_mode", render_mode, "use 'rgb_array' or None")
         miniworld = import_miniworld()
         cls = getattr(miniworld.envs, MINIWORLD_TASKS[task])
-        self._world = cls(
-            obs_width=obs_size,
-            obs_height=obs_size,
-            render_mode="rgb_array",
-            domain_rand=domain_rand,
-            **task_kwargs,
-        )
+        try:
+            self._world = cls(
+                obs_width=obs_size,
+                obs_height=obs_size,
+                render_mode="rgb_array",
+                domain_rand=domain_rand,
+                **task_kwargs,
+            )
+        except Exception as exc:
+            if not type(exc).__module__.startswith("pyglet"):
+                raise
+            # A GL context / window that cannot be created: the same fix as a failed import.
+            raise DependencyNotInstalled(
+                f"MiniWorld cannot render ({type(exc).__name__}: {exc}). Fix: {install_help()}"
+            ) from exc
         if max_steps is not None:
             self._world.max_episode_steps = max_steps
         self.task = task

@@ -131,3 +131,16 @@ def test_missing_miniworld_raises_with_install_commands(monkeypatch):
     monkeypatch.setattr(mod.importlib, "import_module", fail)
     with pytest.raises(DependencyNotInstalled, match="apt-get install -y xvfb .*PYGLET_HEADLESS=1"):
         MiniWorldNavEnv(task="Hallway")
+
+
+def test_gl_context_failure_at_construction_is_a_dependency_error(make, monkeypatch):
+    make(task="Hallway").close()  # skips where MiniWorld cannot render at all
+    import pyglet.gl
+    from miniworld.envs import Hallway
+
+    def broken_init(self, *args, **kwargs):
+        raise pyglet.gl.ContextException("cannot create a GL context")
+
+    monkeypatch.setattr(Hallway, "__init__", broken_init)
+    with pytest.raises(DependencyNotInstalled, match="cannot render .*libegl1"):
+        MiniWorldNavEnv(task="Hallway")
