@@ -9,6 +9,12 @@ import pytest
 
 os.environ.setdefault("PYGLET_HEADLESS", "1")
 
+# The suite's models are tiny: one intra-op thread is faster than two (no spin-waiting), and it lets
+# pytest-xdist run one worker per core without oversubscription.
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
 FIXTURES = Path(__file__).parent / "fixtures"
 
 

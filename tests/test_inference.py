@@ -195,3 +195,18 @@ def test_generated_image_can_be_reencoded_into_the_context(tiny_pipe, frame):
 def test_split_think():
     assert split_think("<think> go around the wall </think> move up") == ("go around the wall", "move up")
     assert split_think("move up") == ("", "move up")
+
+
+def test_memory_stays_bounded_over_1000_appended_frames(tiny_pipe):
+    ctx = tiny_pipe.new_context().add_text("instruction")
+    latents = torch.randn(4, 64, generator=torch.Generator().manual_seed(0))  # a 2x2-token frame
+    sizes, ropes = [], []
+    for step in range(1000):
+        ctx.add_latents(latents * (1 + step % 3), (2, 2))
+        if ctx.num_groups > 9:  # window with slack: re-prefill once every 4 frames
+            ctx.window(max_groups=5, keep_first=1)
+        sizes.append(ctx.cache.nbytes())
+        ropes.append(ctx.rope)
+    assert ctx.num_groups <= 9
+    assert max(sizes[50:]) <= max(sizes[:50])  # the bound is reached early and never exceeded
+    assert max(ropes[50:]) <= max(ropes[:50])  # positions restart on every window: no unbounded growth

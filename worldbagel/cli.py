@@ -89,7 +89,7 @@ def compose_config(command: str, overrides: list[str]):
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parser().parse_intermixed_args(argv)
     from rich.logging import RichHandler
 
     logging.basicConfig(
