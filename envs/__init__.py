@@ -63,6 +63,11 @@ def make_env(env_id: str, **kwargs: Any) -> gym.Env:
 
 register_envs()
 
+# The world-model env (worldbagel/imagined_env.py; torch loads only when it is made). Not in WORLD_BAGEL_IDS:
+# it needs a trained model (by default the gridworld model shipped in the package).
+if "WorldBagel/Imagined-v0" not in gym.registry:
+    gym.register(id="WorldBagel/Imagined-v0", entry_point="worldbagel.imagined_env:ImaginedEnv")
+
 __all__ = [
     "EVAL_LAYOUT_SEEDS",
     "MINIWORLD_TASKS",
