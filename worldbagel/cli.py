@@ -41,6 +41,8 @@ COMMANDS: dict[str, Command] = {
         Command("rollout", "rollout", "run a policy in an env: mp4/gif per episode, metrics.json, a table"),
         Command("collect", "collect", "record episodes (frames, actions, texts) into a trajectory dataset"),
         Command("generate", "generate", "text (+ image) in, image or text out, on any model folder"),
+        Command("finetune", "finetune", "train a BAGEL (folder or from-scratch preset) on trajectory data"),
+        Command("train-vae", "train_vae", "train a small FLUX-layout autoencoder on trajectory frames"),
     ]
 }
 

@@ -12,6 +12,10 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
+from worldbagel.data.sequence_plan import DropoutConfig, PackingConfig, PlanConfig
+from worldbagel.model.configuration import VAEConfig
+from worldbagel.train.options import TrainConfig, VAETrainConfig
+
 
 @dataclass
 class ModelConfig:
@@ -93,6 +97,54 @@ class GenerateConfig:
 
 
 @dataclass
+class FinetuneConfig:
+    """`worldbagel finetune model=<group option> [model.path=<folder>] data=<trajectory dir> out=<dir>`."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The model to train (group `model`): a BAGEL folder (model.path, or a shipped model), or a from-scratch
+    preset (model=scratch-tiny / scratch-small). Its device, dtype and image transforms are used."""
+    data: str = "???"
+    """Trajectory folder written by `worldbagel collect` (index.json + episode folders)."""
+    out: str = "???"
+    """Output folder: metrics.jsonl, checkpoints/, and the trained BAGEL folder (ema.safetensors, ...)."""
+    vae: str | None = None
+    """From-scratch presets only: folder with ae.safetensors + vae_config.json (from `worldbagel train-vae`);
+    None = a random autoencoder (only useful for smoke tests)."""
+    splits: list[str] | None = None
+    """Dataset splits to train on (None = every episode)."""
+    sample_posterior: bool = True
+    """Draw VAE posterior samples for the latents (official) instead of the posterior means."""
+    latent_cache: str | None = None
+    """Folder for cached frame latents (reused across runs); None = <out>/latent_cache."""
+    plan: PlanConfig = field(default_factory=PlanConfig)
+    """Sequence plan: context frames, horizon, frame skip, target mode, ViT copies, text targets."""
+    dropout: DropoutConfig = field(default_factory=DropoutConfig)
+    """Conditioning dropout for classifier-free guidance."""
+    packing: PackingConfig = field(default_factory=PackingConfig)
+    """Token budget of a packed batch."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Optimisation, staging/freezing, LoRA, EMA, checkpoints, resume."""
+
+
+@dataclass
+class TrainVAEConfig:
+    """`worldbagel train-vae data=<trajectory dir> out=<dir>`: train a small FLUX-layout autoencoder."""
+
+    data: str = "???"
+    """Trajectory folder whose frames to train on."""
+    out: str = "???"
+    """Output folder: ae.safetensors (FLUX layout), vae_config.json, vae_metrics.jsonl."""
+    splits: list[str] | None = None
+    """Dataset splits to use (None = every episode)."""
+    max_frames: int | None = 20000
+    """Use at most this many frames (evenly spread over the episodes)."""
+    vae: VAEConfig = field(default_factory=lambda: VAEConfig(ch=32, ch_mult=[1, 2, 2, 2], num_res_blocks=1))
+    """Architecture (FLUX layout; downsample must be 2**(len(ch_mult)-1), widths divisible by 32)."""
+    train: VAETrainConfig = field(default_factory=VAETrainConfig)
+    """Optimisation."""
+
+
+@dataclass
 class EnvConfig:
     """Which environment to run (config group `env`: gridworld, gridworld_ego, miniworld, habitat, video)."""
 
@@ -169,6 +221,8 @@ SCHEMAS: dict[str, type] = {
     "collect": CollectConfig,
     "info": InfoConfig,
     "generate": GenerateConfig,
+    "finetune": FinetuneConfig,
+    "train-vae": TrainVAEConfig,
 }
 
 

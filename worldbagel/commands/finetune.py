@@ -1,0 +1,150 @@
+"""`worldbagel finetune`: train a BAGEL folder or a from-scratch preset on trajectory data.
+
+Single process: `worldbagel finetune model=scratch-small vae=runs/vae data=runs/grid out=runs/wm`.
+Several processes (FSDP2): `torchrun --nproc_per_node N -m worldbagel.cli finetune ...`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from worldbagel.config import FinetuneConfig
+from worldbagel.errors import bad_argument
+
+logger = logging.getLogger(__name__)
+
+
+def _vae_config(folder: str):
+    import json
+
+    from worldbagel.model.configuration import VAE_CONFIG, VAEConfig
+
+    file = Path(folder) / VAE_CONFIG
+    if not file.is_file():
+        raise bad_argument(
+            "vae", folder, f"needs {VAE_CONFIG} and ae.safetensors (the output of worldbagel train-vae)"
+        )
+    return VAEConfig(**json.loads(file.read_text()))
+
+
+def load_model(cfg: FinetuneConfig, device: torch.device):
+    """(model, vae, tokenizer) from a folder or a from-scratch preset."""
+    from worldbagel.train.presets import PRESETS, build_preset
+
+    m = cfg.model
+    if m.name in PRESETS and m.path is None:
+        vae = None
+        if cfg.vae:
+            from worldbagel.model.vae import load_vae
+
+            vae = load_vae(cfg.vae, _vae_config(cfg.vae), device=device)
+        fresh = build_preset(m.name, seed=cfg.train.seed, vae=vae)
+        return fresh.model.to(device), fresh.vae.to(device), fresh.tokenizer
+    from worldbagel.inference.pipeline import shipped_model_dir
+    from worldbagel.model.checkpoint import load_bagel
+
+    path = m.path or shipped_model_dir(m.name)
+    loaded = load_bagel(path, dtype=m.dtype, device=device)
+    return loaded.model, loaded.vae, loaded.tokenizer
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("[bold]train"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[stats]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    )
+
+
+def run(cfg: FinetuneConfig, console: Console) -> int:
+    from worldbagel.data.trajectory import TrajectoryDataset
+    from worldbagel.model import parallelize as par
+    from worldbagel.model.sequence import SpecialIds
+    from worldbagel.model.transforms import ImageTransform
+    from worldbagel.train.data_stream import TrainingData
+    from worldbagel.train.latent_cache import FrameEncoder
+    from worldbagel.train.loop import Trainer
+
+    env = par.init_distributed(cfg.model.device)
+    try:
+        torch.manual_seed(cfg.train.seed)
+        dataset = TrajectoryDataset(cfg.data, splits=cfg.splits)
+        if len(dataset) == 0:
+            raise bad_argument("data", cfg.data, "holds no valid episode (see the warnings above)")
+        model, vae, tokenizer = load_model(cfg, env.device)
+        mcfg = model.config
+        if cfg.plan.vit and not mcfg.visual_und:
+            raise bad_argument(
+                "plan.vit", True, "the model has no ViT (visual_und=false); set plan.vit=false"
+            )
+        encoder = FrameEncoder(
+            vae,
+            ImageTransform(*cfg.model.vae_image_size),
+            ImageTransform(*cfg.model.vit_image_size) if cfg.plan.vit else None,
+            latent_patch_size=mcfg.latent_patch_size,
+            vit_patch_size=mcfg.vit.patch_size,
+            sample_posterior=cfg.sample_posterior,
+            cache_dir=cfg.latent_cache or Path(cfg.out) / "latent_cache",
+        )
+        s = tokenizer.special
+        data = TrainingData(
+            dataset,
+            encoder,
+            tokenizer.encode,
+            SpecialIds(s.bos_token_id, s.eos_token_id, s.start_of_image, s.end_of_image),
+            cfg.plan,
+            cfg.dropout,
+            cfg.packing,
+            seed=cfg.train.seed,
+            vit_max_side=mcfg.vit_max_num_patch_per_side,
+            latent_max_side=mcfg.max_latent_size,
+        )
+        trainer = Trainer(model, data, cfg.train, cfg.out, vae, tokenizer, env, config_snapshot=asdict(cfg))
+        if not env.is_main:
+            trainer.train()
+            return 0
+        console.print(
+            f"finetune [bold]{cfg.model.path or cfg.model.name}[/bold] on {len(dataset)} episodes "
+            f"({len(data.plans)} samples) -> {cfg.out}"
+        )
+        with _progress(console) as progress:
+            task = progress.add_task("train", total=cfg.train.steps, completed=0, stats="")
+
+            def on_step(m: dict) -> None:
+                stats = (
+                    f"loss {m['loss']:.4f} ce {m['loss_ce']:.3f} mse {m['loss_mse']:.4f} "
+                    f"{m['tokens_per_s']:.0f} tok/s lr {m['lr']:.1e}"
+                )
+                progress.update(task, completed=m["step"], stats=stats)
+
+            result = trainer.train(on_step)
+        table = Table(title=f"finetune: {result.steps} steps")
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        for k in ("loss", "loss_ce", "loss_mse", "grad_norm", "tokens_per_s"):
+            if k in result.last_metrics:
+                table.add_row(k, f"{result.last_metrics[k]:.4f}")
+        table.add_row("model folder", str(result.out_dir))
+        table.add_row("last checkpoint", str(result.checkpoint))
+        console.print(table)
+        return 0
+    finally:
+        par.shutdown()

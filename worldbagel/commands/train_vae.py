@@ -1,0 +1,69 @@
+"""`worldbagel train-vae data=<trajectory dir> out=<dir>`: a small FLUX-layout autoencoder for a new domain."""
+
+from __future__ import annotations
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from worldbagel.config import TrainVAEConfig
+from worldbagel.errors import bad_argument
+
+
+def collect_frames(root: str, splits: list[str] | None, max_frames: int | None) -> list[np.ndarray]:
+    """Frames of a trajectory folder, at most `max_frames`, spread evenly over all of them."""
+    from worldbagel.data.trajectory import TrajectoryDataset
+
+    dataset = TrajectoryDataset(root, splits=splits)
+    counts = [ep.length + 1 for ep in dataset]
+    total = sum(counts)
+    if total == 0:
+        raise bad_argument("data", root, "holds no valid episode with frames")
+    keep = (
+        set(range(total))
+        if not max_frames or total <= max_frames
+        else set(np.linspace(0, total - 1, max_frames).round().astype(int).tolist())
+    )
+    frames, offset = [], 0
+    for ep, n in zip(dataset, counts):
+        wanted = [t for t in range(n) if offset + t in keep]
+        frames.extend(ep.load_frame(t) for t in wanted)
+        offset += n
+    return frames
+
+
+def run(cfg: TrainVAEConfig, console: Console) -> int:
+    from worldbagel.train.vae_trainer import frames_tensor, reconstruction_loss, save_trained_vae, train_vae
+
+    frames = collect_frames(cfg.data, cfg.splits, cfg.max_frames)
+    console.print(f"train-vae on {len(frames)} frames from {cfg.data} -> {cfg.out}")
+    with Progress(
+        TextColumn("[bold]vae"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[stats]}"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
+        task = progress.add_task("vae", total=cfg.train.steps, stats="")
+
+        def on_step(m: dict) -> None:
+            progress.update(task, completed=m["step"], stats=f"recon {m['recon']:.4f} kl {m['kl']:.3f}")
+
+        vae, logs = train_vae(frames, cfg.vae, cfg.train, on_step)
+    save_trained_vae(vae, cfg.out, logs)
+    x = frames_tensor(frames[: min(len(frames), 64)], cfg.train.image_size).to(vae.device)
+    table = Table(title="train-vae")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_row(
+        f"{cfg.train.recon} reconstruction (posterior mean)",
+        f"{float(reconstruction_loss(vae, x, cfg.train.recon)):.4f}",
+    )
+    table.add_row(
+        "shift_factor / scale_factor", f"{vae.config.shift_factor:.4f} / {vae.config.scale_factor:.4f}"
+    )
+    table.add_row("output", str(cfg.out))
+    console.print(table)
+    return 0

@@ -1,0 +1,34 @@
+"""Exponential moving average of the trainable weights (official: ema <- d ema + (1 - d) param after every
+optimizer step, trainable parameters only; frozen weights equal the model's)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+
+class EMA:
+    """Shadow copies of trainable parameters (sharded like them under FSDP)."""
+
+    def __init__(self, named_params: Iterable[tuple[str, torch.Tensor]], decay: float):
+        self.decay = decay
+        self.shadow = {n: p.detach().clone() for n, p in named_params if p.requires_grad}
+
+    @torch.no_grad()
+    def update(self, named_params: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """ema <- decay * ema + (1 - decay) * param."""
+        for name, p in named_params:
+            if name in self.shadow:
+                self.shadow[name].mul_(self.decay).add_(p.detach(), alpha=1.0 - self.decay)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return dict(self.shadow)
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        missing = sorted(set(self.shadow) - set(state))
+        if missing:
+            raise KeyError(f"EMA state lacks {len(missing)} tensors, e.g. {missing[:3]}")
+        for name, t in self.shadow.items():
+            t.copy_(state[name])

@@ -1,0 +1,363 @@
+"""The fine-tuning loop: staged / LoRA training of a Bagel on packed trajectory batches.
+
+One optimizer step consumes `world_size * grad_accum` consecutive packs of the data stream (rank r takes
+packs r*accum .. r*accum+accum-1 of the step). Loss normalisers are the CE / MSE token counts of the whole
+step over all ranks, so a step's gradient does not depend on how its packs are split between ranks and
+accumulation (2 ranks x 1 pack == 1 rank x 2 packs). Before every step the global RNGs are re-seeded from
+(seed, step, rank), and the data stream is a pure function of its cursor, so a resumed run reproduces the
+uninterrupted one exactly.
+
+Outputs in `out_dir`:
+    metrics.jsonl            one line per `log_every` steps: step, loss, loss_ce, loss_mse, lr, grad_norm,
+                             tokens, tokens_per_s, epoch, time
+    checkpoints/step-*/      resumable training state (worldbagel.train.state)
+    llm_config.json ... ema.safetensors, model.safetensors, ae.safetensors, tokenizer files
+                             the exported BAGEL folder (EMA weights in ema.safetensors, raw weights in
+                             model.safetensors; LoRA merged when merge_on_save), loadable with
+                             `Bagel.from_pretrained(out_dir)`
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from worldbagel.errors import WorldBagelError, bad_argument
+from worldbagel.model import parallelize as par
+from worldbagel.train.data_stream import TrainingData, derive_seed
+from worldbagel.train.ema import EMA
+from worldbagel.train.export import export_folder
+from worldbagel.train.objective import LossWeights, compute_losses
+from worldbagel.train.options import TrainConfig
+from worldbagel.train.stages import apply_stage
+from worldbagel.train.state import (
+    TrainState,
+    latest_checkpoint,
+    load_checkpoint,
+    remove_partial_checkpoints,
+    save_checkpoint,
+    set_rng_state,
+)
+
+logger = logging.getLogger(__name__)
+
+METRICS = "metrics.jsonl"
+
+
+class TrainingDiverged(WorldBagelError):
+    """The loss or the gradient norm became NaN/inf."""
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Learning rate of optimizer step `step` (0-based): linear warmup, then constant or cosine to min_lr."""
+    o = cfg.optim
+    if o.warmup_steps and step < o.warmup_steps:
+        return o.lr * (step + 1) / o.warmup_steps
+    if o.schedule == "constant":
+        return o.lr
+    span = max(cfg.steps - o.warmup_steps, 1)
+    progress = min((step - o.warmup_steps) / span, 1.0)
+    return o.min_lr + 0.5 * (o.lr - o.min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    """Step reached."""
+    out_dir: Path
+    last_metrics: dict
+    checkpoint: Path | None
+
+
+class Trainer:
+    """Trains `model` (a Bagel, already on its device; under torchrun on `env.device`) on `data`.
+
+    `vae` / `tokenizer` go into the exported folder; `env` is the process's place in a torchrun job
+    (`parallelize.init_distributed`), a single process by default.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data: TrainingData,
+        cfg: TrainConfig,
+        out_dir: str | Path,
+        vae=None,
+        tokenizer=None,
+        env: par.DistEnv | None = None,
+        config_snapshot: dict | None = None,
+    ):
+        self.cfg = cfg
+        self.data = data
+        self.out_dir = Path(out_dir)
+        self.env = env or par.DistEnv(device=next(model.parameters()).device)
+        self.vae, self.tokenizer = vae, tokenizer
+        self.snapshot = config_snapshot if config_snapshot is not None else asdict(cfg)
+        self.bagel_config = model.config
+        self.model = model
+        self.device = self.env.device
+        self._check_out_dir()
+
+        apply_stage(model, cfg)
+        if cfg.lora.enabled:
+            from worldbagel.train.lora import inject_lora
+
+            inject_lora(model, cfg.lora)
+        self.trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+        if cfg.activation_checkpointing:
+            par.apply_activation_checkpointing(model)
+        self.amp = cfg.amp == "bf16" or (cfg.amp == "auto" and self.device.type == "cuda")
+        if self.env.distributed:
+            par.apply_fsdp(model, param_dtype=torch.bfloat16 if self.amp else None)
+        self.model = model.train()
+        self.params = [p for _, p in self._named_trainable()]
+        o = cfg.optim
+        self.optimizer = torch.optim.AdamW(
+            self.params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay, foreach=True
+        )
+        self.ema = EMA(self._named_trainable(), cfg.ema_decay) if cfg.ema_decay > 0 else None
+        self.state = TrainState()
+        self.weights = LossWeights(cfg.ce_weight, cfg.mse_weight)
+        self._tb = None
+
+    # ------------------------------------------------------------------ setup helpers
+    def _named_trainable(self) -> list[tuple[str, torch.Tensor]]:
+        return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+
+    def _check_out_dir(self) -> None:
+        last = latest_checkpoint(self.out_dir)
+        if last is not None and not self.cfg.resume:
+            raise bad_argument(
+                "out",
+                str(self.out_dir),
+                f"already holds a training run ({last.name}); pass train.resume=true to continue it or "
+                "choose another output folder",
+            )
+
+    def _resume(self) -> None:
+        path = latest_checkpoint(self.out_dir)
+        if path is None:
+            logger.info("resume requested but %s has no checkpoint: starting from step 0", self.out_dir)
+            return
+        if self.env.is_main:
+            remove_partial_checkpoints(self.out_dir)
+        ck = load_checkpoint(path)
+        par.load_full_state_dict(self.model, ck.model_state)
+        named = dict(self._named_trainable())
+        par.load_optimizer_state(self.model, self.optimizer, ck.optim_state)
+        if self.ema is not None:
+            if ck.ema_state is None:
+                raise WorldBagelError(f"checkpoint {path} has no EMA but train.ema_decay > 0")
+            self.ema.load_state_dict({n: par.shard_like(named[n], t) for n, t in ck.ema_state.items()})
+        set_rng_state(ck.rng_json, ck.rng_tensors)
+        self.state = ck.state
+        self._truncate_metrics(ck.state.step)
+        logger.info("resumed from %s (step %d, data cursor %d)", path, ck.state.step, ck.state.cursor)
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop metric lines written after the checkpoint (a killed run may have logged further, or torn
+        its last line)."""
+        path = self.out_dir / METRICS
+        if not self.env.is_main or not path.is_file():
+            return
+        keep = []
+        for line in path.read_text().splitlines():
+            try:
+                if json.loads(line)["step"] <= step:
+                    keep.append(line)
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text("".join(ln + "\n" for ln in keep))
+        os.replace(tmp, path)
+
+    # ------------------------------------------------------------------ one step
+    def _seed_step(self, step: int) -> None:
+        s = derive_seed(self.cfg.seed, step, self.env.rank)
+        random.seed(s)
+        np.random.seed(s % 2**32)
+        torch.manual_seed(s)
+
+    def _step(self) -> dict:
+        cfg, env = self.cfg, self.env
+        accum = cfg.grad_accum
+        first = self.state.cursor + env.rank * accum
+        cursors = list(range(first, first + accum))
+        batches = [self.data.batch(c, self.device) for c in cursors]
+        counts = par.all_reduce_sum(
+            torch.tensor([[b.num_ce, b.num_mse, b.num_tokens] for b in batches], dtype=torch.float64).sum(0)
+        )
+        n_ce, n_mse, n_tok = (float(x) for x in counts)
+        # per-rank normalisers: FSDP averages gradients over ranks, so sum/(total/world) gives sum/total
+        ce_norm, mse_norm = max(n_ce, 1.0) / env.world_size, max(n_mse, 1.0) / env.world_size
+        sums = torch.zeros(2, dtype=torch.float64)
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.amp else nullcontext()
+        for cursor, batch in zip(cursors, batches):
+            with autocast:
+                parts = compute_losses(
+                    self.model,
+                    batch,
+                    self.data.noise_generator(cursor),
+                    cfg.timestep_shift,
+                    self.weights,
+                    ce_norm=ce_norm,
+                    mse_norm=mse_norm,
+                )
+            parts["loss"].backward()
+            sums += torch.tensor([float(parts["ce_sum"]), float(parts["mse_sum"])], dtype=torch.float64)
+        ce_sum, mse_sum = (float(x) for x in par.all_reduce_sum(sums))
+        loss_ce, loss_mse = ce_sum / max(n_ce, 1.0), mse_sum / max(n_mse, 1.0)
+        loss = self.weights.ce * loss_ce + self.weights.mse * loss_mse
+        grad_norm = par.clip_grad_norm(self.params, cfg.optim.grad_clip)
+        return {
+            "loss": loss,
+            "loss_ce": loss_ce,
+            "loss_mse": loss_mse,
+            "grad_norm": grad_norm,
+            "tokens": int(n_tok),
+        }
+
+    # ------------------------------------------------------------------ run
+    def train(self, on_step: Callable[[dict], None] | None = None) -> TrainResult:
+        """Run until `cfg.steps`; `on_step(metrics)` is called on the main rank after every step."""
+        cfg, env = self.cfg, self.env
+        if cfg.resume:
+            self._resume()
+        if env.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            self._open_tensorboard()
+        metrics: dict = {}
+        last_ckpt = latest_checkpoint(self.out_dir)
+        world_packs = env.world_size * cfg.grad_accum
+        while self.state.step < cfg.steps:
+            step = self.state.step
+            lr = lr_at(step, cfg)
+            for g in self.optimizer.param_groups:
+                g["lr"] = lr
+            self._seed_step(step)
+            t0 = time.perf_counter()
+            out = self._step()
+            if not (math.isfinite(out["loss"]) and math.isfinite(out["grad_norm"])):
+                self.optimizer.zero_grad(set_to_none=True)
+                where = (
+                    f"the last good checkpoint is {last_ckpt}"
+                    if last_ckpt
+                    else "no checkpoint was written yet"
+                )
+                raise TrainingDiverged(
+                    f"loss became non-finite at step {step + 1} (loss={out['loss']}, loss_ce={out['loss_ce']}, "
+                    f"loss_mse={out['loss_mse']}, grad_norm={out['grad_norm']}); training stopped without "
+                    f"updating the weights; {where}. Lower train.optim.lr, raise warmup_steps or check the data."
+                )
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.ema is not None:
+                self.ema.update(self._named_trainable())
+            dt = time.perf_counter() - t0
+            self.state.step += 1
+            self.state.cursor += world_packs
+            self.state.tokens += out["tokens"]
+            epoch, _ = self.data.locate(self.state.cursor)
+            metrics = {
+                "step": self.state.step,
+                **{k: out[k] for k in ("loss", "loss_ce", "loss_mse", "grad_norm", "tokens")},
+                "lr": lr,
+                "tokens_per_s": out["tokens"] / max(dt, 1e-9),
+                "epoch": epoch,
+                "time": dt,
+            }
+            if env.is_main and (self.state.step % cfg.log_every == 0 or self.state.step == cfg.steps):
+                self._log(metrics)
+            if self.state.step % cfg.save_every == 0 or self.state.step == cfg.steps:
+                last_ckpt = self.save_checkpoint()
+            if env.is_main and on_step is not None:
+                on_step(metrics)
+        self.export()
+        par.barrier()
+        return TrainResult(self.state.step, self.out_dir, metrics, last_ckpt)
+
+    # ------------------------------------------------------------------ outputs
+    def _open_tensorboard(self) -> None:
+        if not self.cfg.tensorboard or self._tb is not None:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as exc:
+            from worldbagel.errors import DependencyNotInstalled
+
+            raise DependencyNotInstalled(
+                "train.tensorboard=true needs the tensorboard package: pip install tensorboard"
+            ) from exc
+        self._tb = SummaryWriter(str(self.out_dir / "tensorboard"))
+
+    def _log(self, metrics: dict) -> None:
+        with open(self.out_dir / METRICS, "a") as f:
+            f.write(json.dumps(metrics) + "\n")
+        if self._tb is not None:
+            for k, v in metrics.items():
+                if k != "step":
+                    self._tb.add_scalar(f"train/{k}", v, metrics["step"])
+        logger.info(
+            "step %d loss %.4f (ce %.4f, mse %.4f) lr %.2e grad %.3f %.0f tok/s",
+            metrics["step"],
+            metrics["loss"],
+            metrics["loss_ce"],
+            metrics["loss_mse"],
+            metrics["lr"],
+            metrics["grad_norm"],
+            metrics["tokens_per_s"],
+        )
+
+    def _ema_full(self) -> dict[str, torch.Tensor] | None:
+        if self.ema is None:
+            return None
+        return {n: par.full_tensor(t).detach().cpu() for n, t in self.ema.state_dict().items()}
+
+    def save_checkpoint(self) -> Path | None:
+        """Write a resumable checkpoint (collective under FSDP; rank 0 writes)."""
+        model_state = par.full_state_dict(self.model)
+        optim_state = par.optimizer_state(self.model, self.optimizer)
+        ema_state = self._ema_full()
+        path = None
+        if self.env.is_main:
+            if self.ema is None:
+                ema_state = None
+            path = save_checkpoint(
+                self.out_dir,
+                self.state,
+                model_state,
+                optim_state,
+                ema_state,
+                self.snapshot,
+                self.cfg.keep_checkpoints,
+            )
+        par.barrier()
+        return path
+
+    def export(self) -> None:
+        """Write the BAGEL folder (EMA -> ema.safetensors, raw -> model.safetensors) into out_dir."""
+        raw = par.full_state_dict(self.model)
+        ema = self._ema_full()
+        if self.env.is_main:
+            export_folder(
+                self.out_dir,
+                self.bagel_config,
+                raw,
+                ema,
+                self.cfg.lora,
+                self.vae,
+                self.tokenizer,
+                source=getattr(self.model, "pretrained_dir", None),
+            )

@@ -1,0 +1,96 @@
+"""LoRA adapters with peft (optional dependency) and merging them back into plain BAGEL weights.
+
+Adapters are injected in place (`peft.inject_adapter_in_model`), so the model stays a `Bagel` and its
+forward is unchanged: a targeted `nn.Linear` named `q_proj` becomes a LoRA layer with parameters
+`q_proj.base_layer.{weight,bias}`, `q_proj.lora_A.default.weight` [r, in] and `q_proj.lora_B.default.weight`
+[out, r]. `merge_lora_state` turns such a state dict back into official keys with W' = W + (alpha / r) B A,
+from tensors only (so EMA values of the adapters can be merged too).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from worldbagel.errors import DependencyNotInstalled, bad_argument
+from worldbagel.train.options import LoraConfig
+
+logger = logging.getLogger(__name__)
+
+ADAPTER = "default"
+
+
+def _peft():
+    try:
+        import peft
+    except ImportError as exc:
+        raise DependencyNotInstalled(
+            "LoRA training needs peft: pip install 'worldbagel[lora]' (or pip install peft), "
+            "or set train.lora.enabled=false"
+        ) from exc
+    return peft
+
+
+def inject_lora(model: nn.Module, cfg: LoraConfig) -> list[str]:
+    """Add adapters to `cfg.target_modules`, freeze everything else except `cfg.train_modules`.
+
+    Returns the trainable parameter names.
+    """
+    peft = _peft()
+    names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    missing = [t for t in cfg.target_modules if t.rsplit(".", 1)[-1] not in names]
+    if missing or not cfg.target_modules:
+        raise bad_argument(
+            "train.lora.target_modules",
+            list(cfg.target_modules),
+            f"{missing or 'nothing'} matches no Linear of the model; choose from {sorted(names)}",
+        )
+    config = peft.LoraConfig(
+        r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=list(cfg.target_modules)
+    )
+    peft.inject_adapter_in_model(config, model, adapter_name=ADAPTER)
+    out = []
+    for name, p in model.named_parameters():
+        train = ".lora_" in name or name.startswith(tuple(cfg.train_modules))
+        p.requires_grad_(train)
+        if train:
+            out.append(name)
+    n = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    logger.info("LoRA r=%d on %s: %.3f M trainable parameters", cfg.r, list(cfg.target_modules), n / 1e6)
+    return out
+
+
+def has_lora(state: dict[str, torch.Tensor]) -> bool:
+    return any(".lora_A." in k for k in state)
+
+
+def merge_lora_state(state: dict[str, torch.Tensor], cfg: LoraConfig) -> dict[str, torch.Tensor]:
+    """A LoRA-injected state dict -> official keys with the adapters merged (W + alpha/r B A)."""
+    scale = cfg.alpha / cfg.r
+    out: dict[str, torch.Tensor] = {}
+    for key, t in state.items():
+        if ".lora_" in key:
+            continue
+        if ".base_layer." not in key:
+            out[key] = t
+            continue
+        prefix, param = key.split(".base_layer.")
+        w = t
+        if param == "weight":
+            a = state[f"{prefix}.lora_A.{ADAPTER}.weight"].float()  # [r, in]
+            b = state[f"{prefix}.lora_B.{ADAPTER}.weight"].float()  # [out, r]
+            w = (t.float() + scale * (b @ a)).to(t.dtype)
+        out[f"{prefix}.{param}"] = w
+    return out
+
+
+def base_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Official keys of the base weights (adapters dropped, not merged)."""
+    return {k.replace(".base_layer.", "."): t for k, t in state.items() if ".lora_" not in k}
+
+
+def adapter_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Only the adapter tensors (peft names without the adapter name, as peft's adapter_model files)."""
+    return {k.replace(f".{ADAPTER}.", "."): t for k, t in state.items() if ".lora_" in k}

@@ -1,0 +1,167 @@
+"""Training options (torch-free dataclasses, shared by the library and the CLI schemas).
+
+Defaults follow the official `train/pretrain_unified_navit.py` (spec 6.6) where it has one: AdamW
+(betas 0.9/0.95, eps 1e-15, weight decay 0), constant schedule after warmup, grad-clip 1.0, EMA 0.9999.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from worldbagel.errors import bad_argument
+
+STAGES = ("full", "align")
+SCHEDULES = ("constant", "cosine")
+AMP_MODES = ("auto", "bf16", "none")
+
+
+@dataclass
+class OptimConfig:
+    """AdamW and the learning-rate schedule."""
+
+    lr: float = 1e-4
+    """Peak learning rate (official pre-training 1e-4, fine-tune recipe 2e-5)."""
+    min_lr: float = 1e-7
+    """Final learning rate of the cosine schedule."""
+    warmup_steps: int = 0
+    """Linear warmup steps (official 2000)."""
+    schedule: str = "constant"
+    """constant or cosine (after warmup)."""
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    """AdamW betas."""
+    eps: float = 1e-15
+    """AdamW epsilon."""
+    weight_decay: float = 0.0
+    """AdamW decoupled weight decay."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this (<= 0 disables clipping; the norm is still logged)."""
+
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise bad_argument("optim.schedule", self.schedule, f"use one of {SCHEDULES}")
+        if self.lr <= 0:
+            raise bad_argument("optim.lr", self.lr, "must be > 0")
+        if len(self.betas) != 2:
+            raise bad_argument("optim.betas", self.betas, "give two values, e.g. [0.9, 0.95]")
+
+
+@dataclass
+class LoraConfig:
+    """Low-rank adapters (peft) instead of full fine-tuning."""
+
+    enabled: bool = False
+    """Train LoRA adapters on `target_modules`; every other weight is frozen (except `train_modules`)."""
+    r: int = 16
+    """Adapter rank."""
+    alpha: float = 32.0
+    """Scaling numerator (delta = alpha / r * B A)."""
+    dropout: float = 0.0
+    """Dropout on the adapter input."""
+    target_modules: list[str] = field(
+        default_factory=lambda: [
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "q_proj_moe_gen",
+            "k_proj_moe_gen",
+            "v_proj_moe_gen",
+            "o_proj_moe_gen",
+        ]
+    )
+    """Module names (suffixes) that get adapters: both experts' attention projections by default."""
+    train_modules: list[str] = field(default_factory=list)
+    """Parameter-name prefixes trained fully next to the adapters (e.g. llm2vae, vae2llm, time_embedder)."""
+    merge_on_save: bool = True
+    """Export merged weights (a plain BAGEL folder); otherwise the base weights + adapter_model.safetensors."""
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation loop."""
+
+    steps: int = 1000
+    """Optimizer steps to run (in total, counting resumed ones)."""
+    grad_accum: int = 1
+    """Packed batches per rank per optimizer step."""
+    seed: int = 0
+    """Seed of data order, dropout, noise and fresh weights."""
+    ce_weight: float = 1.0
+    """Weight of the text cross-entropy."""
+    mse_weight: float = 1.0
+    """Weight of the flow-matching MSE."""
+    timestep_shift: float = 1.0
+    """Training timestep shift s (official script 1.0; the paper raises it to about 4 for later stages)."""
+    ema_decay: float = 0.9999
+    """EMA decay per step (0 disables the EMA; ema.safetensors then holds the raw weights)."""
+    stage: str = "full"
+    """full: train every unfrozen weight; align: train only the ViT->LLM connector."""
+    freeze_llm: bool = False
+    """Freeze the whole language model (both experts, embeddings, lm_head)."""
+    freeze_vit: bool = False
+    """Freeze the SigLIP vision tower."""
+    freeze_und: bool = False
+    """Freeze the understanding path (und expert, embeddings, lm_head, ViT, connector): only the generation
+    expert and the generation heads train."""
+    activation_checkpointing: bool = False
+    """Recompute decoder/ViT layer activations in backward (less memory, ~30 % more compute)."""
+    amp: str = "auto"
+    """auto: bf16 autocast on CUDA, fp32 on CPU; bf16; none."""
+    log_every: int = 1
+    """Write a metrics line every this many steps."""
+    save_every: int = 100
+    """Checkpoint every this many steps (and at the end)."""
+    keep_checkpoints: int = 2
+    """Checkpoints kept on disk (older ones are deleted)."""
+    tensorboard: bool = False
+    """Also write TensorBoard scalars (needs the tensorboard package)."""
+    resume: bool = False
+    """Continue from the newest checkpoint in the output folder (exactly: same data, noise and RNG)."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """Optimizer and schedule."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    """LoRA adapters."""
+
+    def __post_init__(self) -> None:
+        if self.stage not in STAGES:
+            raise bad_argument("train.stage", self.stage, f"use one of {STAGES}")
+        if self.amp not in AMP_MODES:
+            raise bad_argument("train.amp", self.amp, f"use one of {AMP_MODES}")
+        for name in ("steps", "grad_accum", "log_every", "save_every", "keep_checkpoints"):
+            if int(getattr(self, name)) < 1:
+                raise bad_argument(f"train.{name}", getattr(self, name), "must be an integer >= 1")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise bad_argument("train.ema_decay", self.ema_decay, "must be in [0, 1) (0 disables the EMA)")
+
+
+@dataclass
+class VAETrainConfig:
+    """The small autoencoder trainer (`worldbagel train-vae`)."""
+
+    steps: int = 2000
+    """Optimizer steps."""
+    batch_size: int = 16
+    """Frames per step."""
+    lr: float = 2e-4
+    """AdamW learning rate (constant after a 5 % warmup)."""
+    recon: str = "l1"
+    """Reconstruction loss: l1 or mse (per pixel, images in [-1, 1])."""
+    kl_weight: float = 1e-4
+    """Weight of the KL term (per latent element) against the per-pixel reconstruction loss."""
+    image_size: int = 64
+    """Frames are resized so the long side is at most this (sides snapped to 16 px)."""
+    calibrate: bool = True
+    """Afterwards set shift_factor / scale_factor so the scaled latents of the data have mean 0, std 1."""
+    seed: int = 0
+    """Seed of the init, the frame order and the posterior draws."""
+    log_every: int = 50
+    """Write a metrics line every this many steps."""
+    device: str = "cpu"
+    """Torch device."""
+
+    def __post_init__(self) -> None:
+        if self.recon not in ("l1", "mse"):
+            raise bad_argument("recon", self.recon, "use l1 or mse")
+        for name in ("steps", "batch_size", "image_size", "log_every"):
+            if int(getattr(self, name)) < 1:
+                raise bad_argument(name, getattr(self, name), "must be an integer >= 1")

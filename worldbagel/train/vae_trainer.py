@@ -1,0 +1,130 @@
+"""A small AutoencoderKL trainer for domains where no pretrained VAE fits (output in the FLUX layout).
+
+Shape legend: B frames per step, H x W frame size, Cz latent channels, d downsample (8).
+
+Loss = recon(x_hat, x) + kl_weight * KL(q(z|x) || N(0, I)), both averaged per element, with
+x in [-1, 1], z = mean + exp(logvar / 2) eps (posterior sample), x_hat = decoder(z). With `calibrate`, the
+scaled latents `scale * (z - shift)` that BAGEL sees get mean 0 and standard deviation 1 over the training
+frames (the role FLUX's 0.3611 / 0.1159 play for FLUX). The result is written as `ae.safetensors` (FLUX keys,
+`save_vae`) and `vae_config.json`, the two files a BAGEL folder needs for its autoencoder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from worldbagel.errors import bad_argument
+from worldbagel.model.configuration import VAE_CONFIG, VAEConfig
+from worldbagel.model.transforms import ImageTransform
+from worldbagel.model.vae import AE_FILE, FluxVAE, save_vae
+from worldbagel.train.options import VAETrainConfig
+
+logger = logging.getLogger(__name__)
+
+
+def frames_tensor(frames: Sequence[np.ndarray], image_size: int) -> torch.Tensor:
+    """uint8 frames [H, W, 3] -> float [N, 3, H', W'] in [-1, 1] (VAE transform, long side <= image_size)."""
+    transform = ImageTransform(image_size, max(16, image_size // 2), 16)
+    images = [transform(f) for f in frames]
+    shapes = {tuple(x.shape) for x in images}
+    if len(shapes) != 1:
+        raise bad_argument(
+            "frames", sorted(shapes), "frames resize to different sizes; use frames of one size"
+        )
+    return torch.stack(images)
+
+
+def reconstruction_loss(vae: FluxVAE, x: torch.Tensor, kind: str = "l1") -> torch.Tensor:
+    """Per-pixel reconstruction error through the posterior mean (for evaluation)."""
+    with torch.no_grad():
+        mean, _ = vae.moments(x)
+        x_hat = vae.ae.decoder(mean)
+    return F.l1_loss(x_hat, x) if kind == "l1" else F.mse_loss(x_hat, x)
+
+
+@torch.no_grad()
+def calibrate(vae: FluxVAE, x: torch.Tensor, batch_size: int = 32) -> tuple[float, float]:
+    """Set the config's shift/scale so scaled posterior means of `x` have mean 0 and std 1."""
+    means = torch.cat([vae.moments(x[i : i + batch_size])[0].float() for i in range(0, len(x), batch_size)])
+    shift = float(means.mean())
+    scale = float(1.0 / means.std().clamp_min(1e-6))
+    vae.config.shift_factor, vae.config.scale_factor = shift, scale
+    return shift, scale
+
+
+def train_vae(
+    frames: Sequence[np.ndarray],
+    vae_config: VAEConfig,
+    cfg: VAETrainConfig,
+    on_step: Callable[[dict], None] | None = None,
+) -> tuple[FluxVAE, list[dict]]:
+    """Train a fresh autoencoder on `frames`; returns it and the logged metrics."""
+    torch.manual_seed(cfg.seed)
+    device = torch.device(cfg.device)
+    x_all = frames_tensor(frames, cfg.image_size)
+    if x_all.shape[-1] % vae_config.downsample or x_all.shape[-2] % vae_config.downsample:
+        raise bad_argument(
+            "image_size", cfg.image_size, f"sides must be multiples of {vae_config.downsample}"
+        )
+    vae = FluxVAE.from_config(vae_config).to(device).train()
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    warmup = max(1, cfg.steps // 20)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    n = len(x_all)
+    logs = []
+    for step in range(cfg.steps):
+        for g in opt.param_groups:
+            g["lr"] = cfg.lr * min(1.0, (step + 1) / warmup)
+        idx = torch.randint(0, n, (min(cfg.batch_size, n),), generator=gen)
+        x = x_all[idx].to(device)
+        mean, logvar = vae.moments(x)  # [B, Cz, H/d, W/d]
+        logvar = logvar.clamp(-30.0, 20.0)
+        eps = torch.randn(mean.shape, generator=gen).to(device)
+        z = mean + torch.exp(0.5 * logvar) * eps
+        x_hat = vae.ae.decoder(z)
+        rec = F.l1_loss(x_hat, x) if cfg.recon == "l1" else F.mse_loss(x_hat, x)
+        kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).mean()
+        loss = rec + cfg.kl_weight * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        if not torch.isfinite(loss):
+            raise bad_argument(
+                "lr", cfg.lr, f"the VAE loss became {float(loss)} at step {step + 1}; lower it"
+            )
+        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+            m = {"step": step + 1, "loss": float(loss), "recon": float(rec), "kl": float(kl)}
+            logs.append(m)
+            logger.info("vae step %d recon %.4f kl %.4f", m["step"], m["recon"], m["kl"])
+            if on_step is not None:
+                on_step(m)
+    vae.eval()
+    if cfg.calibrate:
+        shift, scale = calibrate(vae, x_all.to(device))
+        logger.info("calibrated latents: shift_factor %.4f, scale_factor %.4f", shift, scale)
+    return vae, logs
+
+
+def save_trained_vae(vae: FluxVAE, out_dir: str | Path, logs: list[dict] | None = None) -> Path:
+    """Write ae.safetensors (FLUX layout) and vae_config.json (atomic) into `out_dir`."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_vae(vae, out / AE_FILE)
+    files = {VAE_CONFIG: json.dumps(asdict(vae.config), indent=1) + "\n"}
+    if logs is not None:
+        files["vae_metrics.jsonl"] = "".join(json.dumps(m) + "\n" for m in logs)
+    for name, text in files.items():
+        tmp = out / f".{name}.tmp-{os.getpid()}"
+        tmp.write_text(text)
+        os.replace(tmp, out / name)
+    return out
