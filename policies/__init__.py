@@ -7,7 +7,10 @@ Exports the `Policy` protocol and the baseline policies:
 - `ScriptedPolicy(actions, codec)`: replays a list of actions or action texts.
 - `make_policy(name, env, seed, **kwargs)` / `register_policy(name, "module:factory")`: policies by name.
 
-World-model policies (planner, reasoning) live in their own modules and register themselves by name.
+World-model policies (they import torch, so they load on first access):
+
+- `WorldModelPlanner(world_model, ...)`: MPC over imagined rollouts (exhaustive / CEM), goal-image energy.
+- `ReasoningPolicy(world_model, ...)`: asks the world model which action to take, parses the answer.
 """
 
 from worldbagel.policies.base import BasePolicy, Policy, split_vector_infos
@@ -16,13 +19,29 @@ from worldbagel.policies.random_policy import RandomPolicy
 from worldbagel.policies.registry import POLICIES, make_policy, register_policy
 from worldbagel.policies.scripted import ScriptedPolicy
 
+_LAZY = {
+    "WorldModelPlanner": "worldbagel.policies.planner",
+    "ReasoningPolicy": "worldbagel.policies.reasoning",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "POLICIES",
     "BasePolicy",
     "OraclePolicy",
     "Policy",
     "RandomPolicy",
+    "ReasoningPolicy",
     "ScriptedPolicy",
+    "WorldModelPlanner",
     "make_policy",
     "register_policy",
     "split_vector_infos",

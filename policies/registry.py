@@ -20,6 +20,8 @@ POLICIES: dict[str, str] = {
     "random": "worldbagel.policies.random_policy:RandomPolicy.from_env",
     "oracle": "worldbagel.policies.oracle:OraclePolicy.from_env",
     "scripted": "worldbagel.policies.scripted:ScriptedPolicy.from_env",
+    "planner": "worldbagel.policies.planner:WorldModelPlanner.from_env",
+    "reasoning": "worldbagel.policies.reasoning:ReasoningPolicy.from_env",
 }
 
 
