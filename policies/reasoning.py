@@ -1,0 +1,247 @@
+"""ReasoningPolicy: ask the world model in text which action to take, parse the answer with the action codec.
+
+Every real step the env's history (frames and executed actions, as in `WorldModelPlanner`) gets a question,
+by default
+
+    "Which action should the agent take next? Answer with one of: move up, move right, move down, move left."
+
+(`NEXT_ACTION_QUESTION` filled with the codec's vocabulary; an `instruction` from the constructor or the
+info opens the history). With `think=True` the official thinking system prompt precedes the question and
+only the text after `</think>` is parsed. All envs of a vector env are asked together: their forked
+histories go through ONE `generate_text_batch` call.
+
+Parsing (`parse_action`): the whole answer through `codec.decode`; failing that, for codecs with a
+vocabulary, the answer's single distinct action phrase (so "I would move up." parses as "move up", while an
+answer naming two different actions does not). An answer that does not parse is invalid: the policy
+returns the fallback action (`fallback="random"`: drawn from the policy's seeded generator; or a fixed
+action / action text) and counts it. `invalid_count`, `question_count` and `last_answers` are public, and
+`episode_stats()` returns them as a dict (e.g. for a rollout's metrics).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from worldbagel.policies.base import BasePolicy, split_vector_infos, stack_actions
+
+from worldbagel.actions import ActionCodec, normalize_text
+from worldbagel.errors import InvalidAction, bad_argument
+from worldbagel.inference.generate import generate_text_batch
+from worldbagel.inference.pipeline import VLM_THINK_SYSTEM_PROMPT, split_think
+from worldbagel.world_model import WorldModel
+
+__all__ = ["NEXT_ACTION_QUESTION", "Answer", "ReasoningPolicy", "next_action_question", "parse_action"]
+
+logger = logging.getLogger(__name__)
+
+NEXT_ACTION_QUESTION = "Which action should the agent take next? Answer with one of: {actions}."
+"""The default question; `{actions}` becomes the codec's vocabulary joined by ', '."""
+
+
+def next_action_question(codec: ActionCodec, template: str = NEXT_ACTION_QUESTION) -> str:
+    """The question text for a codec (continuous codecs list their valid form instead of a vocabulary)."""
+    actions = ", ".join(codec.vocabulary) if codec.vocabulary else codec.valid_forms()
+    return template.format(actions=actions)
+
+
+def parse_action(codec: ActionCodec, text: str) -> Any:
+    """The action an answer names (see the module docstring); raises InvalidAction otherwise."""
+    try:
+        return codec.decode(text)
+    except InvalidAction:
+        if not codec.vocabulary:
+            raise
+    norm = _words(text)
+    found = {
+        i
+        for i, phrase in enumerate(codec.vocabulary)
+        if re.search(rf"(?<![a-z0-9.]){re.escape(_words(phrase))}(?![a-z0-9])", norm)
+    }
+    if len(found) == 1:
+        return codec.decode(codec.vocabulary[found.pop()])
+    why = "it names several actions" if found else "it names no action"
+    raise InvalidAction(f"answer {text!r} is not an action ({why}); valid forms: {codec.valid_forms()}")
+
+
+def _words(text: str) -> str:
+    """normalize_text, with punctuation other than '.' and '°' turned into spaces."""
+    return " ".join(re.sub(r"[^a-z0-9.°]+", " ", normalize_text(text)).split())
+
+
+@dataclass
+class Answer:
+    """One question asked at one step."""
+
+    text: str
+    """The answer (after </think> in think mode)."""
+    thought: str
+    action: Any
+    """The action taken (the fallback when the answer was invalid)."""
+    valid: bool
+
+
+@dataclass
+class _Slot:
+    world: WorldModel | None = None
+    last_action: Any = None
+    steps: int = 0
+    new_episode: bool = True
+
+
+class ReasoningPolicy(BasePolicy):
+    """Acts by asking a WorldModel which action to take next (optionally thinking first)."""
+
+    def __init__(
+        self,
+        world_model: WorldModel,
+        action_space: gym.Space | None = None,
+        question: str | None = None,
+        think: bool = False,
+        fallback: Any = "random",
+        max_new_tokens: int | None = None,
+        instruction: str | None = None,
+        seed: int | None = None,
+    ):
+        if not isinstance(world_model, WorldModel):
+            raise bad_argument("world_model", world_model, "pass a worldbagel.WorldModel")
+        if world_model.codec is None:
+            raise bad_argument(
+                "world_model.codec", None, "the reasoning policy parses answers with the codec; give one"
+            )
+        self.world_model = world_model
+        self.codec = world_model.codec
+        if action_space is None:
+            if not self.codec.vocabulary:
+                raise bad_argument("action_space", None, "give the env's action space")
+            action_space = gym.spaces.Discrete(len(self.codec.vocabulary))
+        self.action_space = action_space
+        self.question = question or next_action_question(self.codec)
+        self.think = bool(think)
+        self.max_new_tokens = int(max_new_tokens or (256 if think else 16))
+        if self.max_new_tokens < 1:
+            raise bad_argument("max_new_tokens", max_new_tokens, "use an int >= 1")
+        self.instruction = instruction
+        self._fixed = None
+        if fallback != "random":
+            try:
+                self._fixed = self.codec.decode(fallback) if isinstance(fallback, str) else fallback
+                self.codec.encode(self._fixed)
+            except InvalidAction as exc:
+                raise bad_argument("fallback", fallback, f"use 'random' or a valid action ({exc})") from None
+        self.fallback = fallback
+        self._slots: list[_Slot] = []
+        self.invalid_count = 0
+        self.question_count = 0
+        self.last_answers: list[Answer] = []
+        self.reset(seed)
+
+    @classmethod
+    def from_env(
+        cls,
+        env: Any,
+        seed: int | None = None,
+        model: Any = None,
+        sampler: Any = "fast",
+        world: Mapping[str, Any] | None = None,
+        world_model: WorldModel | None = None,
+        **kwargs: Any,
+    ) -> ReasoningPolicy:
+        """A reasoning policy for `env` (single or vector), loading `model` (preset name or mapping) unless a
+        `world_model` is given; the env's action codec parses the answers."""
+        from worldbagel.actions import codec_for_env
+        from worldbagel.world_model_loader import load_world_model
+
+        codec = codec_for_env(env)
+        if world_model is None:
+            world_model = load_world_model(model, sampler, codec, world)
+        elif world_model.codec is None:
+            world_model.codec = codec
+        space = getattr(env, "single_action_space", None) or env.action_space
+        return cls(world_model, action_space=space, seed=seed, **kwargs)
+
+    # ------------------------------------------------------------------ Policy protocol
+    def reset(self, seed: int | None = None) -> None:
+        """New episode in every env; resets the counters; `seed` reseeds the random fallback."""
+        if seed is not None or not hasattr(self, "_rng"):
+            self._rng = np.random.default_rng(seed)
+            self.action_space.seed(int(self._rng.integers(2**31)))
+        for slot in self._slots:
+            slot.new_episode = True
+        self.invalid_count = 0
+        self.question_count = 0
+
+    def start_episode(self, index: int | None = None) -> None:
+        """Restart the history of env `index` (all when None) at its next observation."""
+        for i, slot in enumerate(self._slots):
+            if index is None or i == index:
+                slot.new_episode = True
+
+    def episode_stats(self) -> dict[str, Any]:
+        """Counters since the last reset (for metrics): questions, invalid answers, invalid rate."""
+        rate = self.invalid_count / self.question_count if self.question_count else 0.0
+        return {"questions": self.question_count, "invalid_answers": self.invalid_count, "invalid_rate": rate}
+
+    def act(self, obs: Any, info: Mapping[str, Any] | None = None) -> Any:
+        return self._act([obs], [dict(info or {})])[0]
+
+    def act_batch(self, obs_batch: Any, infos: Any = None) -> np.ndarray:
+        n = len(obs_batch)
+        return stack_actions(self._act([obs_batch[i] for i in range(n)], split_vector_infos(infos, n)))
+
+    # ------------------------------------------------------------------ internals
+    def _observe(self, slot: _Slot, obs: Any, info: Mapping[str, Any]) -> WorldModel:
+        obs = np.asarray(obs)
+        restarted = info.get("steps") == 0  # a (vector env auto-)reset info, e.g. GridWorld's
+        if slot.world is None or slot.new_episode or restarted:
+            slot.world = copy.copy(self.world_model)  # same model, codec and config; its own history
+            slot.world.reset(obs, instruction=info.get("instruction") or self.instruction)
+            slot.steps, slot.new_episode = 0, False
+        else:
+            slot.world.act(slot.last_action).observe(obs)
+            slot.steps += 1
+        return slot.world
+
+    def _fallback(self) -> Any:
+        if self._fixed is not None:
+            return self._fixed
+        return self.action_space.sample()
+
+    def ask(self, worlds: list[WorldModel]) -> list[tuple[str, str]]:
+        """(thought, answer) of the next-action question for each history, in one batched generation."""
+        contexts = []
+        for w in worlds:
+            ctx = w.context.fork()
+            if self.think:
+                ctx.add_text(VLM_THINK_SYSTEM_PROMPT)
+            ctx.add_text(self.question)
+            contexts.append(ctx)
+        outs = generate_text_batch(contexts, max_new_tokens=self.max_new_tokens)
+        return [split_think(o.text) if self.think else ("", o.text.strip()) for o in outs]
+
+    def _act(self, observations: list, infos: list[dict]) -> list:
+        while len(self._slots) < len(observations):
+            self._slots.append(_Slot())
+        worlds = [self._observe(self._slots[i], o, infos[i]) for i, o in enumerate(observations)]
+        answers = []
+        for slot, (thought, text) in zip(self._slots, self.ask(worlds)):
+            self.question_count += 1
+            try:
+                action, valid = parse_action(self.codec, text), True
+            except InvalidAction as exc:
+                logger.debug("invalid answer: %s", exc)
+                action, valid = self._fallback(), False
+                self.invalid_count += 1
+            slot.last_action = action
+            answers.append(Answer(text, thought, action, valid))
+        self.last_answers = answers
+        return [a.action for a in answers]
+
+    def __repr__(self) -> str:
+        return f"ReasoningPolicy(think={self.think}, fallback={self.fallback!r}, question={self.question!r})"
