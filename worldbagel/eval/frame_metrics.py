@@ -108,13 +108,27 @@ def psnr(
 
 
 @lru_cache(maxsize=8)
-def _gaussian_window(sigma: float, channels: int) -> torch.Tensor:
-    """(C, 1, K, K) normalised Gaussian window, K = 2 * int(3.5 sigma + 0.5) + 1 (torchmetrics' size)."""
+def _gaussian_taps(sigma: float) -> torch.Tensor:
+    """(K,) normalised 1-D Gaussian, K = 2 * int(3.5 sigma + 0.5) + 1 (torchmetrics' window size)."""
     size = 2 * int(3.5 * sigma + 0.5) + 1
     x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
     g = torch.exp(-(x**2) / (2 * sigma**2))
-    g = g / g.sum()
-    return (g[:, None] * g[None, :]).expand(channels, 1, size, size).contiguous()
+    return g / g.sum()
+
+
+@lru_cache(maxsize=16)
+def _gaussian_band(n: int, sigma: float) -> torch.Tensor:
+    """(n - K + 1, n) banded matrix whose rows are the shifted taps: `band @ x` is the valid 1-D filter.
+
+    The 2-D Gaussian window is the outer product of the taps, so filtering rows then columns with two
+    matrix products equals the 2-D convolution (to float64 rounding) and is ~20x faster on CPU than a
+    float64 depthwise conv2d."""
+    g = _gaussian_taps(sigma)
+    k = g.numel()
+    band = torch.zeros(n - k + 1, n, dtype=torch.float64)
+    for i in range(n - k + 1):
+        band[i, i : i + k] = g
+    return band
 
 
 def ssim(
@@ -135,8 +149,7 @@ def ssim(
     p, t = _pair(pred, target, data_range)
     lead = p.shape[:-3]
     h, w, c = p.shape[-3:]
-    window = _gaussian_window(float(sigma), int(c))
-    pad = (window.shape[-1] - 1) // 2
+    pad = (_gaussian_taps(float(sigma)).numel() - 1) // 2
     if min(h, w) <= pad:
         raise bad_argument(
             "pred.shape",
@@ -145,13 +158,17 @@ def ssim(
         )
     p = p.reshape(-1, h, w, c).permute(0, 3, 1, 2)  # (N, C, H, W)
     t = t.reshape(-1, h, w, c).permute(0, 3, 1, 2)
+    rows = _gaussian_band(h + 2 * pad, float(sigma))  # (H, H + 2 pad)
+    cols = _gaussian_band(w + 2 * pad, float(sigma)).T  # (W + 2 pad, W)
     c1, c2 = k1**2, k2**2
     scores = []
     for start in range(0, p.shape[0], _CHUNK):
         a = F.pad(p[start : start + _CHUNK], (pad, pad, pad, pad), mode="reflect")
         b = F.pad(t[start : start + _CHUNK], (pad, pad, pad, pad), mode="reflect")
         n = a.shape[0]
-        stats = F.conv2d(torch.cat([a, b, a * a, b * b, a * b]), window, groups=c).split(n)
+        stats = (rows @ torch.cat([a, b, a * a, b * b, a * b]) @ cols).split(
+            n
+        )  # Gaussian-filtered (., C, H, W)
         mu_a, mu_b, e_aa, e_bb, e_ab = stats
         var_a = (e_aa - mu_a**2).clamp(min=0.0)
         var_b = (e_bb - mu_b**2).clamp(min=0.0)
