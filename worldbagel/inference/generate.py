@@ -11,13 +11,14 @@ of every request is packed into ONE forward per step (noisy tokens never enter a
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from worldbagel.errors import bad_argument
 from worldbagel.inference.context import Context
 from worldbagel.inference.sampler import RENORM_TYPES, cfg_active, cfg_combine, flow_schedule
+from worldbagel.model.sequence import PackedSequence
 
 # ============================================================================================ text
 
@@ -199,6 +200,7 @@ def generate_images(
     z_dim = pipe.model.config.patch_latent_dim
     xs = [_initial_noise(r, grid, z_dim, pipe, generator) for r in requests]  # fp32 ODE state, [T, Z] each
     ts = flow_schedule(cfg.num_steps, cfg.shift)
+    queries: dict[tuple, PackedSequence] = {}
     for i in range(cfg.num_steps - 1):
         t = float(ts[i])
         active = cfg_active(t, cfg.cfg_interval)
@@ -224,7 +226,10 @@ def generate_images(
         groups = [branches] if cfg.batch_cfg else [[b] for b in branches]
         vel: dict[tuple[int, str], torch.Tensor] = {}
         for group in groups:
-            for (r, name), v in zip([(b[0], b[1]) for b in group], _velocities(pipe, group, xs, grid, t)):
+            key = tuple((b[0], b[1]) for b in group)
+            if key not in queries:  # the query layout only depends on which branches run
+                queries[key] = _query(pipe, group, grid)
+            for (r, name), v in zip(key, _velocities(pipe, group, queries[key], xs, t)):
                 vel[(r, name)] = v
         dt = ts[i] - ts[i + 1]
         for r in range(len(requests)):
@@ -241,15 +246,23 @@ def generate_images(
     return [ImageOutput(x, grid) for x in xs]
 
 
-def _velocities(pipe, branches, xs, grid, t: float) -> list[torch.Tensor]:
-    """One packed forward over the noisy query of every branch; returns each branch's velocity [T, Z]."""
+def _query(pipe, branches, grid) -> PackedSequence:
+    """The packed noisy query of a set of branches (markers + h*w latent rows per branch), built once."""
     builder = pipe.builder(
         ropes=[c.rope for _, _, c in branches], past_lens=[c.num_tokens for _, _, c in branches]
     )
-    for j, (r, _, _) in enumerate(branches):
-        builder.add_vae_image(xs[r].to(pipe.dtype), grid, sample=j, t=t, noisy=True)
-    seq = builder.build(pipe.device)
+    z_dim = pipe.model.config.patch_latent_dim
+    for j in range(len(branches)):
+        builder.add_vae_image(torch.zeros(grid[0] * grid[1], z_dim), grid, sample=j, noisy=True)
+    return builder.build(pipe.device)
+
+
+def _velocities(pipe, branches, query: PackedSequence, xs, t: float) -> list[torch.Tensor]:
+    """One packed forward over the noisy query of every branch; returns each branch's velocity [T, Z]."""
+    tokens = torch.cat([xs[r] for r, _, _ in branches]).to(pipe.device, pipe.dtype)  # [B*T, Z]
+    seq = replace(query, vae_tokens=tokens, vae_t=torch.full_like(query.vae_t, t))
     with torch.no_grad():
         h, _ = pipe.model.forward_packed(seq, past=[c.cache or None for _, _, c in branches])
         v = pipe.model.velocity(h[seq.noisy_vae_idx]).float().cpu()
-    return list(v.split(grid[0] * grid[1]))
+    n = xs[branches[0][0]].shape[0]
+    return list(v.split(n))
