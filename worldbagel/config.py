@@ -214,6 +214,8 @@ class CollectConfig:
     """Also write preview.mp4 in each episode folder."""
     workers: int = 1
     """Parallel worker processes, each with its own env (1 = in this process)."""
+    annotate: str | None = None
+    """Text annotator adding instructions, question/answer pairs and thoughts per step (e.g. gridworld)."""
 
 
 SCHEMAS: dict[str, type] = {

@@ -17,6 +17,7 @@ from rich.progress import (
 from rich.table import Table
 
 from worldbagel.config import CollectConfig
+from worldbagel.data.annotations import make_annotator
 from worldbagel.data.collect import collect
 from worldbagel.data.trajectory import FRAME_EXTS
 from worldbagel.errors import bad_argument
@@ -57,6 +58,7 @@ def run(cfg: CollectConfig, console: Console) -> int:
             metadata={"env": cfg.env.name, "env_kwargs": cfg.env.kwargs, "policy": cfg.policy.name},
             workers=cfg.workers,
             progress=progress,
+            annotator=make_annotator(cfg.annotate),
         )
     table = Table(title=f"collect {cfg.env.id} x {cfg.policy.name} -> {result.root}")
     table.add_column("episodes", justify="left")

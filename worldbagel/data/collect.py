@@ -55,13 +55,20 @@ def record_episode(
     seed: int,
     codec: ActionCodec | None = None,
     max_steps: int | None = None,
+    annotator: Callable[[Any, Any, Mapping[str, Any]], Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Run one episode into `writer` and finish it; returns the index entry."""
+    """Run one episode into `writer` and finish it; returns the index entry.
+
+    `annotator(env, obs, info)` is called on the observation each action is taken from and returns text
+    annotations of that step (any of `instruction`, `qa` [{q, a}], `thought`); see
+    worldbagel/data/annotations.py.
+    """
     policy.reset(seed=seed)
     obs, info = env.reset(seed=seed)
     writer.start(frame_of(obs, env), info)
     done = False
     while not done:
+        notes = dict(annotator(env, obs, info)) if annotator is not None else {}
         action = policy.act(obs, info)
         text = codec.encode(action) if codec is not None else None
         obs, reward, terminated, truncated, info = env.step(action)
@@ -74,6 +81,7 @@ def record_episode(
             truncated or (capped and not terminated),
             info,
             text,
+            **notes,
         )
         done = bool(terminated or truncated or capped)
     return writer.finish()
@@ -82,8 +90,13 @@ def record_episode(
 class _Worker:
     """An env + policy kept alive across episodes (rebuilt after a failure)."""
 
-    def __init__(self, env_factory: Callable[[], Any], policy_factory: Callable[[Any], Any]):
-        self.env_factory, self.policy_factory = env_factory, policy_factory
+    def __init__(
+        self,
+        env_factory: Callable[[], Any],
+        policy_factory: Callable[[Any], Any],
+        annotator: Callable[[Any, Any, Mapping[str, Any]], Mapping[str, Any]] | None = None,
+    ):
+        self.env_factory, self.policy_factory, self.annotator = env_factory, policy_factory, annotator
         self.env = self.policy = self.codec = None
         self.built_once = False
 
@@ -101,7 +114,9 @@ class _Worker:
             with EpisodeWriter(root, eid, seed=seed + index, **writer_kwargs) as writer:
                 return (
                     eid,
-                    record_episode(self.env, self.policy, writer, seed + index, self.codec, max_steps),
+                    record_episode(
+                        self.env, self.policy, writer, seed + index, self.codec, max_steps, self.annotator
+                    ),
                     None,
                 )
         except Exception as exc:  # one bad episode must not stop the collection
@@ -129,9 +144,11 @@ def _codec_or_none(env: Any) -> ActionCodec | None:
 _PROCESS_WORKER: _Worker | None = None
 
 
-def _init_process(env_factory: Callable[[], Any], policy_factory: Callable[[Any], Any]) -> None:
+def _init_process(
+    env_factory: Callable[[], Any], policy_factory: Callable[[Any], Any], annotator: Callable | None = None
+) -> None:
     global _PROCESS_WORKER
-    _PROCESS_WORKER = _Worker(env_factory, policy_factory)
+    _PROCESS_WORKER = _Worker(env_factory, policy_factory, annotator)
 
 
 def _run_in_process(
@@ -154,10 +171,12 @@ def collect(
     metadata: Mapping[str, Any] | None = None,
     workers: int = 1,
     progress: Callable[[int, int, str, str | None], None] | None = None,
+    annotator: Callable[[Any, Any, Mapping[str, Any]], Mapping[str, Any]] | None = None,
 ) -> CollectResult:
     """Make sure `root` holds episodes ep-000000 .. ep-{episodes-1}; record the missing ones.
 
     `progress(done, todo, episode_id, error_or_None)` is called after each recorded (or failed) episode.
+    `annotator(env, obs, info)` adds text annotations to each step (see `record_episode`).
     Factories must be picklable (module-level functions or functools.partial) when `workers > 1`.
     """
     if not (isinstance(episodes, int) and episodes >= 1):
@@ -201,7 +220,7 @@ def collect(
             progress(len(result.written) + len(result.failed), len(todo), eid, error)
 
     if workers == 1 or len(todo) <= 1:
-        worker = _Worker(env_factory, policy_factory)
+        worker = _Worker(env_factory, policy_factory, annotator)
         try:
             for i in todo:
                 record(worker.run(root, i, seed, writer_kwargs, max_steps))
@@ -214,7 +233,7 @@ def collect(
         max_workers=min(workers, len(todo)),
         mp_context=mp.get_context("spawn"),
         initializer=_init_process,
-        initargs=(env_factory, policy_factory),
+        initargs=(env_factory, policy_factory, annotator),
     ) as pool:
         futures = [pool.submit(_run_in_process, root, i, seed, writer_kwargs, max_steps) for i in todo]
         for fut in as_completed(futures):

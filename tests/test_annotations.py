@@ -1,0 +1,58 @@
+"""GridWorld text annotations: answers computed from the symbolic state, written by `collect`."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import pytest
+
+import worldbagel.envs  # noqa: F401  (registers the envs)
+from worldbagel.cli import main
+from worldbagel.data.annotations import (
+    ACTION_QUESTION,
+    GOAL_QUESTION,
+    GridWorldAnnotator,
+    make_annotator,
+    relative_offset_text,
+)
+from worldbagel.data.trajectory import TrajectoryDataset
+from worldbagel.errors import ConfigError
+
+
+def test_relative_offset_text():
+    assert relative_offset_text((3, 3), (1, 6)) == "2 up 3 right"
+    assert relative_offset_text((3, 3), (4, 3)) == "1 down"
+    assert relative_offset_text((2, 2), (2, 2)) == "here"
+
+
+def test_annotations_follow_the_oracle_along_an_episode():
+    env = gym.make("WorldBagel/GridWorld-v0")
+    obs, info = env.reset(seed=5)
+    ann = GridWorldAnnotator()
+    first = ann(env, obs, info)
+    assert first["instruction"] == "reach the green goal"
+    done = False
+    while not done:
+        notes = ann(env, obs, info)
+        qa = {p["q"]: p["a"] for p in notes["qa"]}
+        action = env.unwrapped.optimal_action()
+        assert qa[ACTION_QUESTION] == env.unwrapped.action_names[action]
+        assert qa[GOAL_QUESTION] == relative_offset_text(info["agent"], info["goal"])
+        assert notes["thought"].endswith(qa[ACTION_QUESTION]) and f"{info['distance']} moves" in notes["thought"]
+        obs, _, terminated, truncated, info = env.step(action)
+        done = terminated or truncated
+        assert "instruction" not in ann(env, obs, info) or done
+    assert info["success"]
+
+
+def test_collect_writes_annotations(tmp_path):
+    out = tmp_path / "data"
+    args = ["collect", "env=gridworld", "policy=oracle", "episodes=2", f"out={out}", "annotate=gridworld"]
+    assert main(args) == 0
+    ep = TrajectoryDataset(out)[0]
+    assert len(ep.annotations) == ep.length
+    first = ep.annotations[0]
+    assert first["instruction"] == "reach the green goal"
+    assert [p["q"] for p in first["qa"]] == [GOAL_QUESTION, ACTION_QUESTION]
+    assert first["thought"].startswith("<think> goal ") and first["thought"].endswith(ep.action_texts[0])
+    with pytest.raises(ConfigError, match="annotate"):
+        make_annotator("nope")

@@ -1,0 +1,75 @@
+"""Text annotations written beside trajectories: instructions, question/answer pairs and thoughts.
+
+An annotator is called by `worldbagel.data.collect` as `annotator(env, obs, info)` on the observation each
+action is taken from and returns any of `instruction`, `qa` ([{"q", "a"}]) and `thought`. The texts are the
+world model's reasoning curriculum, so their wording is fixed here and shared with the policies that ask the
+same questions at run time (`GOAL_QUESTION`, `ACTION_QUESTION`).
+
+GridWorld answers come from the symbolic state (the env's BFS oracle), never from pixels:
+
+    instruction  "reach the green goal"                                    (first step only)
+    Q "where is the goal?"          A "2 up 3 right" / "here"              (relative cell offset)
+    Q "which action is next?"       A "move right"                         (first move of a shortest path)
+    thought  "<think> goal 2 up 3 right, 7 moves away </think> move right"
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from worldbagel.errors import bad_argument
+
+GRIDWORLD_INSTRUCTION = "reach the green goal"
+GOAL_QUESTION = "where is the goal?"
+ACTION_QUESTION = "which action is next?"
+
+
+def relative_offset_text(agent: tuple[int, int], goal: tuple[int, int]) -> str:
+    """'2 up 3 right' (rows then columns) or 'here' when the agent is on the goal."""
+    dr, dc = goal[0] - agent[0], goal[1] - agent[1]
+    parts = []
+    if dr:
+        parts.append(f"{abs(dr)} {'down' if dr > 0 else 'up'}")
+    if dc:
+        parts.append(f"{abs(dc)} {'right' if dc > 0 else 'left'}")
+    return " ".join(parts) or "here"
+
+
+class GridWorldAnnotator:
+    """Questions, answers and thoughts for GridWorld steps, computed from the env's symbolic state."""
+
+    def __init__(self, questions: bool = True, thoughts: bool = True, instruction: bool = True):
+        self.questions, self.thoughts, self.instruction = questions, thoughts, instruction
+
+    def __call__(self, env: Any, obs: Any, info: Mapping[str, Any]) -> dict[str, Any]:
+        base = getattr(env, "unwrapped", env)
+        if not hasattr(base, "optimal_action"):
+            raise bad_argument("annotate", "gridworld", f"env {type(base).__name__} is not a GridWorld env")
+        agent, goal = tuple(info["agent"]), tuple(info["goal"])
+        where = relative_offset_text(agent, goal)
+        out: dict[str, Any] = {}
+        if self.instruction and int(info.get("steps", 0)) == 0:
+            out["instruction"] = GRIDWORLD_INSTRUCTION
+        action_text = base.action_names[int(base.optimal_action())]
+        if self.questions:
+            out["qa"] = [{"q": GOAL_QUESTION, "a": where}, {"q": ACTION_QUESTION, "a": action_text}]
+        if self.thoughts:
+            out["thought"] = (
+                f"<think> goal {where}, {int(info['distance'])} moves away </think> {action_text}"
+            )
+        return out
+
+
+ANNOTATORS: dict[str, Callable[[], Callable[[Any, Any, Mapping[str, Any]], Mapping[str, Any]]]] = {
+    "gridworld": GridWorldAnnotator,
+}
+
+
+def make_annotator(name: str | None):
+    """The annotator registered as `name` (None -> no annotations)."""
+    if name is None:
+        return None
+    if name not in ANNOTATORS:
+        raise bad_argument("annotate", name, f"use one of {sorted(ANNOTATORS)} or null")
+    return ANNOTATORS[name]()
