@@ -188,9 +188,10 @@ class WorldModelPlanner(BasePolicy):
     ) -> WorldModelPlanner:
         """A planner for `env` (single or vector): loads the world model of `model` (a preset name such as
         'gridworld', or a mapping like {'name': 'tiny', 'path': DIR}) unless `world_model` is given, with the
-        env's action codec; `scorers` may name task scorers (e.g. 'gridworld_distance')."""
+        env's action codec; `scorers` may name task scorers ('gridworld_distance', or 'auto' for those that fit
+        the env), give {'name', 'weight', ...} mappings, callables or (callable, weight) pairs."""
         from worldbagel.actions import codec_for_env
-        from worldbagel.eval.energy import make_scorer
+        from worldbagel.eval.energy import auto_scorers, make_scorer
         from worldbagel.world_model_loader import load_world_model
 
         codec = codec_for_env(env)
@@ -200,7 +201,9 @@ class WorldModelPlanner(BasePolicy):
             world_model.codec = codec
         built = []
         for s in scorers:
-            if isinstance(s, str):
+            if s == "auto":
+                built.extend(auto_scorers(env))
+            elif isinstance(s, str):
                 built.append(make_scorer(s, env))
             elif isinstance(s, Mapping):
                 s = dict(s)

@@ -284,3 +284,34 @@ def test_make_policy_planner_end_to_end_on_the_fixture(tiny_dir):
     plan = planner.last_plan
     assert plan.goal.shape == (4, 64, 64, 3) and plan.frames.shape == (1, 64, 64, 3) and plan.candidates == 4
     torch.testing.assert_close(torch.tensor(plan.energy).isfinite(), torch.tensor(True))
+
+
+def test_maze_scorer_and_auto_scorers_on_real_frames():
+    from worldbagel.eval.energy import auto_scorers
+
+    env = make_env("WorldBagel/GridWorld-v0")
+    frames, infos = [], []
+    obs, info = env.reset(seed=2)
+    for _ in range(2):
+        frames.append(obs)
+        infos.append(info)
+        obs, _, _, _, info = env.step(env.unwrapped.optimal_action())
+    (scorer,) = auto_scorers(env)
+    assert isinstance(scorer, GridWorldDistanceScorer)
+    energy = scorer(np.stack(frames), [0, 0], infos[0])
+    assert energy == pytest.approx(min(infos[0]["distance"], infos[1]["distance"] + scorer.step_cost))
+    assert scorer(np.zeros((1, 64, 64, 3), np.uint8), [0], infos[0]) == 64.0  # undecodable: worst
+    assert auto_scorers(make_env("WorldBagel/GridWorldEgo-v0")) == []
+
+
+def test_policy_group_yaml_builds_the_planner(tiny_dir):
+    from worldbagel.cli import compose_config
+
+    _, cfg = compose_config(
+        "rollout",
+        ["policy=planner", "policy.kwargs.model.name=tiny", f"+policy.kwargs.model.path={tiny_dir}"],
+    )
+    kwargs = dict(cfg.policy.kwargs)
+    kwargs["sampler"] = {"preset": "fast", "num_steps": 3}
+    planner = make_policy(cfg.policy.name, make_env("WorldBagel/GridWorld-v0"), seed=0, **kwargs)
+    assert isinstance(planner.scorers[0][0], GridWorldDistanceScorer) and planner.horizon == 2

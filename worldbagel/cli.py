@@ -43,6 +43,9 @@ COMMANDS: dict[str, Command] = {
         Command("generate", "generate", "text (+ image) in, image or text out, on any model folder"),
         Command("finetune", "finetune", "train a BAGEL (folder or from-scratch preset) on trajectory data"),
         Command("train-vae", "train_vae", "train a small FLUX-layout autoencoder on trajectory frames"),
+        Command("predict", "predict", "continue a video clip with the world model (optionally with actions)"),
+        Command("reason", "reason", "ask the world model a question about an image or clip (optional think)"),
+        Command("imagine", "imagine", "an imagined rollout next to the real one, side by side, with metrics"),
     ]
 }
 

@@ -218,6 +218,90 @@ class CollectConfig:
     """Text annotator adding instructions, question/answer pairs and thoughts per step (e.g. gridworld)."""
 
 
+@dataclass
+class PredictConfig:
+    """`worldbagel predict video=CLIP frames=N [actions=[...]]`: continue a clip with the world model."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The world model (group `model`; default: the gridworld model shipped in the package)."""
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    """Frame sampling knobs (group `sampler`)."""
+    video: str = "???"
+    """The clip to continue: an .mp4/.gif file, a folder of png/jpg frames, or one image file."""
+    frames: int | None = None
+    """Frames to predict; default: one per action, else 4."""
+    actions: list[str] | None = None
+    """Action texts, one per predicted frame (e.g. `actions=[move up,move right]`); none: plain continuation."""
+    instruction: str | None = None
+    """Optional text that opens the history (e.g. the task)."""
+    max_history_frames: int = 4
+    """Frames kept in the model's context window (older clip frames are dropped)."""
+    seed: int = 0
+    """Seed of the flow noise."""
+    out: str | None = None
+    """Output folder (continuation.mp4/.gif, frames/NNN.png); None: runs/predict-<timestamp>."""
+    fps: float = 4.0
+    """Frame rate of the written videos."""
+    mp4: bool = True
+    """Write continuation.mp4."""
+    gif: bool = True
+    """Write continuation.gif."""
+
+
+@dataclass
+class ReasonConfig:
+    """`worldbagel reason image=FILE question=TEXT [think=true]`: ask the world model about an observation."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The world model (group `model`)."""
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    """Sampling knobs (group `sampler`; unused by text answers, kept for a uniform command line)."""
+    image: str = "???"
+    """An image file, or a video / frame folder (every frame enters the history in order)."""
+    question: str = "???"
+    """The question."""
+    think: bool = False
+    """Think first (official thinking system prompt); the thought is printed too."""
+    max_new_tokens: int = 128
+    """Limit of generated tokens (thought and answer together)."""
+    instruction: str | None = None
+    """Optional text that opens the history."""
+    max_history_frames: int = 4
+    """Frames kept in the model's context window."""
+    out: str | None = None
+    """Also write the answer (and the thought) to this text file."""
+
+
+@dataclass
+class ImagineConfig:
+    """`worldbagel imagine env=gridworld actions=[...]`: an imagined rollout next to the real one."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The world model (group `model`)."""
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    """Frame sampling knobs (group `sampler`)."""
+    env: EnvConfig = field(default_factory=EnvConfig)
+    """The real environment (group `env`)."""
+    actions: list[Any] | None = None
+    """Actions as env action indices or action texts (`actions=[move right,move down]`); none: `steps`
+    random actions seeded with `seed`."""
+    steps: int = 8
+    """Number of random actions when `actions` is not given."""
+    seed: int = 0
+    """Seed of the env reset, the random actions and the flow noise."""
+    max_history_frames: int = 4
+    """Frames kept in the model's context window."""
+    out: str | None = None
+    """Output folder (imagine.mp4/.gif real | imagined, real/ and imagined/ PNGs, metrics.json);
+    None: runs/imagine-<timestamp>."""
+    fps: float | None = None
+    """Video frame rate; None: the env's `fps` (else 4)."""
+    mp4: bool = True
+    """Write imagine.mp4."""
+    gif: bool = True
+    """Write imagine.gif."""
+
+
 SCHEMAS: dict[str, type] = {
     "rollout": RolloutConfig,
     "collect": CollectConfig,
@@ -225,6 +309,9 @@ SCHEMAS: dict[str, type] = {
     "generate": GenerateConfig,
     "finetune": FinetuneConfig,
     "train-vae": TrainVAEConfig,
+    "predict": PredictConfig,
+    "reason": ReasonConfig,
+    "imagine": ImagineConfig,
 }
 
 

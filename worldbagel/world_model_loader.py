@@ -72,13 +72,16 @@ def _resolve(group: str, schema: type, value: Any) -> Any:
     preset = value.pop("preset", None) or (value.get("name") if group == "model" else None)
     if preset:
         base = _preset(group, str(preset))
-    merged = OmegaConf.merge(OmegaConf.structured(schema), base, value)
     try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), base, value)
+        # OmegaConf does not let a preset's "???" overwrite a default, so look for it in the preset itself
+        missing = sorted(k for k, v in base.items() if v == "???" and value.get(k, "???") == "???")
+        if missing:
+            fix = f"set {', '.join(f'{group}.{k}' for k in missing)}"
+            raise bad_argument(group, value, f"incomplete {group} config (preset {preset!r}): {fix}")
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
-        missing = [k for k in known if OmegaConf.is_missing(merged, k)]
-        fix = f"set {', '.join(f'{group}.{k}' for k in missing)}" if missing else str(exc)
-        raise bad_argument(group, value, f"incomplete {group} config: {fix}") from None
+        raise bad_argument(group, value, f"invalid {group} config: {exc}") from None
 
 
 def model_config(model: str | Mapping | ModelConfig | None = None) -> ModelConfig:

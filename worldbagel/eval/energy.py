@@ -18,7 +18,8 @@ transform like every frame (latent).
 Task scorers add task knowledge to the energy: a scorer is called as
 `scorer(frames [T, H, W, 3], actions, info) -> float` on one candidate's imagined frames, its actions and
 the real env's latest info. `GridWorldDistanceScorer` decodes each imagined gridworld frame and scores the
-maze distance (BFS moves) from the decoded agent cell to the goal.
+maze distance (BFS moves) from the decoded agent cell to the goal; `auto_scorers(env)` lists the scorers
+that fit an env (the planner's `scorers=[auto]`).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ __all__ = [
     "LatentDistance",
     "SSIMDistance",
     "as_frames",
+    "auto_scorers",
     "frame_distance",
     "make_scorer",
 ]
@@ -238,6 +240,19 @@ def _env_attr(env: Any, name: str) -> Any:
 
 SCORERS: dict[str, Any] = {"gridworld_distance": GridWorldDistanceScorer}
 """Task scorers by name (each class has `from_env(env, **kwargs)`)."""
+
+
+def auto_scorers(env: Any) -> list:
+    """The task scorers known to fit `env`: GridWorldDistanceScorer for top-down GridWorld, else none."""
+    from worldbagel.envs.gridworld import GridWorldEnv
+
+    single = env
+    if getattr(env, "envs", None):
+        single = env.envs[0]
+    u = getattr(single, "unwrapped", single)
+    if isinstance(u, GridWorldEnv) and u.view == "topdown":
+        return [GridWorldDistanceScorer.from_env(u)]
+    return []
 
 
 def make_scorer(name: str, env: Any = None, **kwargs: Any):

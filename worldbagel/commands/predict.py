@@ -1,0 +1,98 @@
+"""`worldbagel predict video=CLIP frames=N [actions=[...]]`: continue a clip with the world model.
+
+The clip's frames enter the history in order (the model keeps the newest `max_history_frames`); then N frames
+are predicted, each after its action text when actions are given. Writes, in the output folder:
+continuation.mp4 / continuation.gif (the predicted frames) and frames/000.png ... (lossless).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from rich.console import Console
+
+from worldbagel.config import PredictConfig
+from worldbagel.errors import bad_argument
+from worldbagel.eval.png_canvas import save_png_atomic
+from worldbagel.video import FRAME_SUFFIXES, read_image, read_video, write_video
+
+logger = logging.getLogger(__name__)
+
+
+def read_clip(path: str, name: str) -> np.ndarray:
+    """An image file, a video file or a frame folder as uint8 frames [T, H, W, 3]."""
+    p = Path(path)
+    if not p.exists():
+        raise bad_argument(
+            name, path, "no such file or folder; give an image, an .mp4/.gif or a frame folder"
+        )
+    if p.is_file() and p.suffix.lower() in FRAME_SUFFIXES:
+        return read_image(p)[None]
+    return read_video(p)
+
+
+def run_dir(out: str | None, prefix: str) -> Path:
+    """`out`, or runs/<prefix>-<timestamp> (with a numeric suffix when that folder exists)."""
+    if out:
+        return Path(out)
+    base = Path("runs") / f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path, n = base, 1
+    while path.exists():
+        path, n = base.with_name(f"{base.name}-{n}"), n + 1
+    return path
+
+
+def write_frames(folder: Path, frames, prefix: str = "") -> list[Path]:
+    """Each frame as folder/<prefix>NNN.png (atomic writes)."""
+    return [
+        save_png_atomic(
+            folder / f"{prefix}{i:03d}.png", lambda tmp, f=f: Image.fromarray(f).save(tmp, format="PNG")
+        )
+        for i, f in enumerate(frames)
+    ]
+
+
+def run(cfg: PredictConfig, console: Console) -> int:
+    from worldbagel.world_model_loader import load_world_model
+
+    actions = list(cfg.actions) if cfg.actions is not None else None
+    if actions is not None:
+        bad = [a for a in actions if not isinstance(a, str) or not a.strip()]
+        if bad or not actions:
+            raise bad_argument("actions", cfg.actions, "give action texts, e.g. actions=[move up,move right]")
+    n = cfg.frames if cfg.frames is not None else (len(actions) if actions else 4)
+    if not (isinstance(n, int) and n >= 1):
+        raise bad_argument("frames", cfg.frames, "predict at least 1 frame")
+    if actions is not None and len(actions) != n:
+        raise bad_argument(
+            "frames", cfg.frames, f"give one action per predicted frame ({len(actions)} actions)"
+        )
+    if not cfg.fps > 0:
+        raise bad_argument("fps", cfg.fps, "use a positive frame rate")
+    clip = read_clip(cfg.video, "video")
+    out = run_dir(cfg.out, "predict")
+    with console.status(f"loading {cfg.model.path or cfg.model.name}"):
+        wm = load_world_model(cfg.model, cfg.sampler, world={"max_history_frames": cfg.max_history_frames})
+    generator = torch.Generator().manual_seed(cfg.seed)
+    with console.status(f"reading {len(clip)} frame(s) and predicting {n}"):
+        wm.reset(clip[0], instruction=cfg.instruction)
+        for frame in clip[1:]:
+            wm.observe(frame)
+        predicted = np.stack(wm.predict(n, actions, generator=generator))
+    out.mkdir(parents=True, exist_ok=True)
+    write_frames(out / "frames", predicted)
+    written = [out / "frames"]
+    if cfg.mp4:
+        written.append(write_video(out / "continuation.mp4", predicted, fps=cfg.fps))
+    if cfg.gif:
+        written.append(write_video(out / "continuation.gif", predicted, fps=cfg.fps))
+    h, w = predicted.shape[1:3]
+    console.print(f"predicted {n} frame(s) of {w}x{h} after {len(clip)} context frame(s)")
+    for path in written:
+        console.print(f"wrote {path}", highlight=False)
+    return 0

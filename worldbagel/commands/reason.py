@@ -1,0 +1,42 @@
+"""`worldbagel reason image=FILE question=TEXT [think=true]`: ask the world model about an observation.
+
+The image (or every frame of a clip, in order) enters the world model's history; the answer is generated
+greedily and printed (with the thought in think mode) and, with `out=FILE`, written to a text file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+
+from worldbagel.commands.predict import read_clip
+from worldbagel.config import ReasonConfig
+from worldbagel.data.trajectory_index import atomic_write_text
+from worldbagel.errors import bad_argument
+
+
+def run(cfg: ReasonConfig, console: Console) -> int:
+    from worldbagel.world_model_loader import load_world_model
+
+    if not cfg.question.strip():
+        raise bad_argument("question", cfg.question, "ask a question, e.g. question='Where is the goal?'")
+    if cfg.max_new_tokens < 1:
+        raise bad_argument("max_new_tokens", cfg.max_new_tokens, "use an int >= 1")
+    frames = read_clip(cfg.image, "image")
+    with console.status(f"loading {cfg.model.path or cfg.model.name}"):
+        wm = load_world_model(cfg.model, cfg.sampler, world={"max_history_frames": cfg.max_history_frames})
+    with console.status("thinking" if cfg.think else "answering"):
+        wm.reset(frames[0], instruction=cfg.instruction)
+        for frame in frames[1:]:
+            wm.observe(frame)
+        thought, answer = wm.reason_full(cfg.question, think=cfg.think, max_new_tokens=cfg.max_new_tokens)
+    if cfg.think:
+        console.print(f"[bold]thought:[/bold] {thought}", highlight=False)
+    console.print(answer, markup=False, highlight=False)
+    if cfg.out:
+        path = Path(cfg.out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        text = (f"<think> {thought} </think>\n" if cfg.think else "") + answer + "\n"
+        atomic_write_text(path, text)
+    return 0
