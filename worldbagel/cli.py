@@ -46,6 +46,7 @@ COMMANDS: dict[str, Command] = {
         Command("predict", "predict", "continue a video clip with the world model (optionally with actions)"),
         Command("reason", "reason", "ask the world model a question about an image or clip (optional think)"),
         Command("imagine", "imagine", "an imagined rollout next to the real one, side by side, with metrics"),
+        Command("eval", "evaluate", "evaluate a world model: NWM frame prediction, planning, Q&A; metrics.json"),
     ]
 }
 

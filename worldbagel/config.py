@@ -13,6 +13,13 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 
 from worldbagel.data.sequence_plan import DropoutConfig, PackingConfig, PlanConfig
+from worldbagel.eval.options import (
+    DatasetConfig,
+    FramesEvalConfig,
+    NavigationEvalConfig,
+    TextEvalConfig,
+    TrajectoryEvalConfig,
+)
 from worldbagel.model.configuration import VAEConfig
 from worldbagel.train.options import TrainConfig, VAETrainConfig
 
@@ -302,6 +309,42 @@ class ImagineConfig:
     """Write imagine.gif."""
 
 
+@dataclass
+class EvalConfig:
+    """`worldbagel eval [model=...] [dataset=...] [tasks=[frames,...]]`: NWM frame-prediction protocol, planning,
+    Q&A; writes metrics.json, a table, metric-vs-horizon plots and a contact sheet (docs/metrics.md)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The world model under test (group `model`; default: the gridworld model shipped in the package)."""
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    """Frame sampling knobs (group `sampler`)."""
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    """Held-out data (group `dataset`: gridworld = held-out layouts recorded now, trajectories, nwm, video)."""
+    env: EnvConfig = field(default_factory=EnvConfig)
+    """Env of closed-loop navigation, and of dataset.format=env (group `env`)."""
+    env_split: str | None = "eval"
+    """Replaces env.kwargs.split when the env's kwargs have one (GridWorld): eval = held-out layouts; None keeps it."""
+    policy: PolicyConfig = field(default_factory=lambda: PolicyConfig(name="planner"))
+    """Policy of closed-loop navigation (default the world-model planner; group `policy`)."""
+    tasks: list[str] | None = None
+    """Any of frames, navigation, trajectory, text; None = every task the data supports (navigation only when
+    dataset.format=env, trajectory only for continuous actions, text only with Q&A annotations)."""
+    world: dict[str, Any] = field(default_factory=dict)
+    """World-model options (max_history_frames, use_vit, reencode, image_cfg, window_slack)."""
+    frames: FramesEvalConfig = field(default_factory=FramesEvalConfig)
+    """Frame prediction: horizons, modes, context, sample budget, metrics."""
+    navigation: NavigationEvalConfig = field(default_factory=NavigationEvalConfig)
+    """Closed-loop episodes."""
+    trajectory: TrajectoryEvalConfig = field(default_factory=TrajectoryEvalConfig)
+    """Open-loop planning to goal frames (ATE/RPE)."""
+    text: TextEvalConfig = field(default_factory=TextEvalConfig)
+    """Q&A exact match."""
+    seed: int = 0
+    """Seed of the flow noise and of the planner."""
+    out: str | None = None
+    """Run folder; None writes to runs/eval-<timestamp>."""
+
+
 SCHEMAS: dict[str, type] = {
     "rollout": RolloutConfig,
     "collect": CollectConfig,
@@ -312,6 +355,7 @@ SCHEMAS: dict[str, type] = {
     "predict": PredictConfig,
     "reason": ReasonConfig,
     "imagine": ImagineConfig,
+    "eval": EvalConfig,
 }
 
 

@@ -150,7 +150,9 @@ def read_metrics_json(path: str | os.PathLike) -> dict:
 
 # --------------------------------------------------------------------------------------------- tables
 def format_value(value, std=None) -> str:
-    """Compact number: 4 significant digits, '± std' when given, '-' for missing."""
+    """Compact number: 4 significant digits, '± std' when given, '-' for missing; text stays as it is."""
+    if isinstance(value, str):
+        return value
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "-" if value is None else str(value)
     if isinstance(value, bool):

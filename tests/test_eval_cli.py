@@ -1,0 +1,169 @@
+"""`worldbagel eval` end to end on the tiny fixture (in-process through cli.main)."""
+
+from __future__ import annotations
+
+import json
+from functools import partial
+
+import numpy as np
+import pytest
+from worldbagel.policies import make_policy
+
+from worldbagel.cli import main
+from worldbagel.data.collect import collect
+from worldbagel.data.trajectory import TrajectoryDataset
+from worldbagel.eval.frame_metrics import psnr, ssim
+from worldbagel.eval.report import read_metrics_json
+from worldbagel.rollout import build_env
+
+GRID_KWARGS = {"size": 8, "obs_size": 64, "max_steps": 64, "split": "eval"}
+
+
+@pytest.fixture(scope="module")
+def grid_data(tmp_path_factory):
+    """Two 6-step random GridWorld episodes (64 px) written by the project's collector."""
+    root = tmp_path_factory.mktemp("eval-data") / "grid"
+    collect(
+        partial(build_env, "WorldBagel/GridWorld-v0", GRID_KWARGS),
+        partial(make_policy, "random", seed=0),
+        root,
+        episodes=2,
+        seed=3,
+        env_id="WorldBagel/GridWorld-v0",
+        split="eval",
+        max_steps=6,
+        metadata={"env": "gridworld", "env_kwargs": GRID_KWARGS},
+    )
+    return root
+
+
+def _tiny(tiny_dir) -> list[str]:
+    return [
+        "model=tiny",
+        f"model.path={tiny_dir}",
+        "sampler.num_steps=3",
+        "frames.horizons=[1,2]",
+        "frames.context=2",
+    ]
+
+
+def test_eval_on_a_trajectory_folder_writes_every_output(tiny_dir, grid_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert (
+        main(["eval", *_tiny(tiny_dir), "dataset=trajectories", f"dataset.path={grid_data}", f"out={out}"])
+        == 0
+    )
+    names = sorted(p.name for p in out.iterdir())
+    assert names == [
+        "contact_sheet.png",
+        "horizon_psnr.png",
+        "horizon_ssim.png",
+        "horizon_symbolic_accuracy.png",
+        "metrics.json",
+    ]
+    doc = read_metrics_json(out / "metrics.json")
+    run = doc["run"]
+    assert run["tasks"] == ["frames"] and set(run["skipped"]) == {"navigation", "trajectory", "text"}
+    assert run["frames"]["samples"] == 2 and run["frames"]["predicted_frames"] == 2 * 2 + 2 * 2
+    fp = doc["frame_prediction"]
+    assert fp["horizons"] == [1, 2]
+    assert set(fp["modes"]) == {"single_step", "open_loop", "copy_last_frame", "copy_previous_frame"}
+    assert fp["higher_is_better"] == {"psnr": True, "ssim": True, "symbolic_accuracy": True}
+    # the baseline equals the metrics computed directly from the stored frames (t0 = context - 1 = 1)
+    eps = TrajectoryDataset(grid_data)
+    for j, k in enumerate((1, 2)):
+        last = np.stack([ep.frames[1] for ep in eps])
+        real = np.stack([ep.frames[1 + k] for ep in eps])
+        base = fp["modes"]["copy_last_frame"]
+        assert base["psnr"]["mean"][j] == pytest.approx(float(np.mean(psnr(last, real))))
+        assert base["ssim"]["mean"][j] == pytest.approx(float(np.mean(ssim(last, real))))
+        assert base["psnr"]["n"][j] == 2
+    assert doc["symbolic"]["next_frame"]["n"] == 4 and "open_loop_k2" in doc["symbolic"]
+    printed = capsys.readouterr().out
+    assert "Frame prediction" in printed and "copy_last_frame" in printed and str(out) in printed
+
+
+def test_eval_env_dataset_with_navigation(tiny_dir, tmp_path):
+    """dataset=gridworld records held-out episodes now; the oracle's navigation needs no model time."""
+    out = tmp_path / "nav"
+    args = [
+        "eval",
+        *_tiny(tiny_dir),
+        "dataset.episodes=1",
+        "dataset.max_steps=4",
+        "frames.modes=[open_loop]",
+        "frames.contact_sheet_samples=0",
+        "tasks=[frames,navigation]",
+        "policy=oracle",
+        "navigation.episodes=2",
+        f"out={out}",
+    ]
+    assert main(args) == 0
+    doc = json.loads((out / "metrics.json").read_text())
+    assert doc["run"]["dataset"]["format"] == "env" and doc["run"]["episodes"] == 1
+    assert set(doc["frame_prediction"]["modes"]) == {"open_loop", "copy_last_frame"}
+    nav = doc["navigation"]
+    assert (
+        nav["policy"] == "oracle"
+        and nav["n_episodes"] == 2
+        and nav["success_rate"] == 1.0
+        and nav["spl"] == 1.0
+    )
+    rollout = json.loads((out / "navigation" / "metrics.json").read_text())
+    assert [e["seed"] for e in rollout["episodes"]] == [1000, 1001]  # navigation.seed, held-out layouts
+    assert not (out / "contact_sheet.png").exists()
+
+
+def test_eval_planner_plans_with_the_evaluated_model(tiny_dir, tmp_path):
+    pytest.importorskip("worldbagel.policies.planner")
+    out = tmp_path / "plan"
+    args = [
+        "eval",
+        *_tiny(tiny_dir),
+        "tasks=[navigation]",
+        "env.kwargs.max_steps=2",
+        "navigation.episodes=1",
+        "policy.kwargs.horizon=1",
+        f"out={out}",
+    ]
+    assert main(args) == 0
+    nav = json.loads((out / "metrics.json").read_text())["navigation"]
+    assert nav["policy"] == "planner" and nav["n_episodes"] == 1 and nav["failed"] == 0
+    assert nav["episode_length_mean"] <= 2
+
+
+def test_eval_bad_dataset_path_is_named(tiny_dir, tmp_path, capsys):
+    missing = tmp_path / "nope"
+    assert (
+        main(
+            [
+                "eval",
+                *_tiny(tiny_dir),
+                "dataset=trajectories",
+                f"dataset.path={missing}",
+                f"out={tmp_path / 'r'}",
+            ]
+        )
+        == 1
+    )
+    printed = capsys.readouterr().out.replace("\n", "")
+    assert "dataset.path" in printed and "nope" in printed
+    assert not (tmp_path / "r").exists()
+
+
+def test_eval_bad_task_and_folder_without_index(tiny_dir, tmp_path, capsys):
+    assert main(["eval", *_tiny(tiny_dir), "tasks=[frames,dance]", f"out={tmp_path / 'r'}"]) == 1
+    assert "tasks" in capsys.readouterr().out
+    assert (
+        main(
+            [
+                "eval",
+                *_tiny(tiny_dir),
+                "dataset=trajectories",
+                f"dataset.path={tmp_path}",
+                f"out={tmp_path / 'r'}",
+            ]
+        )
+        == 1
+    )
+    assert "index.json" in capsys.readouterr().out.replace("\n", "")

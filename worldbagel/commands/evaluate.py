@@ -1,0 +1,290 @@
+"""`worldbagel eval`: evaluate a world model; metrics.json, tables, horizon plots and a contact sheet.
+
+Tasks (docs/metrics.md, "worldbagel eval"):
+    frames       the NWM frame-prediction protocol (worldbagel.eval.protocol) with copy-last-frame baselines
+    navigation   closed-loop episodes of a policy (default the world-model planner) in the env group
+    trajectory   open-loop planning to goal frames on continuous-action data: ATE / RPE
+    text         exact match on the dataset's Q&A annotations
+
+metrics.json is rewritten after every task, so a later failure keeps the finished sections.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from worldbagel.config import EvalConfig
+from worldbagel.errors import bad_argument
+from worldbagel.eval.options import TASKS
+
+logger = logging.getLogger(__name__)
+
+
+def default_run_dir(prefix: str = "eval") -> Path:
+    """runs/<prefix>-<timestamp>, with a numeric suffix if that folder already exists."""
+    base = Path("runs") / f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path, n = base, 1
+    while path.exists():
+        path, n = base.with_name(f"{base.name}-{n}"), n + 1
+    return path
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("[bold]eval[/bold] {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
+
+
+def resolve_tasks(cfg: EvalConfig, episodes: list | None) -> tuple[list[str], dict[str, str]]:
+    """(tasks to run, {task: why it is skipped}) from cfg.tasks (None = every task the data supports)."""
+    from worldbagel.eval.heldout import has_continuous_actions
+    from worldbagel.eval.qa_eval import collect_questions
+
+    if cfg.tasks is not None:
+        bad = [t for t in cfg.tasks if t not in TASKS]
+        if bad or not cfg.tasks:
+            raise bad_argument("tasks", cfg.tasks, f"use one or more of {list(TASKS)}")
+        return list(dict.fromkeys(cfg.tasks)), {}
+    tasks, skipped = ["frames"], {}
+    if cfg.dataset.format == "env":
+        tasks.append("navigation")
+    else:
+        skipped["navigation"] = (
+            "dataset is not recorded from the env group (add tasks=[...,navigation] to run it)"
+        )
+    if episodes and any(has_continuous_actions(ep) for ep in episodes):
+        tasks.append("trajectory")
+    else:
+        skipped["trajectory"] = "no continuous (dx, dy, dyaw) actions in the dataset"
+    if episodes and collect_questions(episodes):
+        tasks.append("text")
+    else:
+        skipped["text"] = "no Q&A annotations in the dataset"
+    return tasks, skipped
+
+
+def _env_kwargs(cfg: EvalConfig) -> dict[str, Any]:
+    kwargs = dict(cfg.env.kwargs)
+    if cfg.env_split is not None and "split" in kwargs:
+        kwargs["split"] = cfg.env_split
+    return kwargs
+
+
+def _printable(section: Any) -> Any:
+    """A section without lists of records (per-trajectory results, examples) for the scalar tables."""
+    if isinstance(section, dict):
+        return {
+            k: _printable(v)
+            for k, v in section.items()
+            if not (isinstance(v, list) and v and isinstance(v[0], dict))
+        }
+    return section
+
+
+SYMBOLIC_SHOWN = ("n", "accuracy", "undecodable_rate")
+
+
+def printable_document(doc: dict) -> dict:
+    """The document as printed: record lists dropped, symbolic entries cut to n / accuracy / undecodable_rate
+    (metrics.json keeps everything)."""
+    out = _printable(doc)
+    if "symbolic" in out:
+        out["symbolic"] = {
+            k: {f: v[f] for f in SYMBOLIC_SHOWN if f in v} if isinstance(v, dict) else v
+            for k, v in out["symbolic"].items()
+            if k != "fields"
+        }
+    return out
+
+
+def _contact_sheet(path: Path, result, samples: int) -> Path | None:
+    from worldbagel.eval.contact_sheet import contact_sheet
+    from worldbagel.eval.horizons import COPY_LAST_FRAME
+    from worldbagel.eval.protocol import MODEL_MODES
+
+    if samples < 1:
+        return None
+    order = sorted(range(len(result.samples)), key=lambda i: -len(result.samples[i].horizons))
+    chosen = sorted(order[:samples])
+    ks = sorted(set.intersection(*(set(result.samples[i].horizons) for i in chosen)))
+    modes = [m for m in (*MODEL_MODES, COPY_LAST_FRAME) if m in result.predictions]
+    real = np.stack([[result.samples[i].target(k) for k in ks] for i in chosen])
+    predicted = {m: np.stack([[result.predictions[m][i][k] for k in ks] for i in chosen]) for m in modes}
+    context = np.stack([result.samples[i].frames[result.samples[i].c] for i in chosen])
+    labels = [f"{result.samples[i].episode_id} t0={result.samples[i].context_end}" for i in chosen]
+    return contact_sheet(
+        path, real, predicted, ks, context=context, sample_labels=labels, title="real vs predicted"
+    )
+
+
+def _frames_task(cfg: EvalConfig, wm, episodes, out: Path, console: Console, doc: dict) -> None:
+    from worldbagel.eval.horizon_plot import plot_metric_vs_horizon
+    from worldbagel.eval.perceptual import load_perceptual
+    from worldbagel.eval.protocol import evaluate_frame_prediction
+
+    f = cfg.frames
+    perceptual = [
+        load_perceptual(name, weights_path=f.perceptual_weights.get(name), device=cfg.model.device)
+        for name in f.perceptual
+    ]
+    with _progress(console) as bar:
+        task = bar.add_task("frame prediction", total=None)
+        result = evaluate_frame_prediction(
+            wm,
+            episodes,
+            horizons=f.horizons,
+            modes=f.modes,
+            context=f.context,
+            max_trajectories=f.max_trajectories,
+            samples_per_trajectory=f.samples_per_trajectory,
+            max_samples=f.max_samples,
+            batch_size=f.batch_size,
+            metrics=f.metrics,
+            perceptual=perceptual,
+            symbolic=f.symbolic,
+            seed=cfg.seed,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
+    doc["frame_prediction"] = result.summary()
+    symbolic = result.symbolic_section()
+    if symbolic is not None:
+        doc["symbolic"] = symbolic
+    files = [p.name for p in plot_metric_vs_horizon(doc["frame_prediction"], out)]
+    sheet = _contact_sheet(out / "contact_sheet.png", result, f.contact_sheet_samples)
+    if sheet is not None:
+        files.append(sheet.name)
+    doc["run"]["frames"] = {
+        "samples": len(result.samples),
+        "trajectories": len({s.episode_id for s in result.samples}),
+        "context": f.context,
+        "predicted_frames": result.predicted_frames,
+        "predict_s": round(result.wall_s, 3),
+        "imagined_frames_per_s": result.predicted_frames / result.wall_s if result.wall_s > 0 else None,
+        "files": files,
+    }
+
+
+def _navigation_task(cfg: EvalConfig, wm, out: Path, console: Console, doc: dict) -> None:
+    from worldbagel.eval.planning import evaluate_navigation
+
+    n = cfg.navigation
+    with _progress(console) as bar:
+        task = bar.add_task(f"navigation {cfg.env.name} x {cfg.policy.name}", total=n.episodes)
+        section, _ = evaluate_navigation(
+            cfg.env.id,
+            _env_kwargs(cfg),
+            cfg.policy.name,
+            cfg.policy.kwargs,
+            world_model=wm,
+            episodes=n.episodes,
+            seed=n.seed,
+            max_steps=n.max_steps,
+            out_dir=out / "navigation",
+            video=n.video,
+            fps=cfg.env.fps,
+            progress=lambda done, total, ep: bar.update(task, completed=done),
+        )
+    doc["navigation"] = section
+
+
+def _trajectory_task(cfg: EvalConfig, wm, episodes, doc: dict) -> None:
+    from worldbagel.eval.planning import evaluate_trajectory_planning
+
+    t = cfg.trajectory
+    doc["trajectory"] = evaluate_trajectory_planning(
+        wm,
+        episodes,
+        horizon=t.horizon,
+        trajectories=t.trajectories,
+        context=cfg.frames.context,
+        population=t.population,
+        elites=t.elites,
+        iterations=t.iterations,
+        energy=t.energy,
+        align=t.align,
+        rpe_delta=t.rpe_delta,
+        seed=cfg.seed,
+    )
+
+
+def _text_task(cfg: EvalConfig, wm, episodes, console: Console, doc: dict) -> None:
+    from worldbagel.eval.qa_eval import evaluate_text
+
+    with _progress(console) as bar:
+        task = bar.add_task("questions", total=None)
+        section = evaluate_text(
+            wm,
+            episodes,
+            max_questions=cfg.text.max_questions,
+            context=cfg.frames.context,
+            think=cfg.text.think,
+            max_new_tokens=cfg.text.max_new_tokens,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
+    if section is None:
+        doc["run"]["skipped"]["text"] = "no Q&A annotations in the dataset"
+    else:
+        doc["text"] = section
+
+
+def run(cfg: EvalConfig, console: Console) -> int:
+    from worldbagel.eval.heldout import load_heldout
+    from worldbagel.eval.report import metrics_document, report_tables, write_metrics_json
+    from worldbagel.world_model_loader import load_pipeline, load_world_model
+
+    out = Path(cfg.out) if cfg.out else default_run_dir("eval")
+    if cfg.tasks is not None:
+        resolve_tasks(cfg, None)  # validate names before any slow work
+    needs_data = cfg.tasks is None or bool({"frames", "trajectory", "text"} & set(cfg.tasks))
+    episodes = load_heldout(cfg.dataset, cfg.env.id, _env_kwargs(cfg)) if needs_data else None
+    tasks, skipped = resolve_tasks(cfg, episodes)
+    wm = load_world_model(pipe=load_pipeline(cfg.model), sampler=cfg.sampler, world=cfg.world)
+    doc: dict[str, Any] = {
+        "run": {
+            "command": "eval",
+            "model": {"name": cfg.model.name, "path": cfg.model.path},
+            "sampler": asdict(cfg.sampler),
+            "dataset": {k: v for k, v in asdict(cfg.dataset).items() if v is not None},
+            "episodes": len(episodes) if episodes is not None else 0,
+            "tasks": tasks,
+            "skipped": skipped,
+            "seed": cfg.seed,
+        }
+    }
+
+    def save() -> Path:
+        return write_metrics_json(out / "metrics.json", metrics_document(**doc))
+
+    out.mkdir(parents=True, exist_ok=True)
+    for name in tasks:
+        t = time.perf_counter()
+        if name == "frames":
+            _frames_task(cfg, wm, episodes, out, console, doc)
+        elif name == "navigation":
+            _navigation_task(cfg, wm, out, console, doc)
+        elif name == "trajectory":
+            _trajectory_task(cfg, wm, episodes, doc)
+        else:
+            _text_task(cfg, wm, episodes, console, doc)
+        doc["run"].setdefault("task_seconds", {})[name] = round(time.perf_counter() - t, 2)
+        save()
+    path = save()
+    for table in report_tables(printable_document(metrics_document(**doc))):
+        console.print(table)
+    for task, why in doc["run"]["skipped"].items():
+        console.print(f"[dim]skipped {task}: {why}[/dim]")
+    console.print(f"run folder: {out}  ({path.name}, horizon_<metric>.png, contact_sheet.png)")
+    return 0

@@ -1,0 +1,77 @@
+"""Question answering about observed histories: exact-match accuracy on a dataset's Q&A annotations.
+
+An annotation `{"q": ..., "a": ...}` in `episode.annotations[t]["qa"]` asks about frame t (the layout the
+training data uses, worldbagel.data.sequence_plan.episode_texts). The model observes the true frames up
+to t (the last `context` of them, with the actions between) and answers greedily with `WorldModel.reason`;
+answers are compared with `exact_match` (normalised: case, punctuation, whitespace).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from worldbagel.data.trajectory import Episode
+from worldbagel.world_model import WorldModel
+
+from .heldout import evenly_spaced, has_actions
+from .text_metrics import exact_match, qa_accuracy
+
+__all__ = ["collect_questions", "evaluate_text"]
+
+logger = logging.getLogger(__name__)
+
+
+def collect_questions(episodes: Sequence[Episode]) -> list[tuple[Episode, int, str, str]]:
+    """Every (episode, frame index, question, answer) of the episodes' annotations."""
+    out = []
+    for ep in episodes:
+        for t, ann in enumerate(ep.annotations or []):
+            for pair in (ann or {}).get("qa") or []:
+                if pair.get("q") and pair.get("a"):
+                    out.append((ep, t, str(pair["q"]), str(pair["a"])))
+    return out
+
+
+def evaluate_text(
+    world_model: WorldModel,
+    episodes: Sequence[Episode],
+    max_questions: int = 64,
+    context: int = 4,
+    think: bool = False,
+    max_new_tokens: int = 32,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any] | None:
+    """The metrics.json "text" section (`qa_accuracy` keys plus examples), or None when there is no Q&A."""
+    questions = collect_questions(episodes)
+    if not questions:
+        return None
+    chosen = [questions[i] for i in evenly_spaced(len(questions), max_questions)]
+    preds, truths, examples = [], [], []
+    for n, (ep, t, q, a) in enumerate(chosen):
+        start = max(0, t - context + 1)
+        w = WorldModel(world_model.pipe, world_model.codec, world_model.config).reset(ep.load_frame(start))
+        for i in range(start + 1, t + 1):
+            if has_actions(ep):
+                w.act(ep.action_texts[i - 1])
+            w.observe(ep.load_frame(i))
+        answer = w.reason(q, think=think, max_new_tokens=256 if think else max_new_tokens)
+        preds.append(answer)
+        truths.append(a)
+        if len(examples) < 5:
+            examples.append(
+                {
+                    "episode": ep.id,
+                    "t": t,
+                    "question": q,
+                    "answer": a,
+                    "predicted": answer,
+                    "correct": exact_match(answer, a),
+                }
+            )
+        if progress is not None:
+            progress(n + 1, len(chosen))
+    out = dict(qa_accuracy(preds, truths))
+    out["examples"] = examples
+    return out
