@@ -167,3 +167,54 @@ def test_eval_bad_task_and_folder_without_index(tiny_dir, tmp_path, capsys):
         == 1
     )
     assert "index.json" in capsys.readouterr().out.replace("\n", "")
+
+
+def _nwm_layout(root, names=("traj_a", "traj_b"), n=7):
+    """A tiny NWM/GNM-layout dataset: jpg frames + traj_data.pkl (we wrote the pickle ourselves)."""
+    import pickle
+
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    base = (rng.random((48, 64, 3)) * 255).astype(np.uint8)
+    for j, name in enumerate(names):
+        folder = root / name
+        folder.mkdir(parents=True)
+        yaw = np.cumsum(rng.uniform(-0.2, 0.2, n))
+        step = np.column_stack([np.cos(yaw), np.sin(yaw)]) * 0.25
+        position = np.cumsum(step, axis=0)
+        for i in range(n):
+            Image.fromarray(np.roll(base, 2 * i + j, axis=1)).save(folder / f"{i}.jpg")
+        with open(folder / "traj_data.pkl", "wb") as f:
+            pickle.dump({"position": position, "yaw": yaw}, f)
+
+
+def test_eval_nwm_layout_runs_frames_and_open_loop_planning(tiny_dir, tmp_path):
+    pytest.importorskip("worldbagel.policies.planner")
+    data = tmp_path / "nwm"
+    _nwm_layout(data)
+    out = tmp_path / "run"
+    args = [
+        "eval",
+        *_tiny(tiny_dir),
+        "dataset=nwm",
+        f"dataset.path={data}",
+        "dataset.metric_waypoint_spacing=0.25",
+        "frames.modes=[single_step]",
+        "trajectory.horizon=2",
+        "trajectory.population=2",
+        "trajectory.elites=1",
+        "trajectory.iterations=1",
+        f"out={out}",
+    ]
+    assert main(args) == 0
+    doc = read_metrics_json(out / "metrics.json")
+    assert doc["run"]["tasks"] == ["frames", "trajectory"]
+    assert (
+        "symbolic" not in doc and "symbolic_accuracy" not in doc["frame_prediction"]["modes"]["single_step"]
+    )
+    traj = doc["trajectory"]
+    assert traj["n_trajectories"] == 2 and traj["units"] == "m" and traj["horizon"] == 2
+    assert traj["ate"] >= 0 and traj["rpe"]["trans_rmse"] >= 0 and len(traj["per_trajectory"]) == 2
+    # standing still ends as far from the true end as the (nearly straight) true 2-step path is long
+    assert traj["zero_motion"]["final_error"] == pytest.approx(traj["path_length_mean"], rel=0.05)
