@@ -103,7 +103,7 @@ def train_vae(
                 "lr", cfg.lr, f"the VAE loss became {float(loss)} at step {step + 1}; lower it"
             )
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
-            m = {"step": step + 1, "loss": float(loss), "recon": float(rec), "kl": float(kl)}
+            m = {"step": step + 1, "loss": loss.item(), "recon": rec.item(), "kl": kl.item()}
             logs.append(m)
             logger.info("vae step %d recon %.4f kl %.4f", m["step"], m["recon"], m["kl"])
             if on_step is not None:
