@@ -242,3 +242,18 @@ def test_finetune_cli_end_to_end(tmp_path):
     assert main(args) == 1  # the run exists: refused without train.resume=true
     assert main([*args, "train.resume=true", "train.steps=3"]) == 0
     assert [m["step"] for m in read_metrics(out)] == [1, 2, 3]
+
+
+def test_activation_checkpointing_gives_the_same_training(parts, tmp_path):
+    plain = trainer(parts, tmp_path / "plain", steps=2)
+    plain.train()
+    ckpt = trainer(parts, tmp_path / "ckpt", steps=2, activation_checkpointing=True)
+    layer = ckpt.model.language_model.model.layers[0]
+    assert "forward" in vars(layer)  # the layer's forward is wrapped in place, names unchanged
+    ckpt.train()
+    a, b = read_metrics(tmp_path / "plain"), read_metrics(tmp_path / "ckpt")
+    for x, y in zip(a, b):
+        assert y["loss"] == pytest.approx(x["loss"], rel=1e-5) and y["grad_norm"] == pytest.approx(
+            x["grad_norm"], rel=1e-4
+        )
+    assert ckpt.model.state_dict().keys() == plain.model.state_dict().keys()
