@@ -10,7 +10,9 @@ Every real step (closed loop):
    executed action and the new real observation are appended (so imagination starts from what really
    happened, inside the world model's bounded window);
 2. candidate action sequences are imagined on forks of that history (no recomputation of the shared
-   prefix); all candidates of all envs advance one imagined step in ONE batched `predict_batch` call;
+   prefix); all candidates of all envs advance one imagined step in ONE batched sampling call
+   (`predict_batch`; the last step uses `predict_unabsorbed`, which skips re-encoding frames nobody
+   predicts from);
 3. each candidate gets an energy (below) and the first action of the lowest-energy sequence is returned.
 
 Search: `exhaustive` enumerates all |A|^T sequences of a small discrete action set; with `dedupe` the
@@ -41,7 +43,7 @@ import copy
 import itertools
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import gymnasium as gym
@@ -51,6 +53,7 @@ from worldbagel.policies.base import BasePolicy, split_vector_infos, stack_actio
 from worldbagel.policies.goal_images import goal_source_for_env, resolve_goal
 
 from worldbagel.errors import bad_argument
+from worldbagel.inference.generate import generate_images
 from worldbagel.world_model import WorldModel, predict_batch
 
 __all__ = ["METHODS", "Plan", "WorldModelPlanner"]
@@ -308,14 +311,18 @@ class WorldModelPlanner(BasePolicy):
     def _imagine(
         self, jobs: list[_Job], steps: int, goals: Sequence[np.ndarray | None], first: int = 0
     ) -> None:
-        """Advance every job by `steps` imagined frames (one batched call per frame) and score the frames."""
-        t0 = first
-        frames = predict_batch(
-            [j.world for j in jobs], steps, [list(j.actions[t0 : t0 + steps]) for j in jobs], self._gen
-        )
-        for j, fs in zip(jobs, frames):
-            j.frames.extend(fs)
-        self._distances(jobs, goals, range(t0, t0 + steps))
+        """Advance every job by `steps` imagined frames (one batched call per frame) and score the frames.
+        The horizon's last frame is not re-encoded into the forks' histories (nothing is predicted from it)."""
+        worlds = [j.world for j in jobs]
+        for t in range(first, first + steps):
+            acts = [j.actions[t] for j in jobs]
+            if t == self.horizon - 1:
+                frames = predict_unabsorbed(worlds, acts, self._gen)
+            else:
+                frames = [fs[0] for fs in predict_batch(worlds, 1, [[a] for a in acts], self._gen)]
+            for j, f in zip(jobs, frames):
+                j.frames.append(f)
+        self._distances(jobs, goals, range(first, first + steps))
 
     def _distances(self, jobs: list[_Job], goals: Sequence[np.ndarray | None], steps: range) -> None:
         if self.distance is None or self.goal_weight == 0:
@@ -435,6 +442,28 @@ class WorldModelPlanner(BasePolicy):
             f"WorldModelPlanner(horizon={self.horizon}, method={self.method!r}, aggregate={self.aggregate!r}, "
             f"scorers={len(self.scorers)})"
         )
+
+
+def predict_unabsorbed(
+    worlds: Sequence[WorldModel], actions: Sequence[Any], generator=None
+) -> list[np.ndarray]:
+    """Append one action to each world and predict the next frame of all of them in ONE batched sampling
+    call, like `predict_batch(worlds, 1, [[a] for a in actions])`, but without re-encoding the frames into
+    the histories (the planner's last imagined step: saves a VAE encode, a ViT encode and a prefill per
+    candidate). The worlds are left with the action appended and no frame after it."""
+    if not worlds:
+        return []
+    for w, a in zip(worlds, actions):
+        w.act(a)
+    size = worlds[0].frame_size
+    if size is None:
+        raise bad_argument("history", None, "reset the world models before planning")
+    cfg = worlds[0].config.sampler
+    if any(w._text_only is None for w in worlds) and cfg.cfg_img_scale > 1:
+        cfg = replace(cfg, cfg_img_scale=1.0)  # image_cfg=False: no text-only context (as predict_batch)
+    grid = worlds[0].pipe.latent_grid(*size)
+    results = generate_images([w._request(None) for w in worlds], grid, cfg, generator)
+    return [w.pipe.decode(r.latents, r.grid) for w, r in zip(worlds, results)]
 
 
 def _weighted(scorer: Any) -> tuple[Callable, float]:

@@ -51,9 +51,21 @@ class _Recorder:
         return [[self.frame_of(a) for a in acts] for acts in actions]
 
 
+def _patch(monkeypatch, fake):
+    """Route both imagination paths of the planner (absorbing steps and the unabsorbed last step) to `fake`."""
+    monkeypatch.setattr(planner_mod, "predict_batch", fake)
+    monkeypatch.setattr(
+        planner_mod,
+        "predict_unabsorbed",
+        lambda worlds, actions, generator=None: [
+            fs[0] for fs in fake(worlds, 1, [[a] for a in actions], generator)
+        ],
+    )
+
+
 def test_exhaustive_search_picks_the_argmin_energy(tiny_pipe, frame, monkeypatch):
     fake = _Recorder()
-    monkeypatch.setattr(planner_mod, "predict_batch", fake)
+    _patch(monkeypatch, fake)
     goal = _colour(2)
     planner = WorldModelPlanner(_wm(tiny_pipe), goal=goal, horizon=2, step_cost=0.01, seed=0)
     assert planner.act(frame, {}) == 2
@@ -74,7 +86,7 @@ def test_exhaustive_search_picks_the_argmin_energy(tiny_pipe, frame, monkeypatch
 
 
 def test_ssim_energy_and_goal_from_info(tiny_pipe, frame, monkeypatch):
-    monkeypatch.setattr(planner_mod, "predict_batch", _Recorder())
+    _patch(monkeypatch, _Recorder())
     planner = WorldModelPlanner(_wm(tiny_pipe), energy="ssim", horizon=1, seed=0)
     assert planner.act(frame, {"goal_image": _colour(3)}) == 3
     d = SSIMDistance()(np.stack([_colour(0), _colour(3)]), _colour(3))
@@ -82,7 +94,7 @@ def test_ssim_energy_and_goal_from_info(tiny_pipe, frame, monkeypatch):
 
 
 def test_missing_goal_is_a_clear_error(tiny_pipe, frame, monkeypatch):
-    monkeypatch.setattr(planner_mod, "predict_batch", _Recorder())
+    _patch(monkeypatch, _Recorder())
     with pytest.raises(ConfigError, match="no goal image"):
         WorldModelPlanner(_wm(tiny_pipe), horizon=1).act(frame, {})
     with pytest.raises(ConfigError, match="horizon"):
@@ -93,7 +105,7 @@ def test_missing_goal_is_a_clear_error(tiny_pipe, frame, monkeypatch):
 
 def test_cem_finds_a_discrete_sequence_on_a_toy_energy(tiny_pipe, frame, monkeypatch):
     fake = _Recorder()
-    monkeypatch.setattr(planner_mod, "predict_batch", fake)
+    _patch(monkeypatch, fake)
     target = (2, 0, 3, 1)  # 256 sequences: more than max_exhaustive, so auto picks CEM
 
     def hamming(frames, actions, info):
@@ -111,9 +123,7 @@ def test_cem_finds_a_discrete_sequence_on_a_toy_energy(tiny_pipe, frame, monkeyp
 
 
 def test_cem_converges_on_a_continuous_toy_energy(tiny_pipe, frame, monkeypatch):
-    monkeypatch.setattr(
-        planner_mod, "predict_batch", _Recorder(frame_of=lambda a: np.zeros((64, 64, 3), np.uint8))
-    )
+    _patch(monkeypatch, _Recorder(frame_of=lambda a: np.zeros((64, 64, 3), np.uint8)))
     target = np.array([[0.5, -0.3, 0.2], [-0.6, 0.1, 0.4]])
 
     def squared(frames, actions, info):
@@ -147,6 +157,7 @@ def test_batched_candidates_use_one_generate_call_per_step(tiny_pipe, frame, mon
         return real(requests, grid, config, generator)
 
     monkeypatch.setattr(wm_mod, "generate_images", counting)
+    monkeypatch.setattr(planner_mod, "generate_images", counting)
     wm = _wm(tiny_pipe, names=["move up", "move down"])
     planner = WorldModelPlanner(wm, goal=frame, horizon=2, seed=0)
     planner.reset(seed=0)
@@ -162,7 +173,7 @@ def test_batched_candidates_use_one_generate_call_per_step(tiny_pipe, frame, mon
 
 
 def test_closed_loop_histories_and_vector_envs(tiny_pipe, frame, monkeypatch):
-    monkeypatch.setattr(planner_mod, "predict_batch", _Recorder())
+    _patch(monkeypatch, _Recorder())
     planner = WorldModelPlanner(_wm(tiny_pipe), goal=_colour(1), horizon=1, seed=0)
     obs = np.stack([frame, frame[::-1]])
     infos = {"steps": np.array([0, 0]), "_steps": np.array([True, True])}
@@ -247,7 +258,7 @@ def _simulate(worlds, n_frames=1, actions=None, generator=None):
 
 
 def test_planner_with_a_perfect_model_and_the_maze_scorer_reaches_held_out_goals(monkeypatch):
-    monkeypatch.setattr(planner_mod, "predict_batch", _simulate)
+    _patch(monkeypatch, _simulate)
     env = make_env("WorldBagel/GridWorld-v0", split="eval")
     scorer = GridWorldDistanceScorer.from_env(env)
     planner = WorldModelPlanner(
@@ -309,9 +320,16 @@ def test_policy_group_yaml_builds_the_planner(tiny_dir):
 
     _, cfg = compose_config(
         "rollout",
-        ["policy=planner", "policy.kwargs.model.name=tiny", f"+policy.kwargs.model.path={tiny_dir}"],
+        ["policy=planner", "policy.kwargs.model.name=tiny", f"policy.kwargs.model.path={tiny_dir}"],
     )
     kwargs = dict(cfg.policy.kwargs)
     kwargs["sampler"] = {"preset": "fast", "num_steps": 3}
     planner = make_policy(cfg.policy.name, make_env("WorldBagel/GridWorld-v0"), seed=0, **kwargs)
     assert isinstance(planner.scorers[0][0], GridWorldDistanceScorer) and planner.horizon == 2
+
+
+def test_unabsorbed_last_step_predicts_what_predict_batch_predicts(tiny_pipe, frame):
+    root = _wm(tiny_pipe, names=["move up", "move down"]).reset(frame)
+    a = planner_mod.predict_unabsorbed([root.fork(), root.fork()], [0, 1], torch.Generator().manual_seed(5))
+    b = wm_mod.predict_batch([root.fork(), root.fork()], 1, [[0], [1]], torch.Generator().manual_seed(5))
+    assert all(np.array_equal(x, y[0]) for x, y in zip(a, b))
