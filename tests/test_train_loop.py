@@ -257,3 +257,21 @@ def test_activation_checkpointing_gives_the_same_training(parts, tmp_path):
             x["grad_norm"], rel=1e-4
         )
     assert ckpt.model.state_dict().keys() == plain.model.state_dict().keys()
+
+
+def test_cached_features_equal_what_inference_feeds_the_model(parts):
+    from worldbagel.inference.pipeline import BagelPipeline
+
+    fresh, encoder, episodes = parts
+    pipe = BagelPipeline(
+        fresh.model, fresh.vae, fresh.tokenizer, encoder.vae_transform, encoder.vit_transform
+    )
+    frame = episodes[0].frames[2]
+    feats = encoder.features(episodes[0].frames)
+    resized = encoder.vae_transform.resize(frame)  # Context.add_image resizes once, then encodes both views
+    tokens, grid = pipe.encode_vae(resized)
+    patches, vit_grid = pipe.encode_vit(resized)
+    assert grid == feats.grid and vit_grid == feats.vit_grid
+    assert torch.allclose(feats.latents[2], tokens, atol=1e-5)
+    assert torch.equal(feats.vit_patches(2), patches) and feats.vit.dtype == torch.uint8
+    assert feats.latent_std is not None and bool((feats.latent_std > 0).all())

@@ -45,7 +45,8 @@ class EpisodeFeatures:
     latent_std: torch.Tensor | None = None
     """[F, T, Z] scaled posterior standard deviations; given = draw posterior samples, None = use the means."""
     vit: torch.Tensor | None = None
-    """[F, Np, P] ViT patches (None when the plan has no ViT copies)."""
+    """[F, Np, P] ViT patches (None when the plan has no ViT copies): uint8 pixel values (4x smaller to cache;
+    mapped to [-1, 1] by `vit_patches`) or float values already in [-1, 1]."""
     vit_grid: tuple[int, int] | None = None
     """Patch grid (nh, nw) of every frame."""
 
@@ -56,6 +57,13 @@ class EpisodeFeatures:
             return mean
         noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
         return mean + self.latent_std[frame] * noise
+
+    def vit_patches(self, frame: int) -> torch.Tensor:
+        """ViT patches of one frame [Np, P] as float in [-1, 1] (the official normalisation, mean = std = 0.5)."""
+        patches = self.vit[frame]
+        if patches.dtype == torch.uint8:
+            return (patches.float() / 255.0 - 0.5) / 0.5  # exactly ImageTransform's arithmetic
+        return patches
 
 
 @dataclass
@@ -223,7 +231,7 @@ def _emit_item(
             raise bad_argument(
                 "plan.vit", True, "the episode features have no ViT patches; set plan.vit=false"
             )
-        builder.add_vit_image(feats.vit[item.frame], feats.vit_grid, sample=sample)
+        builder.add_vit_image(feats.vit_patches(item.frame), feats.vit_grid, sample=sample)
         return
     x0 = feats.latent(item.frame, generator)
     if not item.loss:

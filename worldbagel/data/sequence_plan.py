@@ -253,7 +253,7 @@ def make_plan(
 def episode_plans(episode_index: int, episode: Any, cfg: PlanConfig) -> list[SequencePlan]:
     """Every window's plan of one episode (`episode.frames` [T+1, H, W, 3], `episode.action_texts` [T])."""
     actions = list(episode.action_texts)
-    num_frames = len(episode.frames)
+    num_frames = episode.length + 1 if hasattr(episode, "length") else len(episode.frames)
     if len(actions) < num_frames - 1:
         raise bad_argument(
             "episode.action_texts",

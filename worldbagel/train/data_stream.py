@@ -15,7 +15,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from worldbagel.data.packing import PackedBatch, TextIds, build_batch, pack_by_budget, plan_tokens
+from worldbagel.data.packing import (
+    EpisodeFeatures,
+    PackedBatch,
+    TextIds,
+    build_batch,
+    pack_by_budget,
+    plan_tokens,
+)
 from worldbagel.data.sequence_plan import (
     DropoutConfig,
     PackingConfig,
@@ -28,6 +35,18 @@ from worldbagel.model.sequence import SpecialIds
 from worldbagel.train.latent_cache import FrameEncoder
 
 logger = logging.getLogger(__name__)
+
+
+def _frame_size(episode: Any) -> tuple[int, int]:
+    frame = episode.load_frame(0) if hasattr(episode, "load_frame") else episode.frames[0]
+    return int(frame.shape[0]), int(frame.shape[1])
+
+
+def _episode_frames(episode: Any) -> np.ndarray:
+    """uint8 [T+1, H, W, 3]; a trajectory `Episode` is read frame by frame so it does not cache them all."""
+    if hasattr(episode, "load_frame") and hasattr(episode, "length"):
+        return np.stack([episode.load_frame(t) for t in range(episode.length + 1)])
+    return np.asarray(episode.frames)
 
 
 def derive_seed(*parts: int) -> int:
@@ -75,8 +94,8 @@ class TrainingData:
         self.lengths: list[int] = []
         for i, ep in enumerate(episodes):
             plans = episode_plans(i, ep, self.plan_cfg)
-            frames = ep.frames
-            vae_grid, vit_grid = encoder.grids(int(frames.shape[1]), int(frames.shape[2]))
+            height, width = _frame_size(ep)
+            vae_grid, vit_grid = encoder.grids(height, width)
             vit_tokens = vit_grid[0] * vit_grid[1] if vit_grid else 0
             for p in plans:
                 self.plans.append(p)
@@ -91,6 +110,7 @@ class TrainingData:
                 "smaller plan",
             )
         self._epochs: list[list[list[int]]] = []
+        self._features: dict[int, EpisodeFeatures] = {}
         logger.info(
             "%d episodes -> %d samples (%.0f tokens each on average)",
             len(episodes),
@@ -127,12 +147,19 @@ class TrainingData:
         return torch.Generator().manual_seed(derive_seed(self.seed, 1_000_003, cursor))
 
     # ------------------------------------------------------------------ batches
+    def features(self, episode: int) -> EpisodeFeatures:
+        """Encoded frames of one episode (encoded once; frames are read without being kept in memory)."""
+        feats = self._features.get(episode)
+        if feats is None:
+            feats = self._features[episode] = self.encoder.features(_episode_frames(self.episodes[episode]))
+        return feats
+
     def batch(self, cursor: int, device: torch.device | str = "cpu") -> PackedBatch:
         """The packed batch at global pack counter `cursor`."""
         epoch, k = self.locate(cursor)
         idx = self.epoch_packs(epoch)[k]
         plans = [self.plans[i] for i in idx]
-        feats = [self.encoder.features(self.episodes[p.episode].frames) for p in plans]
+        feats = [self.features(p.episode) for p in plans]
         seeds = [derive_seed(self.seed, epoch, i) for i in idx]
         return build_batch(
             plans,

@@ -126,10 +126,15 @@ class FrameEncoder:
         )
         vit = vit_grid = None
         if self.vit_transform is not None:
-            pix = [self.vit_transform(r) for r in resized]  # [3, Hv, Wv] each
+            # uint8 pixels of the ViT-resized frames, patchified: (x / 255 - 0.5) / 0.5 is applied on use
+            pix = [self._vit_pixels(r) for r in resized]  # [3, Hv, Wv] uint8 each
             vit_grid = (pix[0].shape[1] // self.vit_patch, pix[0].shape[2] // self.vit_patch)
             vit = torch.stack([patchify(x, self.vit_patch) for x in pix])  # [F, Np, P]
         return EpisodeFeatures(latents, grid, torch.cat(stds) if stds else None, vit, vit_grid)
+
+    def _vit_pixels(self, image) -> torch.Tensor:
+        resized = self.vit_transform.resize(image)
+        return torch.from_numpy(np.asarray(resized, dtype=np.uint8).copy()).permute(2, 0, 1)  # [3, Hv, Wv]
 
     # ------------------------------------------------------------------ disk
     def _path(self, key: str) -> Path | None:
