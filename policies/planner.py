@@ -43,7 +43,7 @@ import copy
 import itertools
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
@@ -53,7 +53,6 @@ from worldbagel.policies.base import BasePolicy, split_vector_infos, stack_actio
 from worldbagel.policies.goal_images import goal_source_for_env, resolve_goal
 
 from worldbagel.errors import bad_argument
-from worldbagel.inference.generate import generate_images
 from worldbagel.world_model import WorldModel, predict_batch
 
 __all__ = ["METHODS", "Plan", "WorldModelPlanner"]
@@ -448,22 +447,12 @@ def predict_unabsorbed(
     worlds: Sequence[WorldModel], actions: Sequence[Any], generator=None
 ) -> list[np.ndarray]:
     """Append one action to each world and predict the next frame of all of them in ONE batched sampling
-    call, like `predict_batch(worlds, 1, [[a] for a in actions])`, but without re-encoding the frames into
-    the histories (the planner's last imagined step: saves a VAE encode, a ViT encode and a prefill per
-    candidate). The worlds are left with the action appended and no frame after it."""
+    call, without re-encoding the frames into the histories (the planner's last imagined step). The worlds
+    are left with the action appended and no frame after it."""
     if not worlds:
         return []
-    for w, a in zip(worlds, actions):
-        w.act(a)
-    size = worlds[0].frame_size
-    if size is None:
-        raise bad_argument("history", None, "reset the world models before planning")
-    cfg = worlds[0].config.sampler
-    if any(w._text_only is None for w in worlds) and cfg.cfg_img_scale > 1:
-        cfg = replace(cfg, cfg_img_scale=1.0)  # image_cfg=False: no text-only context (as predict_batch)
-    grid = worlds[0].pipe.latent_grid(*size)
-    results = generate_images([w._request(None) for w in worlds], grid, cfg, generator)
-    return [w.pipe.decode(r.latents, r.grid) for w, r in zip(worlds, results)]
+    outs = predict_batch(list(worlds), 1, [[a] for a in actions], generator, absorb=False)
+    return [o[0] for o in outs]
 
 
 def _weighted(scorer: Any) -> tuple[Callable, float]:

@@ -157,7 +157,6 @@ def test_batched_candidates_use_one_generate_call_per_step(tiny_pipe, frame, mon
         return real(requests, grid, config, generator)
 
     monkeypatch.setattr(wm_mod, "generate_images", counting)
-    monkeypatch.setattr(planner_mod, "generate_images", counting)
     wm = _wm(tiny_pipe, names=["move up", "move down"])
     planner = WorldModelPlanner(wm, goal=frame, horizon=2, seed=0)
     planner.reset(seed=0)

@@ -208,9 +208,13 @@ def predict_batch(
     n_frames: int = 1,
     actions: list[list] | None = None,
     generator: torch.Generator | None = None,
+    absorb: bool = True,
 ) -> list[list[np.ndarray]]:
     """Predict `n_frames` frames for several world models (e.g. forked candidates) with ONE packed forward per
-    denoising step across all of them."""
+    denoising step across all of them.
+
+    `absorb=False` leaves the LAST predicted frame out of the histories (decoded only): what a planner wants
+    for the final imagined step, saving a VAE encode, a ViT encode and a prefill per world."""
     if not worlds:
         return []
     outs: list[list[np.ndarray]] = [[] for _ in worlds]
@@ -230,6 +234,10 @@ def predict_batch(
         if any(w._text_only is None for w in worlds) and cfg.cfg_img_scale > 1:
             cfg = replace(cfg, cfg_img_scale=1.0)  # image_cfg=False: no text-only context kept
         results = generate_images(reqs, grid, cfg, generator)
+        last = i == n_frames - 1
         for j, (w, res) in enumerate(zip(worlds, results)):
-            outs[j].append(w._absorb(res.latents, res.grid))
+            if absorb or not last:
+                outs[j].append(w._absorb(res.latents, res.grid))
+            else:
+                outs[j].append(w.pipe.decode(res.latents, res.grid))
     return outs
