@@ -31,7 +31,7 @@ import gymnasium as gym
 import numpy as np
 from worldbagel.policies.base import BasePolicy, split_vector_infos, stack_actions
 
-from worldbagel.actions import ActionCodec, normalize_text
+from worldbagel.actions import NEXT_ACTION_QUESTION, ActionCodec, next_action_question, normalize_text
 from worldbagel.errors import InvalidAction, bad_argument
 from worldbagel.inference.generate import generate_text_batch
 from worldbagel.inference.pipeline import VLM_THINK_SYSTEM_PROMPT, split_think
@@ -40,15 +40,6 @@ from worldbagel.world_model import WorldModel
 __all__ = ["NEXT_ACTION_QUESTION", "Answer", "ReasoningPolicy", "next_action_question", "parse_action"]
 
 logger = logging.getLogger(__name__)
-
-NEXT_ACTION_QUESTION = "Which action should the agent take next? Answer with one of: {actions}."
-"""The default question; `{actions}` becomes the codec's vocabulary joined by ', '."""
-
-
-def next_action_question(codec: ActionCodec, template: str = NEXT_ACTION_QUESTION) -> str:
-    """The question text for a codec (continuous codecs list their valid form instead of a vocabulary)."""
-    actions = ", ".join(codec.vocabulary) if codec.vocabulary else codec.valid_forms()
-    return template.format(actions=actions)
 
 
 def parse_action(codec: ActionCodec, text: str) -> Any:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import gymnasium as gym
 import pytest
-
 import worldbagel.envs  # noqa: F401  (registers the envs)
+
+from worldbagel.actions import DiscreteActionCodec, next_action_question
 from worldbagel.cli import main
 from worldbagel.data.annotations import (
-    ACTION_QUESTION,
     GOAL_QUESTION,
     GridWorldAnnotator,
     make_annotator,
@@ -28,6 +28,7 @@ def test_annotations_follow_the_oracle_along_an_episode():
     env = gym.make("WorldBagel/GridWorld-v0")
     obs, info = env.reset(seed=5)
     ann = GridWorldAnnotator()
+    ACTION_QUESTION = next_action_question(DiscreteActionCodec(env.unwrapped.action_names))
     first = ann(env, obs, info)
     assert first["instruction"] == "reach the green goal"
     done = False
@@ -37,7 +38,9 @@ def test_annotations_follow_the_oracle_along_an_episode():
         action = env.unwrapped.optimal_action()
         assert qa[ACTION_QUESTION] == env.unwrapped.action_names[action]
         assert qa[GOAL_QUESTION] == relative_offset_text(info["agent"], info["goal"])
-        assert notes["thought"].endswith(qa[ACTION_QUESTION]) and f"{info['distance']} moves" in notes["thought"]
+        assert (
+            notes["thought"].endswith(qa[ACTION_QUESTION]) and f"{info['distance']} moves" in notes["thought"]
+        )
         obs, _, terminated, truncated, info = env.step(action)
         done = terminated or truncated
         assert "instruction" not in ann(env, obs, info) or done
@@ -52,7 +55,8 @@ def test_collect_writes_annotations(tmp_path):
     assert len(ep.annotations) == ep.length
     first = ep.annotations[0]
     assert first["instruction"] == "reach the green goal"
-    assert [p["q"] for p in first["qa"]] == [GOAL_QUESTION, ACTION_QUESTION]
+    question = "Which action should the agent take next? Answer with one of: move up, move right, move down, move left."
+    assert [p["q"] for p in first["qa"]] == [GOAL_QUESTION, question]  # what ReasoningPolicy asks
     assert first["thought"].startswith("<think> goal ") and first["thought"].endswith(ep.action_texts[0])
     with pytest.raises(ConfigError, match="annotate"):
         make_annotator("nope")

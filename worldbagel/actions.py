@@ -33,16 +33,29 @@ import numpy as np
 from worldbagel.errors import InvalidAction, bad_argument
 
 __all__ = [
+    "NEXT_ACTION_QUESTION",
     "ActionCodec",
     "ContinuousActionCodec",
     "DiscreteActionCodec",
     "NavActionCodec",
     "codec_for_env",
+    "next_action_question",
     "normalize_text",
 ]
 
 NAV_KINDS = ("stop", "move_forward", "move_backward", "turn_left", "turn_right")
 """Action kinds a `NavActionCodec` knows."""
+
+
+NEXT_ACTION_QUESTION = "Which action should the agent take next? Answer with one of: {actions}."
+"""The question the world model is asked (and trained on) for the next action; `{actions}` becomes the
+codec's vocabulary joined by ', '."""
+
+
+def next_action_question(codec: ActionCodec, template: str = NEXT_ACTION_QUESTION) -> str:
+    """The next-action question for a codec (continuous codecs list their valid form instead of a vocabulary)."""
+    actions = ", ".join(codec.vocabulary) if codec.vocabulary else codec.valid_forms()
+    return template.format(actions=actions)
 
 
 def normalize_text(text: str) -> str:

@@ -3,13 +3,14 @@
 An annotator is called by `worldbagel.data.collect` as `annotator(env, obs, info)` on the observation each
 action is taken from and returns any of `instruction`, `qa` ([{"q", "a"}]) and `thought`. The texts are the
 world model's reasoning curriculum, so their wording is fixed here and shared with the policies that ask the
-same questions at run time (`GOAL_QUESTION`, `ACTION_QUESTION`).
+same questions at run time (`GOAL_QUESTION`; the next-action question is `actions.next_action_question`, the
+one `ReasoningPolicy` asks).
 
 GridWorld answers come from the symbolic state (the env's BFS oracle), never from pixels:
 
     instruction  "reach the green goal"                                    (first step only)
     Q "where is the goal?"          A "2 up 3 right" / "here"              (relative cell offset)
-    Q "which action is next?"       A "move right"                         (first move of a shortest path)
+    Q next_action_question(codec)   A "move right"                         (first move of a shortest path)
     thought  "<think> goal 2 up 3 right, 7 moves away </think> move right"
 """
 
@@ -18,11 +19,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from worldbagel.actions import DiscreteActionCodec, next_action_question
 from worldbagel.errors import bad_argument
 
 GRIDWORLD_INSTRUCTION = "reach the green goal"
-GOAL_QUESTION = "where is the goal?"
-ACTION_QUESTION = "which action is next?"
+GOAL_QUESTION = "Where is the goal?"
 
 
 def relative_offset_text(agent: tuple[int, int], goal: tuple[int, int]) -> str:
@@ -53,7 +54,8 @@ class GridWorldAnnotator:
             out["instruction"] = GRIDWORLD_INSTRUCTION
         action_text = base.action_names[int(base.optimal_action())]
         if self.questions:
-            out["qa"] = [{"q": GOAL_QUESTION, "a": where}, {"q": ACTION_QUESTION, "a": action_text}]
+            question = next_action_question(DiscreteActionCodec(base.action_names))
+            out["qa"] = [{"q": GOAL_QUESTION, "a": where}, {"q": question, "a": action_text}]
         if self.thoughts:
             out["thought"] = (
                 f"<think> goal {where}, {int(info['distance'])} moves away </think> {action_text}"
