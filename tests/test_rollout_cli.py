@@ -229,3 +229,28 @@ def test_spl_from_shortest_distance_and_from_env_info():
     reported = run_rollouts(lambda: _ReportsSPL(GridStandIn(size=5)), OraclePolicy, episodes=1)
     ep = reported.episodes[0]
     assert ep.spl == 0.42 and ep.to_json()["soft_spl"] == 0.5
+
+
+def test_rollout_model_group_feeds_world_model_policies(tmp_path, tiny_dir, capsys):
+    from worldbagel.cli import main
+
+    out = tmp_path / "run"
+    args = [
+        "rollout",
+        "policy=planner",
+        "model=tiny",
+        f"model.path={tiny_dir}",
+        "sampler=fast",
+        "sampler.num_steps=2",
+        "policy.kwargs.horizon=1",
+        "episodes=1",
+        "max_steps=2",
+        f"out={out}",
+    ]
+    assert main(args) == 0
+    assert (out / "metrics.json").is_file()
+    assert (
+        main(["rollout", "policy=oracle", "model=tiny", f"model.path={tiny_dir}", f"out={tmp_path / 'x'}"])
+        == 1
+    )
+    assert "does not use a world model" in capsys.readouterr().out

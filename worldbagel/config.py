@@ -195,6 +195,11 @@ class RolloutConfig:
     """Write an mp4 per episode."""
     gif: bool = True
     """Write a gif per episode."""
+    model: ModelConfig | None = None
+    """World model for world-model policies (planner, reasoning), e.g. `model=bagel-7b model.path=DIR`;
+    None keeps the policy's own `policy.kwargs.model` (default: the shipped gridworld model)."""
+    sampler: SamplerConfig | None = None
+    """Sampling knobs for world-model policies (e.g. `sampler=fast`); None keeps `policy.kwargs.sampler`."""
 
 
 @dataclass

@@ -12,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from worldbagel.config import RolloutConfig
+from worldbagel.errors import bad_argument
 from worldbagel.policies import make_policy
 from worldbagel.rollout import RolloutResult, build_env, run_rollouts
 
@@ -84,7 +85,17 @@ def results_table(result: RolloutResult, title: str) -> Table:
 def run(cfg: RolloutConfig, console: Console) -> int:
     out = Path(cfg.out) if cfg.out else default_run_dir("rollout")
     env_factory = partial(build_env, cfg.env.id, cfg.env.kwargs)
-    policy_factory = partial(make_policy, cfg.policy.name, seed=cfg.seed, **cfg.policy.kwargs)
+    policy_kwargs = dict(cfg.policy.kwargs)
+    for key in ("model", "sampler"):  # `model=...` / `sampler=...` groups feed world-model policies
+        if getattr(cfg, key) is not None:
+            if key not in policy_kwargs:
+                raise bad_argument(
+                    key,
+                    getattr(cfg, key).name if key == "model" else key,
+                    f"policy={cfg.policy.name} does not use a world model; use policy=planner or policy=reasoning",
+                )
+            policy_kwargs[key] = getattr(cfg, key)
+    policy_factory = partial(make_policy, cfg.policy.name, seed=cfg.seed, **policy_kwargs)
     metadata = {"env": cfg.env.name, "env_id": cfg.env.id, "policy": cfg.policy.name}
     with Progress(
         TextColumn("[bold]rollout[/bold] {task.description}"),
