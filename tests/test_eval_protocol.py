@@ -308,3 +308,27 @@ def test_text_questions_are_asked_about_their_frame(tiny_pipe, grid_episodes):
     assert out["n"] == 2 and 0.0 <= out["accuracy"] <= 1.0 and len(out["examples"]) == 2
     assert out["accuracy"] == np.mean([e["correct"] for e in out["examples"]])
     assert evaluate_text(_wm(tiny_pipe), grid_episodes) is None
+
+
+def test_annotated_env_episodes_open_histories_with_the_instruction_and_feed_the_text_task(tiny_pipe):
+    from worldbagel.data.annotations import GOAL_QUESTION, GRIDWORLD_INSTRUCTION
+
+    (ep,) = record_env_episodes(
+        "WorldBagel/GridWorld-v0",
+        {"split": "eval"},
+        "random",
+        episodes=1,
+        seed=3,
+        max_steps=4,
+        annotate="gridworld",
+    )
+    assert len(ep.annotations) == ep.length and ep.annotations[0]["instruction"] == GRIDWORLD_INSTRUCTION
+    assert [qa["q"] for qa in ep.annotations[1]["qa"]][0] == GOAL_QUESTION
+    (sample,) = make_samples([ep], None, horizons=(1,), context=2)
+    assert sample.instruction == GRIDWORLD_INSTRUCTION
+    world = protocol._fresh(_wm(tiny_pipe), sample, sample.c)
+    assert _texts(world)[0] == GRIDWORLD_INSTRUCTION and world.frames_seen == sample.c + 1
+    out = evaluate_text(_wm(tiny_pipe), [ep], max_questions=2, max_new_tokens=2)
+    assert out["n"] == 2 and {e["question"] for e in out["examples"]} <= {
+        q["q"] for a in ep.annotations for q in a["qa"]
+    }

@@ -29,6 +29,7 @@ from worldbagel.errors import WorldBagelError, bad_argument
 from .options import DATASET_FORMATS, DatasetConfig
 
 __all__ = [
+    "episode_instruction",
     "evenly_spaced",
     "gridworld_size",
     "has_actions",
@@ -51,6 +52,15 @@ def evenly_spaced(n: int, count: int | None) -> list[int]:
     if count < 1:
         return []
     return sorted({int(round(x)) for x in np.linspace(0, n - 1, count)})
+
+
+def episode_instruction(episode: Episode) -> str | None:
+    """The episode's instruction (the first `instruction` annotation), or None; histories start with it, as in
+    the training sequences."""
+    for ann in episode.annotations or []:
+        if ann and ann.get("instruction"):
+            return str(ann["instruction"])
+    return None
 
 
 def has_actions(episode: Episode) -> bool:
@@ -137,10 +147,12 @@ def record_env_episodes(
     episodes: int = 8,
     seed: int = 1000,
     max_steps: int = 32,
+    annotate: str | None = None,
 ) -> list[Episode]:
     """Record `episodes` in-memory episodes of a registered policy in an env (infos kept, action texts from the
-    env's action codec)."""
+    env's action codec; text annotations from the annotator `annotate`, see worldbagel.data.annotations)."""
     from worldbagel.actions import codec_for_env
+    from worldbagel.data.annotations import make_annotator
     from worldbagel.policies import make_policy
     from worldbagel.rollout import build_env, first_env, frame_of
 
@@ -149,6 +161,7 @@ def record_env_episodes(
     if not (isinstance(max_steps, int) and max_steps >= 1):
         raise bad_argument("dataset.max_steps", max_steps, "use an int >= 1")
     kwargs = dict(env_kwargs or {})
+    annotator = make_annotator(annotate)
     env = first_env(lambda: build_env(env_id, kwargs))
     try:
         codec = codec_for_env(env)
@@ -157,9 +170,10 @@ def record_env_episodes(
         for i in range(episodes):
             pol.reset(seed=seed + i)
             obs, info = env.reset(seed=seed + i)
-            frames, infos, actions, texts = [frame_of(obs, env)], [dict(info)], [], []
+            frames, infos, actions, texts, notes = [frame_of(obs, env)], [dict(info)], [], [], []
             done = False
             while not done and len(actions) < max_steps:
+                notes.append(dict(annotator(env, obs, info)) if annotator is not None else {})
                 action = pol.act(obs, info)
                 obs, _, terminated, truncated, info = env.step(action)
                 actions.append(action.tolist() if isinstance(action, np.ndarray) else action)
@@ -174,6 +188,7 @@ def record_env_episodes(
                     actions,
                     texts,
                     infos=infos,
+                    annotations=notes,
                     env_id=env_id,
                     split=str(kwargs.get("split", "")),
                     seed=seed + i,
@@ -196,7 +211,9 @@ def load_heldout(
             raise bad_argument(
                 "env.id", env_id, "dataset.format=env records episodes from the env group; set env=..."
             )
-        episodes = record_env_episodes(env_id, env_kwargs, cfg.policy, cfg.episodes, cfg.seed, cfg.max_steps)
+        episodes = record_env_episodes(
+            env_id, env_kwargs, cfg.policy, cfg.episodes, cfg.seed, cfg.max_steps, cfg.annotate
+        )
     else:
         if not cfg.path:
             raise bad_argument("dataset.path", cfg.path, f"give the {cfg.format} data to evaluate on")

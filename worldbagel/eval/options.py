@@ -49,6 +49,9 @@ class DatasetConfig:
     """env: seed of episode 0."""
     max_steps: int = 32
     """env: steps per recorded episode at most."""
+    annotate: str | None = None
+    """env: text annotator of the recorded steps (gridworld: instruction, Q&A and thoughts from the symbolic
+    state, as `worldbagel collect annotate=gridworld` writes them); enables the text task."""
 
 
 @dataclass

@@ -34,7 +34,7 @@ from worldbagel.data.trajectory import Episode
 from worldbagel.errors import WorldBagelError, bad_argument
 from worldbagel.world_model import WorldModel
 
-from .heldout import evenly_spaced, has_continuous_actions
+from .heldout import episode_instruction, evenly_spaced, has_continuous_actions
 from .nav_metrics import soft_spl_per_episode
 from .trajectory_metrics import ate, poses_from_xy_yaw, rpe
 
@@ -287,7 +287,9 @@ def evaluate_trajectory_planning(
     for ep in chosen:
         t0 = min(max(context - 1, 0), ep.length - horizon)
         start = max(0, t0 - context + 1)
-        hist = WorldModel(wm.pipe, codec, wm.config).reset(ep.load_frame(start))
+        hist = WorldModel(wm.pipe, codec, wm.config).reset(
+            ep.load_frame(start), instruction=episode_instruction(ep)
+        )
         for t in range(start + 1, t0 + 1):
             hist.act(ep.action_texts[t - 1] or codec.encode(ep.actions[t - 1])).observe(ep.load_frame(t))
         goal = np.asarray(ep.load_frame(t0 + horizon))

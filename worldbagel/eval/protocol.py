@@ -39,7 +39,7 @@ from worldbagel.errors import bad_argument
 from worldbagel.world_model import WorldModel, predict_batch
 
 from .frame_metrics import FRAME_METRICS
-from .heldout import evenly_spaced, gridworld_size, has_actions
+from .heldout import episode_instruction, evenly_spaced, gridworld_size, has_actions
 from .horizons import COPY_LAST_FRAME, OPEN_LOOP, SINGLE_STEP, HorizonScores
 from .perceptual import PerceptualMetric
 from .symbolic import STATE_FIELDS, SymbolicAccuracy, symbolic_accuracy
@@ -80,6 +80,8 @@ class FrameSample:
     """F symbolic states (GridWorld infos) when the frames can be decoded, else None."""
     grid_size: int | tuple[int, int] | None = None
     """Maze size for `worldbagel.envs.decode_frame` when `states` is set."""
+    instruction: str | None = None
+    """The episode's instruction; the history opens with it (as the training sequences do)."""
 
     @property
     def c(self) -> int:
@@ -214,7 +216,9 @@ def make_samples(
                 "infos; use symbolic=auto or off",
             )
         states = [dict(ep.infos[t]) for t in range(start, end + 1)] if size is not None else None
-        samples.append(FrameSample(ep.id, start, t0, frames, acts, valid, states, size))
+        samples.append(
+            FrameSample(ep.id, start, t0, frames, acts, valid, states, size, episode_instruction(ep))
+        )
     if not samples:
         raise bad_argument(
             "dataset",
@@ -251,7 +255,7 @@ def _resize(frame: np.ndarray, frame_size: Callable[[int, int], tuple[int, int]]
 def _fresh(world_model: WorldModel, sample: FrameSample, upto: int) -> WorldModel:
     """A new history with the sample's true frames 0..upto (and the actions between them)."""
     w = WorldModel(world_model.pipe, world_model.codec, world_model.config)
-    w.reset(sample.frames[0])
+    w.reset(sample.frames[0], instruction=sample.instruction)
     for i in range(1, upto + 1):
         if sample.actions is not None:
             w.act(sample.actions[i - 1])

@@ -15,7 +15,7 @@ from typing import Any
 from worldbagel.data.trajectory import Episode
 from worldbagel.world_model import WorldModel
 
-from .heldout import evenly_spaced, has_actions
+from .heldout import episode_instruction, evenly_spaced, has_actions
 from .text_metrics import exact_match, qa_accuracy
 
 __all__ = ["collect_questions", "evaluate_text"]
@@ -51,7 +51,9 @@ def evaluate_text(
     preds, truths, examples = [], [], []
     for n, (ep, t, q, a) in enumerate(chosen):
         start = max(0, t - context + 1)
-        w = WorldModel(world_model.pipe, world_model.codec, world_model.config).reset(ep.load_frame(start))
+        w = WorldModel(world_model.pipe, world_model.codec, world_model.config).reset(
+            ep.load_frame(start), instruction=episode_instruction(ep)
+        )
         for i in range(start + 1, t + 1):
             if has_actions(ep):
                 w.act(ep.action_texts[i - 1])
