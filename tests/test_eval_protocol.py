@@ -104,15 +104,16 @@ def test_make_samples_bad_arguments_name_the_option(grid_episodes):
 # ---------------------------------------------------------------------------------------------- protocol
 def test_each_mode_sees_the_right_history(tiny_pipe, grid_episodes, monkeypatch):
     """single_step at k observes true frames up to t0+k-1 plus action t0+k-1; open_loop follows the true actions."""
-    calls = []
+    calls, absorbed = [], []
 
-    def fake_predict_batch(worlds, n_frames=1, actions=None, generator=None):
+    def fake_predict_batch(worlds, n_frames=1, actions=None, generator=None, absorb=True):
         if actions is not None:
             for w, acts in zip(worlds, actions):
                 w.act(acts[0])
         calls.append([(w.frames_seen, _texts(w)[-1] if _texts(w) else None) for w in worlds])
+        absorbed.append(absorb)
         frame = np.full((64, 64, 3), 128, np.uint8)
-        for w in worlds:
+        for w in worlds if absorb else []:
             w.observe(frame)  # the predicted frame enters the history, as WorldModel does
         return [[frame] for _ in worlds]
 
@@ -126,6 +127,8 @@ def test_each_mode_sees_the_right_history(tiny_pipe, grid_episodes, monkeypatch)
     # open loop: the context frames, then one step per call along the true actions
     assert [c[0] for c in open_steps] == [(s.c + 1 + j, s.actions[s.c + j]) for j in range(4)]
     assert made == 3 + 4
+    # single-step forks and the last open-loop frame are never re-encoded into a history
+    assert absorbed == [False, True, True, True, False]
     assert sorted(preds["single_step"][0]) == sorted(preds["open_loop"][0]) == [1, 2, 4]
 
 

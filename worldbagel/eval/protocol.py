@@ -282,7 +282,7 @@ def _single_step(world_model, batch, generator, chunk: int) -> tuple[list[dict[i
             where.append((i, k))
     out: list[dict[int, np.ndarray]] = [{} for _ in batch]
     for lo in range(0, len(forks), chunk):
-        frames = predict_batch(forks[lo : lo + chunk], 1, None, generator)
+        frames = predict_batch(forks[lo : lo + chunk], 1, None, generator, absorb=False)  # forks end here
         for (i, k), fs in zip(where[lo : lo + chunk], frames):
             out[i][k] = fs[0]
     return out, len(forks)
@@ -297,7 +297,8 @@ def _open_loop(world_model, batch, generator) -> tuple[list[dict[int, np.ndarray
         acts = None
         if batch[0].actions is not None:
             acts = [[batch[i].actions[batch[i].c + j]] for i in active]
-        frames = predict_batch([worlds[i] for i in active], 1, acts, generator)
+        go_on = any(j + 1 < batch[i].horizons[-1] for i in active)  # else no history needs this frame
+        frames = predict_batch([worlds[i] for i in active], 1, acts, generator, absorb=go_on)
         made += len(active)
         for i, fs in zip(active, frames):
             if j + 1 in batch[i].horizons:
