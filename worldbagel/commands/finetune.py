@@ -58,7 +58,8 @@ def load_model(cfg: FinetuneConfig, device: torch.device):
     from worldbagel.model.checkpoint import load_bagel
 
     path = m.path or shipped_model_dir(m.name)
-    loaded = load_bagel(path, dtype=m.dtype, device=device)
+    # trainable weights stay fp32 unless model.dtype says otherwise (CUDA computes in bf16 via autocast)
+    loaded = load_bagel(path, dtype=m.dtype or "float32", device=device)
     return loaded.model, loaded.vae, loaded.tokenizer
 
 

@@ -128,11 +128,13 @@ def apply_activation_checkpointing(model: nn.Module) -> int:
 
 # ------------------------------------------------------------------------------------------------ collectives
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    """Sum over ranks (a copy; identity in a single process)."""
-    t = t.clone()
-    if is_distributed():
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t
+    """Sum over ranks (a copy; identity in a single process). CPU tensors travel via CUDA under NCCL."""
+    if not is_distributed():
+        return t.clone()
+    device = t.device
+    work = t.to("cuda", copy=True) if dist.get_backend() == "nccl" else t.clone()
+    dist.all_reduce(work, op=dist.ReduceOp.SUM)
+    return work.to(device)
 
 
 def barrier() -> None:

@@ -309,7 +309,9 @@ class Trainer:
             for k, v in metrics.items():
                 if k != "step":
                     self._tb.add_scalar(f"train/{k}", v, metrics["step"])
-        logger.info(
+        every = max(1, self.cfg.steps // 20)  # about 20 INFO lines per run, every step at DEBUG
+        logger.log(
+            logging.INFO if metrics["step"] % every == 0 else logging.DEBUG,
             "step %d loss %.4f (ce %.4f, mse %.4f) lr %.2e grad %.3f %.0f tok/s",
             metrics["step"],
             metrics["loss"],
