@@ -275,3 +275,10 @@ def test_cached_features_equal_what_inference_feeds_the_model(parts):
     assert torch.allclose(feats.latents[2], tokens, atol=1e-5)
     assert torch.equal(feats.vit_patches(2), patches) and feats.vit.dtype == torch.uint8
     assert feats.latent_std is not None and bool((feats.latent_std > 0).all())
+
+
+def test_finetune_cli_rejects_bad_options_cleanly(capsys):
+    from worldbagel.cli import main
+
+    assert main(["finetune", "model=scratch-tiny", "data=x", "out=y", "plan.target_mode=joint"]) == 2
+    assert "plan.target_mode='joint'" in capsys.readouterr().out

@@ -46,7 +46,9 @@ COMMANDS: dict[str, Command] = {
         Command("predict", "predict", "continue a video clip with the world model (optionally with actions)"),
         Command("reason", "reason", "ask the world model a question about an image or clip (optional think)"),
         Command("imagine", "imagine", "an imagined rollout next to the real one, side by side, with metrics"),
-        Command("eval", "evaluate", "evaluate a world model: NWM frame prediction, planning, Q&A; metrics.json"),
+        Command(
+            "eval", "evaluate", "evaluate a world model: NWM frame prediction, planning, Q&A; metrics.json"
+        ),
     ]
 }
 
@@ -109,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         raw, cfg = compose_config(args.command, args.overrides)
-    except (HydraException, OmegaConfBaseException) as exc:
+    except (HydraException, OmegaConfBaseException, WorldBagelError) as exc:  # schema __post_init__ checks
         console.print(f"[red]config error[/red] for `worldbagel {args.command}`: {exc}")
         return 2
     if args.cfg:
