@@ -25,10 +25,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from worldbagel.policies.base import BasePolicy, split_vector_infos, stack_actions
 
 from worldbagel.actions import NavActionCodec, codec_for_env
 from worldbagel.errors import WorldBagelError
+from worldbagel.policies.base import BasePolicy, split_vector_infos, stack_actions
 
 __all__ = ["GreedyFollower", "OraclePolicy"]
 

@@ -49,10 +49,10 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
-from worldbagel.policies.base import BasePolicy, split_vector_infos, stack_actions
-from worldbagel.policies.goal_images import goal_source_for_env, resolve_goal
 
 from worldbagel.errors import bad_argument
+from worldbagel.policies.base import BasePolicy, split_vector_infos, stack_actions
+from worldbagel.policies.goal_images import goal_source_for_env, resolve_goal
 from worldbagel.world_model import WorldModel, predict_batch
 
 __all__ = ["METHODS", "Plan", "WorldModelPlanner"]

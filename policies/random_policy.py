@@ -8,6 +8,7 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+
 from worldbagel.policies.base import BasePolicy, split_vector_infos
 
 __all__ = ["RandomPolicy"]

@@ -29,12 +29,12 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-from worldbagel.policies.base import BasePolicy, split_vector_infos, stack_actions
 
 from worldbagel.actions import NEXT_ACTION_QUESTION, ActionCodec, next_action_question, normalize_text
 from worldbagel.errors import InvalidAction, bad_argument
 from worldbagel.inference.generate import generate_text_batch
 from worldbagel.inference.pipeline import VLM_THINK_SYSTEM_PROMPT, split_think
+from worldbagel.policies.base import BasePolicy, split_vector_infos, stack_actions
 from worldbagel.world_model import WorldModel
 
 __all__ = ["NEXT_ACTION_QUESTION", "Answer", "ReasoningPolicy", "next_action_question", "parse_action"]

@@ -10,9 +10,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from worldbagel.policies.base import Policy
-
 from worldbagel.errors import bad_argument
+from worldbagel.policies.base import Policy
 
 __all__ = ["POLICIES", "make_policy", "register_policy"]
 

@@ -7,10 +7,10 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-from worldbagel.policies.base import BasePolicy, split_vector_infos
 
 from worldbagel.actions import ActionCodec, codec_for_env
 from worldbagel.errors import WorldBagelError, bad_argument
+from worldbagel.policies.base import BasePolicy, split_vector_infos
 
 __all__ = ["ScriptedPolicy"]
 

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
-import worldbagel.envs  # noqa: F401  (registers the ids)
 from rich.console import Console
 from rich.table import Table
 
+import worldbagel.envs  # noqa: F401  (registers the ids)
 from worldbagel.errors import DependencyNotInstalled
 
 NUM_ENVS = 4

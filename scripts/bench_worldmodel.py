@@ -114,9 +114,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from worldbagel.envs import GridWorldEnv
-
     from worldbagel.actions import DiscreteActionCodec
+    from worldbagel.envs import GridWorldEnv
     from worldbagel.eval.heldout import record_env_episodes
     from worldbagel.world_model_loader import generation_config, load_world_model
 

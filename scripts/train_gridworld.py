@@ -25,12 +25,12 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import torch
-import worldbagel.envs  # noqa: F401  (registers the envs)
-from worldbagel.envs.grid_frames import decode_frame
 
+import worldbagel.envs  # noqa: F401  (registers the envs)
 from worldbagel.actions import DiscreteActionCodec, next_action_question
 from worldbagel.cli import main as cli
 from worldbagel.data.annotations import GOAL_QUESTION, relative_offset_text
+from worldbagel.envs.grid_frames import decode_frame
 from worldbagel.inference.generate import GenerationConfig
 from worldbagel.inference.pipeline import BagelPipeline
 from worldbagel.model.transforms import ImageTransform

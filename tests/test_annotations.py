@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import gymnasium as gym
 import pytest
-import worldbagel.envs  # noqa: F401  (registers the envs)
 
+import worldbagel.envs  # noqa: F401  (registers the envs)
 from worldbagel.actions import DiscreteActionCodec, next_action_question
 from worldbagel.cli import main
 from worldbagel.data.annotations import (

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from worldbagel.envs import EVAL_LAYOUT_SEEDS, TRAIN_LAYOUT_SEEDS, GridWorldEnv, layout_split
 from worldbagel.envs.grid_frames import AGENT, MARKER, UndecodableFrame, classify, decode_frame
 from worldbagel.envs.maze import MOVES, bfs_distances, can_move, generate_maze, shortest_path_actions
-
 from worldbagel.errors import ConfigError, InvalidAction
 
 

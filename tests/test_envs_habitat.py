@@ -10,8 +10,8 @@ from pathlib import Path
 import fake_habitat
 import numpy as np
 import pytest
-from worldbagel.envs.habitat_env import SOFT_SPL_OVERRIDE, HabitatNavEnv, _yaw_of
 
+from worldbagel.envs.habitat_env import SOFT_SPL_OVERRIDE, HabitatNavEnv, _yaw_of
 from worldbagel.errors import ConfigError, DependencyNotInstalled, InvalidAction, WorldBagelError
 
 

@@ -7,9 +7,9 @@ import math
 
 import numpy as np
 import pytest
+
 from worldbagel.envs.floorplan import Floorplan
 from worldbagel.envs.miniworld_env import MiniWorldNavEnv
-
 from worldbagel.errors import ConfigError, DependencyNotInstalled, InvalidAction
 
 

@@ -17,8 +17,8 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env, data_equivalence
-from worldbagel.envs import WORLD_BAGEL_IDS, make_env
 
+from worldbagel.envs import WORLD_BAGEL_IDS, make_env
 from worldbagel.errors import ConfigError, DependencyNotInstalled
 
 

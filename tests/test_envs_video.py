@@ -8,9 +8,9 @@ import gymnasium as gym
 import imageio.v3 as iio
 import numpy as np
 import pytest
+
 from worldbagel.envs import FrameHistory, GridWorldEnv, ResizeObservation, SelectImage, resize_image
 from worldbagel.envs.video_env import VideoEnv, load_frames
-
 from worldbagel.errors import ConfigError, InvalidAction, WorldBagelError
 
 

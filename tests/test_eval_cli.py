@@ -7,13 +7,13 @@ from functools import partial
 
 import numpy as np
 import pytest
-from worldbagel.policies import make_policy
 
 from worldbagel.cli import main
 from worldbagel.data.collect import collect
 from worldbagel.data.trajectory import TrajectoryDataset
 from worldbagel.eval.frame_metrics import psnr, ssim
 from worldbagel.eval.report import read_metrics_json
+from worldbagel.policies import make_policy
 from worldbagel.rollout import build_env
 
 GRID_KWARGS = {"size": 8, "obs_size": 64, "max_steps": 64, "split": "eval"}

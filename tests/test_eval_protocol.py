@@ -238,6 +238,7 @@ def test_navigation_section_soft_spl_from_distances():
 
 def test_goal_distance_info_and_missing_planner_error(monkeypatch):
     import gymnasium as gym
+
     from worldbagel.policies import POLICIES
 
     env = GoalDistanceInfo(gym.make("WorldBagel/GridWorld-v0"))

@@ -8,9 +8,9 @@ import gymnasium as gym
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
-from worldbagel.envs import make_env
 
 from worldbagel.actions import DiscreteActionCodec
+from worldbagel.envs import make_env
 from worldbagel.errors import ConfigError, InvalidAction
 from worldbagel.imagined_env import IMAGINED_ENV_ID, GridWorldImaginedReward, ImaginedEnv
 from worldbagel.inference.generate import GenerationConfig

@@ -12,17 +12,17 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-import worldbagel.policies.planner as planner_mod
-from worldbagel.envs import decode_frame, make_env
-from worldbagel.policies import make_policy
-from worldbagel.policies.goal_images import GridWorldGoalImages
-from worldbagel.policies.planner import WorldModelPlanner
 
+import worldbagel.policies.planner as planner_mod
 import worldbagel.world_model as wm_mod
 from worldbagel.actions import ContinuousActionCodec, DiscreteActionCodec
+from worldbagel.envs import decode_frame, make_env
 from worldbagel.errors import ConfigError
 from worldbagel.eval.energy import GridWorldDistanceScorer, LatentDistance, SSIMDistance
 from worldbagel.inference.generate import GenerationConfig
+from worldbagel.policies import make_policy
+from worldbagel.policies.goal_images import GridWorldGoalImages
+from worldbagel.policies.planner import WorldModelPlanner
 from worldbagel.world_model import WorldModel, WorldModelConfig
 
 NAMES = ["move up", "move right", "move down", "move left"]

@@ -6,6 +6,9 @@ import gymnasium as gym
 import numpy as np
 import pytest
 from standin_envs import GRID_NAMES, GridStandIn, NavStandIn
+
+from worldbagel.actions import DiscreteActionCodec
+from worldbagel.errors import ConfigError, InvalidAction, WorldBagelError
 from worldbagel.policies import (
     OraclePolicy,
     Policy,
@@ -14,9 +17,6 @@ from worldbagel.policies import (
     make_policy,
     split_vector_infos,
 )
-
-from worldbagel.actions import DiscreteActionCodec
-from worldbagel.errors import ConfigError, InvalidAction, WorldBagelError
 
 
 def _real_gridworld_available() -> bool:

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import worldbagel.policies.reasoning as reasoning_mod
-from worldbagel.envs import make_env
-from worldbagel.policies import make_policy
-from worldbagel.policies.reasoning import ReasoningPolicy, next_action_question, parse_action
 
+import worldbagel.policies.reasoning as reasoning_mod
 from worldbagel.actions import ContinuousActionCodec, DiscreteActionCodec, NavActionCodec
+from worldbagel.envs import make_env
 from worldbagel.errors import ConfigError, InvalidAction
 from worldbagel.inference.generate import GenerationConfig, TextOutput
 from worldbagel.inference.pipeline import VLM_THINK_SYSTEM_PROMPT
+from worldbagel.policies import make_policy
+from worldbagel.policies.reasoning import ReasoningPolicy, next_action_question, parse_action
 from worldbagel.world_model import WorldModel, WorldModelConfig
 
 CODEC = DiscreteActionCodec(["move up", "move right", "move down", "move left"])

@@ -11,12 +11,12 @@ import gymnasium as gym
 import numpy as np
 import pytest
 from standin_envs import GridStandIn
-from worldbagel.policies import OraclePolicy, RandomPolicy, make_policy
 
 from worldbagel.cli import main
 from worldbagel.data.collect import collect
 from worldbagel.data.trajectory import TrajectoryDataset, read_index
 from worldbagel.errors import WorldBagelError
+from worldbagel.policies import OraclePolicy, RandomPolicy, make_policy
 from worldbagel.rollout import build_env, run_rollouts
 
 CRASHY = "WorldBagelTest/CrashyGrid-v0"
