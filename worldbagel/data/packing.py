@@ -28,7 +28,6 @@ import torch
 
 from worldbagel.data.sequence_plan import DropoutConfig, PackingConfig, PlanItem, SequencePlan
 from worldbagel.errors import bad_argument
-from worldbagel.model.attention import Split
 from worldbagel.model.sequence import PackedSequence, SequenceBuilder, SpecialIds
 
 logger = logging.getLogger(__name__)
@@ -175,18 +174,6 @@ def _keep_one_vit(plans: Sequence[SequencePlan], dropped: list[list[bool]]) -> N
 
 
 # ------------------------------------------------------------------------------------------------ emission
-def _advance_rope(builder: SequenceBuilder, sample: int, n: int) -> None:
-    """A dropped image keeps its rope slot (spec 6.2)."""
-    builder.samples[sample].rope += n
-
-
-def _join_last_splits(builder: SequenceBuilder, sample: int) -> None:
-    """Merge the sample's last two splits into one `full` split (frames of one multi-frame group)."""
-    splits = builder.samples[sample].splits
-    b, a = splits.pop(), splits.pop()
-    splits.append(Split(a.length + b.length, "full"))
-
-
 def emit_plan(
     builder: SequenceBuilder,
     sample: int,
@@ -224,7 +211,7 @@ def _emit_item(
             builder.add_text(text_ids(item.text or ""), sample=sample, loss=item.loss)
         return
     if drop:
-        _advance_rope(builder, sample, 1)
+        builder.skip_positions(sample=sample, n=1)
         return
     if item.kind == "vit":
         if feats.vit is None or feats.vit_grid is None:
@@ -242,7 +229,7 @@ def _emit_item(
         x0, feats.grid, sample=sample, noisy=True, advance=item.advance, split="full" if multi else None
     )
     if item.join:
-        _join_last_splits(builder, sample)
+        builder.join_last_splits(sample)
 
 
 def build_batch(

@@ -205,6 +205,18 @@ class SequenceBuilder:
         smp.splits.append(Split(h * w + 2, mode))  # type: ignore[arg-type]
         return range(start, start + h * w + 2)
 
+    def skip_positions(self, n: int, sample: int = 0) -> None:
+        """Advance a sample's rope counter without tokens (an image dropped by CFG dropout keeps its slot)."""
+        self.samples[sample].rope += n
+
+    def join_last_splits(self, sample: int = 0, mode: str = "full") -> None:
+        """Merge a sample's last two splits into one (the frames of a multi-frame noisy group, spec 6.5)."""
+        splits = self.samples[sample].splits
+        if len(splits) < 2:
+            raise ValueError(f"sample {sample} has {len(splits)} split(s); joining needs two")
+        b, a = splits.pop(), splits.pop()
+        splits.append(Split(a.length + b.length, mode))  # type: ignore[arg-type]
+
     # ------------------------------------------------------------------ build
     def build(self, device: torch.device | str = "cpu") -> PackedSequence:
         offsets, total = [], 0
