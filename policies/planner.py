@@ -39,7 +39,6 @@ for a real | imagined | goal video.
 
 from __future__ import annotations
 
-import copy
 import itertools
 import logging
 from collections.abc import Callable, Mapping, Sequence
@@ -51,8 +50,8 @@ import numpy as np
 import torch
 
 from worldbagel.errors import bad_argument
-from worldbagel.policies.base import BasePolicy, split_vector_infos, stack_actions
 from worldbagel.policies.goal_images import goal_source_for_env, resolve_goal
+from worldbagel.policies.world_model_policy import HistorySlot, WorldModelPolicy
 from worldbagel.world_model import WorldModel, predict_batch
 
 __all__ = ["METHODS", "Plan", "WorldModelPlanner"]
@@ -79,16 +78,6 @@ class Plan:
 
 
 @dataclass
-class _Slot:
-    """Closed-loop state of one env."""
-
-    world: WorldModel | None = None
-    last_action: Any = None
-    steps: int = 0
-    new_episode: bool = True
-
-
-@dataclass
 class _Job:
     """One candidate sequence being imagined."""
 
@@ -99,7 +88,7 @@ class _Job:
     dist: list
 
 
-class WorldModelPlanner(BasePolicy):
+class WorldModelPlanner(WorldModelPolicy):
     """MPC policy: imagine candidate futures with a WorldModel, act on the lowest-energy one."""
 
     def __init__(
@@ -164,7 +153,7 @@ class WorldModelPlanner(BasePolicy):
         self.dedupe = bool(dedupe)
         self.instruction = instruction
         self._env_goal = None
-        self._slots: list[_Slot] = []
+        self._slots: list[HistorySlot] = []
         self.last_plans: list[Plan | None] = []
         self.reset(seed)
 
@@ -231,42 +220,14 @@ class WorldModelPlanner(BasePolicy):
         """Use `env` (single or vector) as a goal-image source when info and `goal` give none."""
         self._env_goal = goal_source_for_env(env)
 
-    def start_episode(self, index: int | None = None) -> None:
-        """Restart the history of env `index` (all envs when None) at its next observation. Vector envs that
-        report `steps == 0` in a reset info (as GridWorld does) restart automatically."""
-        for i, slot in enumerate(self._slots):
-            if index is None or i == index:
-                slot.new_episode = True
-
     @property
     def last_plan(self) -> Plan | None:
         """The plan of env 0 at the latest step."""
         return self.last_plans[0] if self.last_plans else None
 
-    def act(self, obs: Any, info: Mapping[str, Any] | None = None) -> Any:
-        return self._act([obs], [dict(info or {})])[0]
-
-    def act_batch(self, obs_batch: Any, infos: Any = None) -> np.ndarray:
-        n = len(obs_batch)
-        return stack_actions(self._act([obs_batch[i] for i in range(n)], split_vector_infos(infos, n)))
-
     # ------------------------------------------------------------------ closed loop
-    def _observe(self, slot: _Slot, obs: Any, info: Mapping[str, Any]) -> WorldModel:
-        obs = np.asarray(obs)
-        restarted = info.get("steps") == 0  # a (vector env auto-)reset info, e.g. GridWorld's
-        if slot.world is None or slot.new_episode or restarted:
-            slot.world = copy.copy(self.world_model)  # same model, codec and config; its own history
-            slot.world.reset(obs, instruction=info.get("instruction") or self.instruction)
-            slot.steps, slot.new_episode = 0, False
-        else:
-            slot.world.act(slot.last_action).observe(obs)
-            slot.steps += 1
-        return slot.world
-
     def _act(self, observations: list, infos: list[dict]) -> list:
-        while len(self._slots) < len(observations):
-            self._slots.append(_Slot())
-        worlds = [self._observe(self._slots[i], o, infos[i]) for i, o in enumerate(observations)]
+        worlds = self._observe_all(observations, infos)
         goals = [resolve_goal(info, self.goal, self._env_goal) for info in infos]
         if self.distance is not None and self.goal_weight != 0 and not self.scorers:
             missing = [i for i, g in enumerate(goals) if g is None]

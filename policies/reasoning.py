@@ -20,7 +20,6 @@ action / action text) and counts it. `invalid_count`, `question_count` and `last
 
 from __future__ import annotations
 
-import copy
 import logging
 import re
 from collections.abc import Mapping
@@ -34,7 +33,7 @@ from worldbagel.actions import NEXT_ACTION_QUESTION, ActionCodec, next_action_qu
 from worldbagel.errors import InvalidAction, bad_argument
 from worldbagel.inference.generate import generate_text_batch
 from worldbagel.inference.pipeline import VLM_THINK_SYSTEM_PROMPT, split_think
-from worldbagel.policies.base import BasePolicy, split_vector_infos, stack_actions
+from worldbagel.policies.world_model_policy import HistorySlot, WorldModelPolicy
 from worldbagel.world_model import WorldModel
 
 __all__ = ["NEXT_ACTION_QUESTION", "Answer", "ReasoningPolicy", "next_action_question", "parse_action"]
@@ -78,15 +77,7 @@ class Answer:
     valid: bool
 
 
-@dataclass
-class _Slot:
-    world: WorldModel | None = None
-    last_action: Any = None
-    steps: int = 0
-    new_episode: bool = True
-
-
-class ReasoningPolicy(BasePolicy):
+class ReasoningPolicy(WorldModelPolicy):
     """Acts by asking a WorldModel which action to take next (optionally thinking first)."""
 
     def __init__(
@@ -127,7 +118,7 @@ class ReasoningPolicy(BasePolicy):
             except InvalidAction as exc:
                 raise bad_argument("fallback", fallback, f"use 'random' or a valid action ({exc})") from None
         self.fallback = fallback
-        self._slots: list[_Slot] = []
+        self._slots: list[HistorySlot] = []
         self.invalid_count = 0
         self.question_count = 0
         self.last_answers: list[Answer] = []
@@ -168,37 +159,12 @@ class ReasoningPolicy(BasePolicy):
         self.invalid_count = 0
         self.question_count = 0
 
-    def start_episode(self, index: int | None = None) -> None:
-        """Restart the history of env `index` (all when None) at its next observation."""
-        for i, slot in enumerate(self._slots):
-            if index is None or i == index:
-                slot.new_episode = True
-
     def episode_stats(self) -> dict[str, Any]:
         """Counters since the last reset (for metrics): questions, invalid answers, invalid rate."""
         rate = self.invalid_count / self.question_count if self.question_count else 0.0
         return {"questions": self.question_count, "invalid_answers": self.invalid_count, "invalid_rate": rate}
 
-    def act(self, obs: Any, info: Mapping[str, Any] | None = None) -> Any:
-        return self._act([obs], [dict(info or {})])[0]
-
-    def act_batch(self, obs_batch: Any, infos: Any = None) -> np.ndarray:
-        n = len(obs_batch)
-        return stack_actions(self._act([obs_batch[i] for i in range(n)], split_vector_infos(infos, n)))
-
     # ------------------------------------------------------------------ internals
-    def _observe(self, slot: _Slot, obs: Any, info: Mapping[str, Any]) -> WorldModel:
-        obs = np.asarray(obs)
-        restarted = info.get("steps") == 0  # a (vector env auto-)reset info, e.g. GridWorld's
-        if slot.world is None or slot.new_episode or restarted:
-            slot.world = copy.copy(self.world_model)  # same model, codec and config; its own history
-            slot.world.reset(obs, instruction=info.get("instruction") or self.instruction)
-            slot.steps, slot.new_episode = 0, False
-        else:
-            slot.world.act(slot.last_action).observe(obs)
-            slot.steps += 1
-        return slot.world
-
     def _fallback(self) -> Any:
         if self._fixed is not None:
             return self._fixed
@@ -217,9 +183,7 @@ class ReasoningPolicy(BasePolicy):
         return [split_think(o.text) if self.think else ("", o.text.strip()) for o in outs]
 
     def _act(self, observations: list, infos: list[dict]) -> list:
-        while len(self._slots) < len(observations):
-            self._slots.append(_Slot())
-        worlds = [self._observe(self._slots[i], o, infos[i]) for i, o in enumerate(observations)]
+        worlds = self._observe_all(observations, infos)
         answers = []
         for slot, (thought, text) in zip(self._slots, self.ask(worlds)):
             self.question_count += 1
