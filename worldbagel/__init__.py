@@ -14,6 +14,9 @@ __version__ = "0.1.0"
 _LAZY = {
     "Bagel": "worldbagel.model.bagel",
     "BagelConfig": "worldbagel.model.configuration",
+    "BagelPipeline": "worldbagel.inference.pipeline",
+    "WorldModel": "worldbagel.world_model",
+    "WorldModelConfig": "worldbagel.world_model",
 }
 
 __all__ = ["__version__", *_LAZY]
