@@ -51,6 +51,7 @@ def test_saved_autoencoder_is_flux_layout_and_reloads(frames, tmp_path):
     saved = json.loads((tmp_path / "vae_config.json").read_text())
     assert saved["scale_factor"] == vae.config.scale_factor and saved["ch_mult"] == [1, 1, 1, 1]
     back = load_vae(tmp_path, VAEConfig(**saved))
+    assert load_vae(tmp_path).config.ch_mult == [1, 1, 1, 1]  # a folder's vae_config.json is read by default
     x = frames_tensor(frames[:2], 64)
     with torch.no_grad():
         assert torch.equal(back.encode(x), vae.encode(x))
@@ -62,6 +63,23 @@ def test_bad_options():
         VAETrainConfig(recon="l2")
     with pytest.raises(ConfigError, match="steps"):
         VAETrainConfig(steps=0)
+    with pytest.raises(ConfigError, match="recon_weighting"):
+        VAETrainConfig(recon_weighting="inverse")
+
+
+def test_rarity_weights_lift_rare_colours():
+    from worldbagel.train.vae_trainer import rarity_weights, weighted_reconstruction
+
+    x = torch.full((2, 3, 10, 10), -1.0)
+    x[0, :, 4, 4] = 1.0  # one white pixel among 199 black ones
+    w = rarity_weights(x)
+    assert w.shape == (2, 1, 10, 10) and float(w.mean()) == pytest.approx(1.0)
+    assert float(w[0, 0, 4, 4]) == pytest.approx(199 * float(w[0, 0, 0, 0]))
+    x_hat = x.clone()
+    x_hat[0, :, 4, 4] = -1.0  # erase the rare pixel: barely visible to plain l1, not to the weighted loss
+    plain = float(weighted_reconstruction(x_hat, x, "l1", "none"))
+    weighted = float(weighted_reconstruction(x_hat, x, "l1", "rarity"))
+    assert plain == pytest.approx(2.0 / 200) and weighted > 40 * plain
 
 
 def test_train_vae_cli_then_finetune_with_it(tmp_path):

@@ -14,6 +14,7 @@ diffusers is imported lazily (it takes seconds to import).
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,7 +23,7 @@ import torch
 from torch import nn
 
 from worldbagel.errors import CheckpointError, bad_argument
-from worldbagel.model.configuration import VAEConfig
+from worldbagel.model.configuration import VAE_CONFIG, VAEConfig
 from worldbagel.model.weights_file import describe_mismatch, read_header, read_tensors, write_file
 
 if TYPE_CHECKING:
@@ -164,11 +165,14 @@ def load_vae(
 ) -> FluxVAE:
     """Load a FLUX-layout `ae.safetensors` (or a folder holding one) into a `FluxVAE`, strictly.
 
-    `cfg` defaults to the FLUX.1 values; `dtype=None` keeps the stored dtype. Key or shape mismatches raise
-    one CheckpointError naming the file and the keys.
+    `cfg` defaults to the folder's `vae_config.json` when `path` is a folder holding one (what
+    `worldbagel train-vae` writes), else to the FLUX.1 values; `dtype=None` keeps the stored dtype. Key or
+    shape mismatches raise one CheckpointError naming the file and the keys.
     """
     path = Path(path)
     if path.is_dir():
+        if cfg is None and (path / VAE_CONFIG).is_file():
+            cfg = VAEConfig(**json.loads((path / VAE_CONFIG).read_text()))
         path = path / AE_FILE
     cfg = cfg or VAEConfig()
     hint = "The FLUX autoencoder weights (ae.safetensors, FLUX key layout) belong in the BAGEL model folder."

@@ -146,6 +146,9 @@ class VAETrainConfig:
     """AdamW learning rate (constant after a 5 % warmup)."""
     recon: str = "l1"
     """Reconstruction loss: l1 or mse (per pixel, images in [-1, 1])."""
+    recon_weighting: str = "none"
+    """none, or rarity: weight each pixel by 1 / (how often its exact colour occurs in the batch), normalised
+    to mean 1, so small rare objects (a gridworld agent and goal cover ~1 % of the pixels) are not ignored."""
     kl_weight: float = 1e-4
     """Weight of the KL term (per latent element) against the per-pixel reconstruction loss."""
     image_size: int = 64
@@ -162,6 +165,8 @@ class VAETrainConfig:
     def __post_init__(self) -> None:
         if self.recon not in ("l1", "mse"):
             raise bad_argument("recon", self.recon, "use l1 or mse")
+        if self.recon_weighting not in ("none", "rarity"):
+            raise bad_argument("recon_weighting", self.recon_weighting, "use none or rarity")
         for name in ("steps", "batch_size", "image_size", "log_every"):
             if int(getattr(self, name)) < 1:
                 raise bad_argument(name, getattr(self, name), "must be an integer >= 1")

@@ -52,6 +52,29 @@ def reconstruction_loss(vae: FluxVAE, x: torch.Tensor, kind: str = "l1") -> torc
 
 
 @torch.no_grad()
+def rarity_weights(x: torch.Tensor) -> torch.Tensor:
+    """[B, 1, H, W] per-pixel weights 1 / count of the pixel's exact (8-bit) colour in the batch, mean 1.
+
+    x: [B, 3, H, W] in [-1, 1]. Flat-coloured domains (gridworld) get their rare small objects weighted up;
+    photographs, where almost every colour is rare, get nearly uniform weights.
+    """
+    b, _, h, w = x.shape
+    q = ((x.clamp(-1, 1) + 1) * 127.5).round().long()  # [B, 3, H, W] 0..255
+    key = (q[:, 0] * 65536 + q[:, 1] * 256 + q[:, 2]).flatten()  # [B*H*W]
+    _, inverse, counts = torch.unique(key, return_inverse=True, return_counts=True)
+    weights = (1.0 / counts.float())[inverse]
+    return (weights / weights.mean()).view(b, 1, h, w)
+
+
+def weighted_reconstruction(x_hat: torch.Tensor, x: torch.Tensor, kind: str, weighting: str) -> torch.Tensor:
+    """Mean per-element l1/mse between x_hat and x, pixels weighted by `weighting` (none | rarity)."""
+    err = (x_hat - x).abs() if kind == "l1" else (x_hat - x).pow(2)
+    if weighting == "rarity":
+        err = err * rarity_weights(x)
+    return err.mean()
+
+
+@torch.no_grad()
 def calibrate(vae: FluxVAE, x: torch.Tensor, batch_size: int = 32) -> tuple[float, float]:
     """Set the config's shift/scale so scaled posterior means of `x` have mean 0 and std 1."""
     means = torch.cat([vae.moments(x[i : i + batch_size])[0].float() for i in range(0, len(x), batch_size)])
@@ -91,7 +114,7 @@ def train_vae(
         eps = torch.randn(mean.shape, generator=gen).to(device)
         z = mean + torch.exp(0.5 * logvar) * eps
         x_hat = vae.ae.decoder(z)
-        rec = F.l1_loss(x_hat, x) if cfg.recon == "l1" else F.mse_loss(x_hat, x)
+        rec = weighted_reconstruction(x_hat, x, cfg.recon, cfg.recon_weighting)
         kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).mean()
         loss = rec + cfg.kl_weight * kl
         opt.zero_grad(set_to_none=True)
