@@ -225,6 +225,16 @@ class WorldModelPlanner(WorldModelPolicy):
         """The plan of env 0 at the latest step."""
         return self.last_plans[0] if self.last_plans else None
 
+    def views(self, index: int = 0) -> dict[str, np.ndarray]:
+        """Env `index`'s latest plan as images for a rollout video: the imagined next frame and the goal."""
+        plan = self.last_plans[index] if index < len(self.last_plans) else None
+        if plan is None:
+            return {}
+        out = {"imagined": np.asarray(plan.frames[0])}
+        if plan.goal is not None and len(plan.goal):
+            out["goal"] = np.asarray(plan.goal[0])
+        return out
+
     # ------------------------------------------------------------------ closed loop
     def _act(self, observations: list, infos: list[dict]) -> list:
         worlds = self._observe_all(observations, infos)

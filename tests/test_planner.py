@@ -73,6 +73,8 @@ def test_exhaustive_search_picks_the_argmin_energy(tiny_pipe, frame, monkeypatch
     assert plan.actions[0] == 2 and plan.energy == pytest.approx(0.0, abs=1e-9)
     assert plan.candidates == 16 and plan.frames.shape == (2, 64, 64, 3)
     assert fake.calls == [4, 16]  # one batched call per imagined step; shared prefixes imagined once
+    views = planner.views()  # what a rollout video shows beside the real frame
+    assert np.array_equal(views["imagined"], plan.frames[0]) and np.array_equal(views["goal"], plan.goal[0])
     # the energy ranks every first action: direct distances of the four colours to the goal colour
     d = LatentDistance(tiny_pipe)(np.stack([_colour(a) for a in range(4)]), goal)[:, 0]
     assert d[2] == pytest.approx(0.0, abs=1e-9) and (np.delete(d, 2) > 1e-6).all()

@@ -21,6 +21,10 @@ metrics.json (see `RolloutResult.to_json`):
 - aggregate: `episodes`, `completed`, `failed`, and the means over completed episodes of `success`
   (as `success_rate`), `spl`, `length`, `return` (null when no episode reports the value).
 
+Videos: a policy that exposes `views() -> {label: image}` (the planner: its imagined next frame and the
+goal image) gets them beside the real frame: real | imagined | goal. The views returned after the action
+of step t are shown with the real frame t + 1 they were meant to predict; frame 0 has blank panels.
+
 The library does not print; pass `progress(done, total, episode_result)` to follow along.
 """
 
@@ -235,6 +239,7 @@ def run_rollouts(
         ep_seed = seed + i
         er = EpisodeResult(episode=i, seed=ep_seed)
         frames: list[np.ndarray] = []
+        views: list[dict[str, np.ndarray]] = []
         start = time.perf_counter()
         if env is None and not result.episodes:  # a first build that fails is a config error: stop
             env = first_env(env_factory)
@@ -243,7 +248,7 @@ def run_rollouts(
             if env is None:
                 env = env_factory()
                 bound = _bind(policy, env)
-            _run_episode(env, bound, ep_seed, max_steps, er, frames)
+            _run_episode(env, bound, ep_seed, max_steps, er, frames, views)
         except Exception as exc:  # an env crash must not take the finished episodes down with it
             er.status, er.error = "failed", f"{type(exc).__name__}: {exc}"
             logger.error("episode %d (seed %d) failed: %s", i, ep_seed, er.error, exc_info=True)
@@ -252,7 +257,7 @@ def run_rollouts(
             env, bound = None, None
         er.wall_s = time.perf_counter() - start
         if out is not None and frames and (video or gif):
-            _write_videos(out, er, frames, fps or _env_fps(env), video, gif)
+            _write_videos(out, er, with_views(frames, views), fps or _env_fps(env), video, gif)
         if keep_frames and frames:
             er.frames = np.stack(frames)
         result.episodes.append(er)
@@ -265,7 +270,13 @@ def run_rollouts(
 
 
 def _run_episode(
-    env: Any, policy: Policy, seed: int, max_steps: int | None, er: EpisodeResult, frames: list[np.ndarray]
+    env: Any,
+    policy: Policy,
+    seed: int,
+    max_steps: int | None,
+    er: EpisodeResult,
+    frames: list[np.ndarray],
+    views: list[dict[str, np.ndarray]],
 ) -> None:
     policy.reset(seed=seed)
     obs, info = env.reset(seed=seed)
@@ -276,6 +287,8 @@ def _run_episode(
     done = False
     while not done:
         action = policy.act(obs, info)
+        if callable(getattr(policy, "views", None)):
+            views.append(policy.views())
         obs, reward, terminated, truncated, info = env.step(action)
         er.length += 1
         er.ret += float(reward)
@@ -295,6 +308,39 @@ def _run_episode(
     for key in EXTRA_INFO_KEYS:
         if key in info:
             er.extra[key] = info[key]
+
+
+def with_views(frames: list[np.ndarray], views: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
+    """Real frames with the policy's views beside them (real | view 1 | ...); `frames` when there are none.
+
+    views[t] (recorded after the action of step t) goes beside frames[t + 1]; frame 0 and steps whose policy
+    returned no image for a label get a blank (grey) panel.
+    """
+    labels: list[str] = []
+    for v in views:
+        labels += [k for k in v if k not in labels]
+    if not labels or not frames:
+        return frames
+    from worldbagel.video import side_by_side
+
+    h, w = frames[0].shape[:2]
+    blank = np.full((h, w, 3), 128, np.uint8)
+    panels = [np.stack(frames)]
+    for label in labels:
+        column = [blank] + [_fit(v.get(label), h, w, blank) for v in views]
+        panels.append(np.stack(column[: len(frames)] + [blank] * (len(frames) - len(column))))
+    return list(side_by_side(panels, labels=["real", *labels]))
+
+
+def _fit(image: np.ndarray | None, h: int, w: int, blank: np.ndarray) -> np.ndarray:
+    if image is None:
+        return blank
+    image = np.asarray(image)
+    if image.shape[:2] != (h, w):
+        from PIL import Image
+
+        image = np.asarray(Image.fromarray(image.astype(np.uint8)).resize((w, h), Image.NEAREST))
+    return image.astype(np.uint8)
 
 
 def _env_fps(env: Any) -> float:
