@@ -23,7 +23,10 @@ class _ViewPolicy(BasePolicy):
         return 1
 
     def views(self):
-        return {"imagined": np.full((64, 64, 3), 10 * self.t, np.uint8), "goal": np.zeros((32, 32, 3), np.uint8)}
+        return {
+            "imagined": np.full((64, 64, 3), 10 * self.t, np.uint8),
+            "goal": np.zeros((32, 32, 3), np.uint8),
+        }
 
 
 def test_with_views_aligns_each_view_with_the_frame_it_predicts():

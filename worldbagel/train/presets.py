@@ -2,12 +2,13 @@
 
     preset         LLM hidden/layers/heads(kv)  ViT hidden/layers  VAE ch x mult
     scratch-tiny   128 / 2 / 4 (2)              64 / 2             32 x 1,2,2,2
+    scratch-deep   128 / 4 / 4 (2)              64 / 2             32 x 1,2,2,2
     scratch-small  256 / 4 / 4 (2)              64 / 2             32 x 1,2,2,2
 
 The position tables keep the official sizes (latent side 64, ViT side 70, ViT image_size 980) because the
 official folder layout has no file that records them: a saved preset must load with the release's loader.
 
-They are the `model=scratch-tiny` / `model=scratch-small` options of `worldbagel finetune`.
+They are the `model=scratch-tiny` / `scratch-deep` / `scratch-small` options of `worldbagel finetune`.
 
 Both use a byte-level tokenizer (256 byte symbols, no merges, plus BAGEL's four special tokens), so any text
 (action phrases, instructions, answers) encodes without training a vocabulary; the embedding has
@@ -46,6 +47,7 @@ def _config(hidden: int, layers: int, heads: int, kv: int) -> BagelConfig:
 
 PRESETS: dict[str, BagelConfig] = {
     "scratch-tiny": _config(128, 2, 4, 2),
+    "scratch-deep": _config(128, 4, 4, 2),
     "scratch-small": _config(256, 4, 4, 2),
 }
 
