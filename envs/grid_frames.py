@@ -127,7 +127,7 @@ def classify(frame: np.ndarray) -> np.ndarray:
 
 
 def decode_frame(
-    frame: np.ndarray, size: int | tuple[int, int] = 8, *, strict: bool = False
+    frame: np.ndarray, size: int | tuple[int, int] = 8, *, strict: bool = False, require_goal: bool = True
 ) -> dict[str, object] | None:
     """Recover `agent` (row, col), `heading` and `goal` (row, col) from a top-down gridworld frame.
 
@@ -136,6 +136,8 @@ def decode_frame(
         size: maze size in cells (int or (rows, cols)) of the env that drew it.
         strict: raise UndecodableFrame instead of returning None when the frame does not show
             exactly one agent with a clear heading and exactly one goal.
+        require_goal: with False, a frame without a visible goal still decodes (goal None), e.g. to read
+            only the agent when the goal's position is known from elsewhere.
 
     Returns:
         dict(agent=(r, c), heading=int, goal=(r, c)), or None when undecodable (strict=False).
@@ -145,14 +147,14 @@ def decode_frame(
     if frame.ndim != 3 or frame.shape[2] != 3:
         raise bad_argument("frame", frame.shape, "pass an (H, W, 3) RGB frame")
     try:
-        return _decode(frame, rows, cols)
+        return _decode(frame, rows, cols, require_goal)
     except UndecodableFrame:
         if strict:
             raise
         return None
 
 
-def _decode(frame: np.ndarray, rows: int, cols: int) -> dict[str, object]:
+def _decode(frame: np.ndarray, rows: int, cols: int, require_goal: bool = True) -> dict[str, object]:
     h, w = frame.shape[:2]
     if frame.dtype != np.uint8:
         frame = np.clip(np.rint(frame), 0, 255).astype(np.uint8)
@@ -180,7 +182,7 @@ def _decode(frame: np.ndarray, rows: int, cols: int) -> dict[str, object]:
     goal_frac = per_cell(ring & (cls == GOAL)) / np.maximum(per_cell(ring), 1)
 
     agent_cell = _single_cell("agent", agent_frac, cols)
-    goal_cell = _single_cell("goal", goal_frac, cols)
+    goal_cell = _single_cell("goal", goal_frac, cols) if require_goal or goal_frac.max() >= 0.5 else None
 
     in_agent = cell_id == agent_cell[0] * cols + agent_cell[1]
     marker = in_agent & (cls == MARKER)

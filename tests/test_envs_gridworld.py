@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from worldbagel.envs import EVAL_LAYOUT_SEEDS, TRAIN_LAYOUT_SEEDS, GridWorldEnv, layout_split
-from worldbagel.envs.grid_frames import AGENT, MARKER, UndecodableFrame, classify, decode_frame
+from worldbagel.envs.grid_frames import AGENT, FLOOR, GOAL, MARKER, PALETTE, UndecodableFrame, classify, decode_frame
 from worldbagel.envs.maze import MOVES, bfs_distances, can_move, generate_maze, shortest_path_actions
 from worldbagel.errors import ConfigError, InvalidAction
 
@@ -115,6 +115,10 @@ def test_decode_agent_standing_on_goal():
     env = GridWorldEnv()
     obs, info = env.reset(options={"layout_seed": 0, "agent": (3, 3), "goal": (3, 3), "heading": 2})
     assert decode_frame(obs) == {"agent": (3, 3), "heading": 2, "goal": (3, 3)}
+    hidden = obs.copy()
+    hidden[(classify(hidden) == GOAL)] = PALETTE[FLOOR]  # the goal ring painted over (a blurry prediction)
+    assert decode_frame(hidden) is None
+    assert decode_frame(hidden, require_goal=False) == {"agent": (3, 3), "heading": 2, "goal": None}
 
 
 def test_decode_is_robust_to_small_noise_and_non_square_mazes():

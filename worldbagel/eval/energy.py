@@ -171,7 +171,8 @@ class GridWorldDistanceScorer:
 
     Energy of a candidate: min over its frames t of `distance(agent_t) + step_cost * t` (t from 0), so a
     plan that reaches the goal sooner wins; a frame whose agent cannot be decoded scores
-    `undecodable` (default: the number of cells, worse than any real distance). The maze is rebuilt from
+    `undecodable` (default: the number of cells, worse than any real distance); only the agent has to be
+    decodable (an imagined frame may draw the agent over the goal without its ring). The maze is rebuilt from
     the info's `layout_seed` and `goal` (GridWorld puts both in every info), so the scorer needs no access
     to the env. Frames must be the env's top-down view (`decode_frame` reads allocentric frames only).
     """
@@ -217,7 +218,7 @@ class GridWorldDistanceScorer:
         dist = self.distances(info)
         best = float("inf")
         for t, frame in enumerate(as_frames(frames, "frames")):
-            state = decode_frame(frame, self.size)
+            state = decode_frame(frame, self.size, require_goal=False)  # the goal's cell comes from info
             d = self.undecodable
             if state is not None and dist[state["agent"]] >= 0:
                 d = float(dist[state["agent"]])
