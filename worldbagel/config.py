@@ -145,6 +145,9 @@ class TrainVAEConfig:
     """Dataset splits to use (None = every episode)."""
     max_frames: int | None = 20000
     """Use at most this many frames (evenly spread over the episodes)."""
+    extra_data: list[str] = field(default_factory=list)
+    """More trajectory folders whose frames are ALL used on top of `data`'s (not capped by max_frames), e.g.
+    rare situations the autoencoder should see more often (gridworld: the agent standing on the goal)."""
     vae: VAEConfig = field(default_factory=lambda: VAEConfig(ch=32, ch_mult=[1, 2, 2, 2], num_res_blocks=1))
     """Architecture (FLUX layout; downsample must be 2**(len(ch_mult)-1), widths divisible by 32)."""
     train: VAETrainConfig = field(default_factory=VAETrainConfig)

@@ -37,7 +37,10 @@ def run(cfg: TrainVAEConfig, console: Console) -> int:
     from worldbagel.train.vae_trainer import frames_tensor, reconstruction_loss, save_trained_vae, train_vae
 
     frames = collect_frames(cfg.data, cfg.splits, cfg.max_frames)
-    console.print(f"train-vae on {len(frames)} frames from {cfg.data} -> {cfg.out}")
+    for extra in cfg.extra_data:
+        frames += collect_frames(extra, cfg.splits, None)
+    sources = ", ".join([cfg.data, *cfg.extra_data])
+    console.print(f"train-vae on {len(frames)} frames from {sources} -> {cfg.out}")
     with Progress(
         TextColumn("[bold]vae"),
         BarColumn(),
