@@ -6,7 +6,16 @@ import numpy as np
 import pytest
 
 from worldbagel.envs import EVAL_LAYOUT_SEEDS, TRAIN_LAYOUT_SEEDS, GridWorldEnv, layout_split
-from worldbagel.envs.grid_frames import AGENT, FLOOR, GOAL, MARKER, PALETTE, UndecodableFrame, classify, decode_frame
+from worldbagel.envs.grid_frames import (
+    AGENT,
+    FLOOR,
+    GOAL,
+    MARKER,
+    PALETTE,
+    UndecodableFrame,
+    classify,
+    decode_frame,
+)
 from worldbagel.envs.maze import MOVES, bfs_distances, can_move, generate_maze, shortest_path_actions
 from worldbagel.errors import ConfigError, InvalidAction
 
