@@ -82,7 +82,7 @@ def test_rarity_weights_lift_rare_colours():
     assert plain == pytest.approx(2.0 / 200) and weighted > 40 * plain
 
 
-def test_train_vae_cli_then_finetune_with_it(tmp_path):
+def test_train_vae_cli_then_finetune_with_it(tmp_path, capsys):
     from worldbagel.cli import main
     from worldbagel.data.trajectory import EpisodeWriter
     from worldbagel.model.checkpoint import load_bagel
@@ -110,8 +110,11 @@ def test_train_vae_cli_then_finetune_with_it(tmp_path):
         "train.steps=3",
         "train.batch_size=4",
         "vae.ch_mult=[1,1,1,1]",
+        "max_frames=3",
+        f"extra_data=[{data}]",  # every frame of an extra folder, beyond max_frames
     ]
     assert main(args) == 0
+    assert "train-vae on 11 frames" in capsys.readouterr().out  # 3 of data + all 8 of the extra folder
     assert (vae_dir / "ae.safetensors").is_file() and (vae_dir / "vae_config.json").is_file()
     out = tmp_path / "wm"
     assert (
