@@ -40,6 +40,9 @@ class ModelConfig:
     """VAE-side image transform: max side, min side, stride (official 1024/512/16)."""
     vit_image_size: list[int] = field(default_factory=lambda: [980, 224, 14])
     """ViT-side image transform: max side, min side, stride (official 980/224/14)."""
+    world: dict[str, Any] = field(default_factory=dict)
+    """This model's WorldModelConfig defaults (e.g. `max_history_frames: 1` for a model trained on one context
+    frame); options given to a command or policy win over them."""
 
 
 @dataclass
@@ -249,8 +252,9 @@ class PredictConfig:
     """Action texts, one per predicted frame (e.g. `actions=[move up,move right]`); none: plain continuation."""
     instruction: str | None = None
     """Optional text that opens the history (e.g. the task)."""
-    max_history_frames: int = 4
-    """Frames kept in the model's context window (older clip frames are dropped)."""
+    max_history_frames: int | None = None
+    """Frames kept in the model's context window (older clip frames are dropped); None: the model's default
+    (`model.world`, else 4)."""
     seed: int = 0
     """Seed of the flow noise."""
     out: str | None = None
@@ -281,8 +285,8 @@ class ReasonConfig:
     """Limit of generated tokens (thought and answer together)."""
     instruction: str | None = None
     """Optional text that opens the history."""
-    max_history_frames: int = 4
-    """Frames kept in the model's context window."""
+    max_history_frames: int | None = None
+    """Frames kept in the model's context window; None: the model's default (`model.world`, else 4)."""
     out: str | None = None
     """Also write the answer (and the thought) to this text file."""
 
@@ -304,8 +308,8 @@ class ImagineConfig:
     """Number of random actions when `actions` is not given."""
     seed: int = 0
     """Seed of the env reset, the random actions and the flow noise."""
-    max_history_frames: int = 4
-    """Frames kept in the model's context window."""
+    max_history_frames: int | None = None
+    """Frames kept in the model's context window; None: the model's default (`model.world`, else 4)."""
     out: str | None = None
     """Output folder (imagine.mp4/.gif real | imagined, real/ and imagined/ PNGs, metrics.json);
     None: runs/imagine-<timestamp>."""

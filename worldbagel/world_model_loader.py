@@ -148,12 +148,15 @@ def load_world_model(
     """A WorldModel on `pipe` (or the pipeline of `model`), sampling with `sampler`.
 
     `world` holds the other WorldModelConfig fields (max_history_frames, use_vit, reencode, image_cfg,
-    window_slack) as a mapping or a full WorldModelConfig (whose own sampler then wins over `sampler`).
+    window_slack) as a mapping or a full WorldModelConfig (whose own sampler then wins over `sampler`). A
+    mapping is merged over the model's own defaults (`ModelConfig.world`, e.g. the shipped gridworld
+    model keeps one frame of history, as it was trained); entries whose value is None are ignored.
     """
     if isinstance(world, WorldModelConfig):
         config = world
     else:
-        options = dict(world or {})
+        defaults = dict(model_config(model).world) if pipe is None or model is not None else {}
+        options = {**defaults, **{k: v for k, v in dict(world or {}).items() if v is not None}}
         known = {f.name for f in fields(WorldModelConfig)} - {"sampler"}
         unknown = sorted(set(options) - known)
         if unknown:

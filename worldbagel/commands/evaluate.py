@@ -251,7 +251,7 @@ def run(cfg: EvalConfig, console: Console) -> int:
     needs_data = cfg.tasks is None or bool({"frames", "trajectory", "text"} & set(cfg.tasks))
     episodes = load_heldout(cfg.dataset, cfg.env.id, _env_kwargs(cfg)) if needs_data else None
     tasks, skipped = resolve_tasks(cfg, episodes)
-    wm = load_world_model(pipe=load_pipeline(cfg.model), sampler=cfg.sampler, world=cfg.world)
+    wm = load_world_model(cfg.model, sampler=cfg.sampler, world=cfg.world, pipe=load_pipeline(cfg.model))
     doc: dict[str, Any] = {
         "run": {
             "command": "eval",
