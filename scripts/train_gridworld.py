@@ -3,8 +3,8 @@
     python scripts/train_gridworld.py --out runs/gridworld [--episodes 400] [--vae-steps 1500] \
         [--steps 3000] [--preset scratch-small] [--install]
 
-1. `worldbagel collect` random-policy GridWorld episodes on training layouts, annotated with questions,
-   answers and thoughts from the symbolic state (worldbagel/data/annotations.py);
+1. `worldbagel collect` random-policy and shortest-path (oracle) GridWorld episodes on training layouts,
+   annotated with questions, answers and thoughts from the symbolic state (worldbagel/data/annotations.py);
 2. `worldbagel train-vae` a small FLUX-layout autoencoder on their frames;
 3. `worldbagel finetune` a from-scratch BAGEL-architecture preset on frame/action/text sequences;
 4. a quick held-out check: next-frame symbolic accuracy (frames decoded by the env's frame decoder) and
@@ -37,6 +37,7 @@ from worldbagel.model.transforms import ImageTransform
 from worldbagel.world_model import WorldModel, WorldModelConfig
 
 ASSETS = Path(__file__).resolve().parents[1] / "worldbagel" / "assets" / "gridworld"
+NOT_SHIPPED = {"model.safetensors"}  # raw (non-EMA) weights: the loader reads ema.safetensors
 
 
 def step(args: list[str]) -> None:
@@ -55,10 +56,49 @@ def model_folder(out: Path) -> Path:
     return hits[-1]
 
 
+def vae_acceptance(vae_dir: Path, episodes: int = 20, steps: int = 5) -> tuple[float, float]:
+    """Autoencoder round trips on held-out layouts: (share of frames whose reconstruction decodes to the
+    frame's true state, share of agent-on-goal frames whose reconstruction shows the agent on that cell)."""
+    from worldbagel.model.vae import load_vae
+
+    vae = load_vae(vae_dir)
+    env = gym.make("WorldBagel/GridWorld-v0", split="eval")
+    rng = np.random.default_rng(0)
+    frames, on_goal = [], []
+    for ep in range(episodes):
+        obs, info = env.reset(seed=ep)
+        frames.append(obs)
+        for _ in range(steps):
+            frames.append(env.step(int(rng.integers(4)))[0])
+        goal = tuple(info["goal"])
+        on_goal.append(
+            env.reset(options={"layout_seed": info["layout_seed"], "agent": goal, "goal": goal})[0]
+        )
+
+    def round_trip(images: list) -> np.ndarray:
+        x = torch.tensor(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # [N, 3, H, W]
+        with torch.no_grad():
+            mean, _ = vae.moments(x)
+            recon = vae.ae.decoder(mean).clamp(-1, 1)
+        return ((recon + 1) * 127.5).permute(0, 2, 3, 1).numpy()
+
+    ok = [
+        decode_frame(r) is not None and decode_frame(r) == decode_frame(f)
+        for r, f in zip(round_trip(frames), frames)
+    ]
+    agent_ok = []
+    for r, f in zip(round_trip(on_goal), on_goal):
+        got, want = decode_frame(r, require_goal=False), decode_frame(f)
+        agent_ok.append(
+            got is not None and (got["agent"], got["heading"]) == (want["agent"], want["heading"])
+        )
+    return float(np.mean(ok)), float(np.mean(agent_ok))
+
+
 def held_out_check(folder: Path, episodes: int, steps: int, sampling_steps: int) -> dict:
     """Next-frame symbolic accuracy and answer accuracy on eval-split layouts."""
     pipe = BagelPipeline.from_pretrained(
-        folder, vae_transform=ImageTransform(64, 64, 16), vit_transform=ImageTransform(56, 56, 14)
+        folder, vae_transform=ImageTransform(64, 64, 8), vit_transform=ImageTransform(56, 56, 14)
     )
     env = gym.make("WorldBagel/GridWorld-v0", split="eval")
     codec = DiscreteActionCodec(env.unwrapped.action_names)
@@ -105,11 +145,14 @@ def held_out_check(folder: Path, episodes: int, steps: int, sampling_steps: int)
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("runs/gridworld"))
-    ap.add_argument("--episodes", type=int, default=400)
-    ap.add_argument("--vae-steps", type=int, default=1500)
-    ap.add_argument("--steps", type=int, default=3000)
-    ap.add_argument("--preset", default="scratch-small")
-    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--episodes", type=int, default=400, help="random-policy episodes")
+    ap.add_argument("--oracle-episodes", type=int, default=200, help="shortest-path episodes")
+    ap.add_argument("--vae-steps", type=int, default=600)
+    ap.add_argument("--vae-frames", type=int, default=4000)
+    ap.add_argument("--steps", type=int, default=8000)
+    ap.add_argument("--preset", default="scratch-deep")
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--ema-decay", type=float, default=0.998)
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--eval-episodes", type=int, default=10)
     ap.add_argument("--eval-steps", type=int, default=8)
@@ -120,23 +163,46 @@ def main() -> None:
     out = args.out
     data, vae, wm_out = out / "data", out / "vae", out / "wm"
     if not args.skip_train:
-        step(
-            [
-                "collect",
-                "env=gridworld",
-                "policy=random",
-                f"episodes={args.episodes}",
-                f"out={data}",
-                "annotate=gridworld",
-            ]
-        )
+        # random-policy episodes (every kind of move, wall bumps), then shortest-path episodes on other
+        # layouts (they end with the agent stepping onto the goal, which random episodes rarely show)
+        for policy, total in (("random", args.episodes), ("oracle", args.episodes + args.oracle_episodes)):
+            step(
+                [
+                    "collect",
+                    "env=gridworld",
+                    f"policy={policy}",
+                    f"episodes={total}",
+                    f"out={data}",
+                    "annotate=gridworld",
+                ]
+            )
         if not (vae / "ae.safetensors").is_file():
-            step(["train-vae", f"data={data}", f"out={vae}", f"train.steps={args.vae_steps}"])
+            step(
+                [
+                    "train-vae",
+                    f"data={data}",
+                    f"out={vae}",
+                    f"max_frames={args.vae_frames}",
+                    f"train.steps={args.vae_steps}",
+                    "train.lr=1e-3",
+                    "train.recon_weighting=rarity",
+                    "vae.ch_mult=[1,2,2]",  # downsample 4: a 64 px frame -> 16x16 latents -> 8x8 tokens
+                    "vae.downsample=4",
+                ]
+            )
+        vae_ok, on_goal_ok = vae_acceptance(vae)
+        print(f"  VAE round trips that decode to the true state (held-out layouts): {vae_ok:.1%}")
+        print(f"  ... agent-on-goal frames whose agent survives the round trip: {on_goal_ok:.1%}")
+        if vae_ok < 0.99 or on_goal_ok < 0.99:
+            raise SystemExit(
+                f"the autoencoder in {vae} loses the agent or goal; train it longer (--vae-steps)"
+            )
         step(
             [
                 "finetune",
                 f"model={args.preset}",
-                "model.vae_image_size=[64,64,16]",
+                "model.vae_image_size=[64,64,8]",  # one latent token per maze cell (VAE /4, patch 2)
+                "sample_posterior=false",
                 "model.vit_image_size=[56,56,14]",
                 f"data={data}",
                 f"vae={vae}",
@@ -148,6 +214,7 @@ def main() -> None:
                 f"train.resume={str(args.resume).lower()}",
                 "train.save_every=250",
                 "train.timestep_shift=1.0",
+                f"train.ema_decay={args.ema_decay}",
                 "plan.context_frames=1",
             ]
         )
@@ -160,8 +227,9 @@ def main() -> None:
             shutil.rmtree(ASSETS)
         ASSETS.mkdir(parents=True)
         for f in folder.iterdir():
-            if f.is_file():
+            if f.is_file() and f.name not in NOT_SHIPPED:
                 shutil.copyfile(f, ASSETS / f.name)
+        (ASSETS / "held_out.json").write_text(json.dumps(metrics, indent=1) + "\n")
         print(f"installed {folder} -> {ASSETS}")
 
 

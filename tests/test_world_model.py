@@ -1,4 +1,5 @@
-"""WorldModel on the tiny official-layout fixture: shapes, forks, windows, determinism, reasoning."""
+"""WorldModel on the tiny official-layout fixture and on the shipped gridworld model: shapes, forks, windows,
+determinism, reasoning."""
 
 from __future__ import annotations
 
@@ -14,6 +15,20 @@ from worldbagel.world_model import WorldModel, WorldModelConfig, predict_batch
 CODEC = DiscreteActionCodec(["move up", "move right", "move down", "move left"])
 
 
+@pytest.fixture(params=["fixture", "shipped"])
+def pipe(request):
+    """The random-weight fixture and the trained gridworld model shipped in the package."""
+    if request.param == "fixture":
+        return request.getfixturevalue("tiny_pipe")
+    from worldbagel.errors import ConfigError
+    from worldbagel.world_model_loader import load_pipeline
+
+    try:
+        return load_pipeline("gridworld")
+    except ConfigError as exc:
+        pytest.skip(f"the shipped gridworld model is not built yet: {exc}")
+
+
 def _wm(pipe, **kw) -> WorldModel:
     sampler = GenerationConfig(num_steps=3, cfg_text_scale=2.0, cfg_img_scale=1.5, cfg_renorm_type="global")
     return WorldModel(
@@ -21,19 +36,19 @@ def _wm(pipe, **kw) -> WorldModel:
     )
 
 
-def test_predict_shapes_and_history_growth(tiny_pipe, frame):
-    wm = _wm(tiny_pipe).reset(frame, instruction="reach the goal")
+def test_predict_shapes_and_history_growth(pipe, frame):
+    wm = _wm(pipe).reset(frame, instruction="reach the goal")
     n0 = wm.context.num_tokens
     frames = wm.predict(2, actions=[1, "move down"], generator=torch.Generator().manual_seed(0))
     assert len(frames) == 2 and all(f.shape == (64, 64, 3) and f.dtype == np.uint8 for f in frames)
     assert wm.context.num_tokens > n0
-    texts = [tiny_pipe.tokenizer.decode(s.data.tolist()) for s in wm.context.segments if s.kind == "text"]
+    texts = [pipe.tokenizer.decode(s.data.tolist()) for s in wm.context.segments if s.kind == "text"]
     assert "move right" in texts and "move down" in texts
 
 
-def test_same_seed_same_future_and_imagine_leaves_history(tiny_pipe, frame):
-    a = _wm(tiny_pipe).reset(frame)
-    b = _wm(tiny_pipe).reset(frame)
+def test_same_seed_same_future_and_imagine_leaves_history(pipe, frame):
+    a = _wm(pipe).reset(frame)
+    b = _wm(pipe).reset(frame)
     before = (a.context.num_tokens, a.context.rope, a.frames_seen)
     fa = a.imagine([0, 1], generator=torch.Generator().manual_seed(4))
     fb = b.imagine([0, 1], generator=torch.Generator().manual_seed(4))
@@ -41,8 +56,8 @@ def test_same_seed_same_future_and_imagine_leaves_history(tiny_pipe, frame):
     assert (a.context.num_tokens, a.context.rope, a.frames_seen) == before
 
 
-def test_fork_isolation_and_batched_candidates_equal_one_by_one(tiny_pipe, frame):
-    wm = _wm(tiny_pipe, reencode="latents").reset(frame)
+def test_fork_isolation_and_batched_candidates_equal_one_by_one(pipe, frame):
+    wm = _wm(pipe, reencode="latents").reset(frame)
     before = wm.context.num_tokens
     forks = [wm.fork() for _ in range(3)]
     batched = predict_batch(forks, 1, [[a] for a in (0, 1, 2)], torch.Generator().manual_seed(1))
@@ -59,8 +74,8 @@ def test_fork_isolation_and_batched_candidates_equal_one_by_one(tiny_pipe, frame
         assert np.abs(x[0].astype(int) - y.astype(int)).max() <= 1
 
 
-def test_memory_stays_bounded_over_200_steps(tiny_pipe, frame):
-    wm = _wm(tiny_pipe, use_vit=False).reset(frame, instruction="explore")
+def test_memory_stays_bounded_over_200_steps(pipe, frame):
+    wm = _wm(pipe, use_vit=False).reset(frame, instruction="explore")
     sizes = []
     for step in range(200):
         wm.act(step % 4).observe(frame if step % 2 else frame[::-1].copy())
@@ -69,8 +84,8 @@ def test_memory_stays_bounded_over_200_steps(tiny_pipe, frame):
     assert wm.context.num_groups <= 1 + 2 * (2 + 1)
 
 
-def test_reason_returns_text_and_think_splits(tiny_pipe, frame):
-    wm = _wm(tiny_pipe).reset(frame)
+def test_reason_returns_text_and_think_splits(pipe, frame):
+    wm = _wm(pipe).reset(frame)
     answer = wm.reason("where is the goal?", max_new_tokens=4)
     assert isinstance(answer, str)
     thought, ans = wm.reason_full("which way?", think=True, max_new_tokens=4)
@@ -86,3 +101,22 @@ def test_bad_arguments_are_named(tiny_pipe, frame):
     wm.reset(frame)
     with pytest.raises(ConfigError, match="actions"):
         wm.predict(2, actions=[0])
+
+
+def test_model_world_defaults_apply_unless_overridden(tiny_dir):
+    from worldbagel.world_model_loader import load_world_model, model_config
+
+    # the gridworld preset keeps one history frame (configs/model/gridworld.yaml: the model's own default)
+    assert model_config("gridworld").world == {"max_history_frames": 1}
+    model = {"name": "tiny", "path": str(tiny_dir), "world": {"max_history_frames": 2}}
+    assert load_world_model(model, codec=CODEC).config.max_history_frames == 2
+    assert (
+        load_world_model(model, codec=CODEC, world={"max_history_frames": None}).config.max_history_frames
+        == 2
+    )
+    assert (
+        load_world_model(model, codec=CODEC, world={"max_history_frames": 3}).config.max_history_frames == 3
+    )
+    assert (
+        load_world_model({"name": "tiny", "path": str(tiny_dir)}, codec=CODEC).config.max_history_frames == 4
+    )

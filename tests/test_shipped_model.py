@@ -1,0 +1,108 @@
+"""The gridworld world model shipped in the package: official folder layout, loading, and quality checks on
+held-out layouts (seeds never trained on). The full measurement is `scripts/bench_worldmodel.py` /
+`worldbagel eval`; these checks are a small sample of it that must keep passing."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from worldbagel.actions import DiscreteActionCodec, next_action_question
+from worldbagel.data.annotations import GOAL_QUESTION, relative_offset_text
+from worldbagel.envs import make_env
+from worldbagel.envs.grid_frames import decode_frame
+from worldbagel.envs.gridworld import GridWorldEnv
+from worldbagel.inference.pipeline import shipped_model_dir
+
+CODEC = DiscreteActionCodec(GridWorldEnv.action_names)
+
+if not (Path(str(resources.files("worldbagel"))) / "assets" / "gridworld" / "ema.safetensors").is_file():
+    pytest.skip(
+        "the shipped gridworld model is not built yet (python scripts/train_gridworld.py --install)",
+        allow_module_level=True,
+    )
+INSTRUCTION = "reach the green goal"
+
+
+def _state(info) -> dict:
+    return {"agent": tuple(info["agent"]), "heading": int(info["heading"]), "goal": tuple(info["goal"])}
+
+
+@pytest.fixture(scope="module")
+def wm():
+    from worldbagel.world_model_loader import load_world_model
+
+    return load_world_model("gridworld", sampler="fast", codec=CODEC)
+
+
+def test_folder_is_the_official_layout_and_a_few_megabytes():
+    from worldbagel.model.checkpoint import load_bagel
+
+    folder = shipped_model_dir("gridworld")
+    names = {p.name for p in folder.iterdir()}
+    assert {
+        "ema.safetensors",
+        "ae.safetensors",
+        "llm_config.json",
+        "vit_config.json",
+        "tokenizer.json",
+    } <= names
+    assert "model.safetensors" not in names  # only the EMA weights ship
+    size_mb = sum(p.stat().st_size for p in folder.iterdir()) / 2**20
+    assert size_mb < 20, f"the shipped model folder grew to {size_mb:.1f} MB"
+    loaded = load_bagel(folder)  # strict: every tensor present with its config's shape
+    assert loaded.config.llm.hidden_size <= 512
+    held_out = json.loads((folder / "held_out.json").read_text())
+    assert held_out["next_frame_symbolic_accuracy"] >= held_out["copy_last_frame_accuracy"]
+
+
+def test_next_frames_decode_to_the_true_state_on_held_out_layouts(wm):
+    env = make_env("WorldBagel/GridWorld-v0", split="eval")
+    rng = np.random.default_rng(7)
+    gen = torch.Generator().manual_seed(0)
+    ok = n = copy_ok = 0
+    for ep in range(3):
+        obs, info = env.reset(seed=20_000 + ep)
+        for _ in range(4):
+            wm.reset(obs, instruction=INSTRUCTION)  # teacher forcing: the true frame
+            before = _state(info)
+            action = int(rng.integers(4))
+            obs, *_, info = env.step(action)
+            pred = wm.predict(1, [action], generator=gen)[0]
+            ok += decode_frame(pred) == _state(info)
+            copy_ok += before == _state(info)
+            n += 1
+    assert ok >= n - 1, f"{ok}/{n} predicted frames decode to the true next state"
+    assert ok > copy_ok  # better than repeating the last frame
+
+
+def test_open_loop_imagination_follows_the_actions(wm):
+    env = make_env("WorldBagel/GridWorld-v0", split="eval")
+    obs, info = env.reset(seed=30_001)
+    actions = [int(a) for a in np.random.default_rng(3).integers(4, size=4)]
+    truth = []
+    for a in actions:
+        truth.append(_state(env.step(a)[-1]))
+    wm.reset(obs, instruction=INSTRUCTION)
+    frames = wm.imagine(actions, generator=torch.Generator().manual_seed(1))
+    decoded = [decode_frame(f) for f in frames]
+    assert sum(d == t for d, t in zip(decoded, truth)) >= 3, (decoded, truth)
+
+
+def test_answers_where_the_goal_is(wm):
+    env = make_env("WorldBagel/GridWorld-v0", split="eval")
+    right = 0
+    for ep in range(5):
+        obs, info = env.reset(seed=40_000 + ep)
+        wm.reset(obs, instruction=INSTRUCTION)
+        right += wm.reason(GOAL_QUESTION, max_new_tokens=24) == relative_offset_text(
+            info["agent"], info["goal"]
+        )
+    assert right >= 4
+    answer = wm.reason(next_action_question(CODEC), max_new_tokens=24)
+    assert CODEC.decode(answer) in range(4), answer  # the next-action answer parses as an action (or raises)
