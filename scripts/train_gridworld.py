@@ -203,6 +203,9 @@ def main() -> None:
                 f"model={args.preset}",
                 "model.vae_image_size=[64,64,8]",  # one latent token per maze cell (VAE /4, patch 2)
                 "sample_posterior=false",
+                # half the samples without their Q&A/thought texts: at inference a frame is predicted from
+                # frames and actions alone (run B, trained always with them, erased the agent without them)
+                "dropout.annotations=0.5",
                 "model.vit_image_size=[56,56,14]",
                 f"data={data}",
                 f"vae={vae}",

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from worldbagel.data.packing import (
+    ANNOTATION_ROLES,
     EpisodeFeatures,
     TextIds,
     build_batch,
@@ -294,3 +295,24 @@ def test_pack_by_budget():
     assert pack_by_budget([8, 8], cfg) == [[0], [1]]
     with pytest.raises(ConfigError, match="expected_tokens"):
         PackingConfig(expected_tokens=20, max_tokens=10)
+
+
+def test_annotation_dropout_removes_all_notes_of_a_sample_together():
+    plan = episode_plans(0, episode(), PlanConfig(context_frames=2))[0]
+    notes = [i for i, item in enumerate(plan.items) if item.kind == "text" and item.role in ANNOTATION_ROLES]
+    assert notes and any(plan.items[i].loss for i in notes)  # answers and thoughts carry CE
+    cfg = DropoutConfig(text=0.0, vit=0.0, vae=0.0, annotations=0.3)
+    rng = np.random.default_rng(0)
+    dropped_samples = 0
+    for _ in range(1000):
+        d = draw_dropout(plan, cfg, rng)
+        assert len({d[i] for i in notes}) == 1  # all or none
+        assert not any(d[i] for i in range(len(d)) if i not in notes)  # nothing else at these rates
+        dropped_samples += d[notes[0]]
+    assert abs(dropped_samples / 1000 - 0.3) < 0.05
+    # disabled (the default): the same draws as before the option existed, and notes are never dropped
+    a = draw_dropout(plan, DropoutConfig(), np.random.default_rng(5))
+    b = draw_dropout(plan, DropoutConfig(annotations=0.0), np.random.default_rng(5))
+    assert a == b and not any(a[i] for i in notes)
+    with pytest.raises(ConfigError, match="annotations"):
+        DropoutConfig(annotations=1.5)

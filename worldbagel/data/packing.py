@@ -9,7 +9,8 @@ see each other) plus what the objective needs: which VAE rows are noisy targets 
 timestep per group) each belongs to. The noisy rows hold the clean latents x0 here; the objective noises them.
 
 Conditioning dropout (spec 6.2, per item with `cfg=True`, independently): text with `dropout.text`, ViT
-images with `dropout.vit`, clean VAE images with `dropout.vae`. A dropped text adds nothing; a dropped image
+images with `dropout.vit`, clean VAE images with `dropout.vae`; with `dropout.annotations`, all
+question/answer/thought texts of a sample together (one draw per sample). A dropped text adds nothing; a dropped image
 adds no tokens but advances its sample's rope by 1 (as the official packer). Targets are never dropped.
 
 Token-budget packing (spec 6.3): plans are taken in order; a pack is closed when it reaches
@@ -151,13 +152,19 @@ def pack_by_budget(lengths: Sequence[int], cfg: PackingConfig) -> list[list[int]
 
 
 # ------------------------------------------------------------------------------------------------ dropout
+ANNOTATION_ROLES = ("question", "answer", "thought")
+
+
 def draw_dropout(plan: SequencePlan, cfg: DropoutConfig, rng: np.random.Generator) -> list[bool]:
     """Which items of `plan` conditioning dropout removes (one uniform draw per item, in order)."""
     probs = {"text": cfg.text, "vit": cfg.vit, "vae": cfg.vae}
+    # one extra draw per sample, only when enabled (keeps the draws of runs without it unchanged)
+    drop_notes = cfg.annotations > 0 and rng.random() < cfg.annotations
     out = []
     for item in plan.items:
         u = rng.random()
-        out.append(bool(item.cfg and not item.loss and u < probs[item.kind]))
+        note = item.kind == "text" and item.role in ANNOTATION_ROLES
+        out.append(bool((item.cfg and not item.loss and u < probs[item.kind]) or (drop_notes and note)))
     return out
 
 

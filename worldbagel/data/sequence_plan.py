@@ -89,9 +89,13 @@ class DropoutConfig:
     """ViT copies of context frames."""
     vae: float = 0.1
     """Clean VAE context frames."""
+    annotations: float = 0.0
+    """Probability of dropping ALL question/answer/thought texts of a sample (one draw per sample, their CE
+    goes with them), so frames are also predicted from contexts without them, as at inference time (a
+    world model asked only for the next frame has no answers in its history to lean on)."""
 
     def __post_init__(self) -> None:
-        for name in ("text", "vit", "vae"):
+        for name in ("text", "vit", "vae", "annotations"):
             p = getattr(self, name)
             if not 0.0 <= float(p) <= 1.0:
                 raise bad_argument(f"dropout.{name}", p, "a probability must be in [0, 1]")
