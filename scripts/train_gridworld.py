@@ -83,7 +83,7 @@ def vae_acceptance(vae_dir: Path, episodes: int = 20, steps: int = 5) -> tuple[f
         return ((recon + 1) * 127.5).permute(0, 2, 3, 1).numpy()
 
     ok = [
-        decode_frame(r) is not None and decode_frame(r) == decode_frame(f)
+        (got := decode_frame(r)) is not None and got == decode_frame(f)
         for r, f in zip(round_trip(frames), frames)
     ]
     agent_ok = []

@@ -29,16 +29,14 @@ logger = logging.getLogger(__name__)
 
 
 def _vae_config(folder: str):
-    import json
+    from worldbagel.model.configuration import VAE_CONFIG, read_vae_config
 
-    from worldbagel.model.configuration import VAE_CONFIG, VAEConfig
-
-    file = Path(folder) / VAE_CONFIG
-    if not file.is_file():
+    vae = read_vae_config(folder)
+    if vae is None:
         raise bad_argument(
             "vae", folder, f"needs {VAE_CONFIG} and ae.safetensors (the output of worldbagel train-vae)"
         )
-    return VAEConfig(**json.loads(file.read_text()))
+    return vae
 
 
 def load_model(cfg: FinetuneConfig, device: torch.device):

@@ -175,8 +175,7 @@ class BagelConfig:
         llm.layer_module = llm_raw.get("layer_module", "Qwen2MoTDecoderLayer")
         vit = ViTConfig(**_pick(ViTConfig, vit_raw))
         vit.num_hidden_layers = int(vit_raw.get("num_hidden_layers", 27)) - 1  # official: drop the last layer
-        vae_file = path / VAE_CONFIG
-        vae = VAEConfig(**_pick(VAEConfig, _read_json(vae_file))) if vae_file.exists() else VAEConfig()
+        vae = read_vae_config(path) or VAEConfig()
         cfg = cls(llm=llm, vit=vit, vae=vae)
         for k, v in overrides.items():
             if not hasattr(cfg, k):
@@ -197,6 +196,12 @@ class BagelConfig:
         vit["model_type"] = "siglip_vision_model"
         for name, data in ((LLM_CONFIG, llm), (VIT_CONFIG, vit), (VAE_CONFIG, asdict(self.vae))):
             (path / name).write_text(json.dumps(data, indent=1) + "\n")
+
+
+def read_vae_config(folder: str | Path) -> VAEConfig | None:
+    """The folder's `vae_config.json` (written by worldbagel; the release has none), or None without one."""
+    file = Path(folder) / VAE_CONFIG
+    return VAEConfig(**_pick(VAEConfig, _read_json(file))) if file.is_file() else None
 
 
 def _read_json(file: Path) -> dict[str, Any]:

@@ -14,7 +14,6 @@ diffusers is imported lazily (it takes seconds to import).
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,7 +22,7 @@ import torch
 from torch import nn
 
 from worldbagel.errors import CheckpointError, bad_argument
-from worldbagel.model.configuration import VAE_CONFIG, VAEConfig
+from worldbagel.model.configuration import VAEConfig, read_vae_config
 from worldbagel.model.weights_file import describe_mismatch, read_header, read_tensors, write_file
 
 if TYPE_CHECKING:
@@ -171,8 +170,7 @@ def load_vae(
     """
     path = Path(path)
     if path.is_dir():
-        if cfg is None and (path / VAE_CONFIG).is_file():
-            cfg = VAEConfig(**json.loads((path / VAE_CONFIG).read_text()))
+        cfg = cfg or read_vae_config(path)
         path = path / AE_FILE
     cfg = cfg or VAEConfig()
     hint = "The FLUX autoencoder weights (ae.safetensors, FLUX key layout) belong in the BAGEL model folder."
