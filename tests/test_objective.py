@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from worldbagel.data.packing import EpisodeFeatures, TextIds, build_batch
+from worldbagel.data.packing import EpisodeFeatures, TextIds, build_batch, frame_change
 from worldbagel.data.sequence_plan import DropoutConfig, PlanConfig, episode_plans
 from worldbagel.data.trajectory import Episode
 from worldbagel.errors import ConfigError
@@ -136,3 +136,48 @@ def test_no_text_targets_gives_zero_ce(model):
     assert b.num_ce == 0
     out = compute_losses(model, b, torch.Generator().manual_seed(0))
     assert out["loss_ce"].item() == 0.0 and torch.isfinite(out["loss"]) and out["loss_mse"].item() > 0
+
+
+def test_frame_change_spreads_one_unit_per_token_over_what_changed():
+    prev = torch.zeros(T, Z)
+    moved = prev.clone()
+    moved[1] = 2.0  # one token changes
+    c = frame_change(moved, prev)
+    assert c.tolist() == pytest.approx([0.0, T, 0.0, 0.0])  # the changed token carries the frame's total
+    assert frame_change(prev, prev).abs().sum() == 0  # nothing changed: no extra weight anywhere
+    two = prev.clone()
+    two[0], two[3] = 1.0, 3.0
+    assert frame_change(two, prev).sum().item() == pytest.approx(T) and frame_change(two, prev)[3] > 1
+
+
+def test_batch_change_compares_each_target_with_the_frame_before_it():
+    steps = 4
+    latents = torch.zeros(steps + 1, T, Z)
+    latents[2, 1] = 1.0  # frame 2 differs from frame 1 in token 1
+    latents[3, 1] = 1.0  # frame 3 equals frame 2 (a wall bump)
+    latents[3, 3] = 1.0  # ... but not frame 1: token 3 changes too
+    ep = Episode.from_arrays(
+        "e", np.zeros((steps + 1, 8, 8, 3), np.uint8), list(range(steps)), [f"a{i}" for i in range(steps)]
+    )
+    plans = episode_plans(0, ep, PlanConfig(horizon=2, vit=False))  # windows [0] -> 1, 2; [1] -> 2, 3
+    feats = [EpisodeFeatures(latents, (2, 2)) for _ in plans[:2]]
+    b = build_batch(
+        plans[:2], feats, TextIds(encode), SPECIAL, DropoutConfig(0, 0, 0), [0, 1], latent_max_side=8
+    )
+    assert b.change.shape == (b.num_mse,) == (4 * T,)
+    # sample 0: 1 vs 0 (no change), 2 vs 1 (token 1); sample 1: 2 vs 1 (token 1), 3 vs 2 (token 3)
+    assert b.change.tolist() == [0.0] * T + [0, T, 0, 0] + [0, T, 0, 0] + [0, 0, 0, T]
+
+
+def test_change_weight_scales_the_mse_of_changed_rows(model):
+    b = batch()
+    b.change = torch.zeros(b.num_mse)
+    b.change[:3] = 5.0
+    plain = compute_losses(model, b, torch.Generator().manual_seed(4))
+    weighted = compute_losses(model, b, torch.Generator().manual_seed(4), weights=LossWeights(change=2.0))
+    flow = noise_batch(b, torch.Generator().manual_seed(4), 1.0)
+    hidden, _ = model.forward_packed(flow.seq)
+    rows = (model.velocity(hidden[flow.seq.noisy_vae_idx]) - flow.target).pow(2).mean(-1)
+    want = (rows * (1 + 2.0 * b.change)).sum() / b.num_mse
+    assert weighted["loss_mse"].item() == pytest.approx(want.item(), rel=1e-5)
+    assert weighted["loss_mse"].item() > plain["loss_mse"].item()

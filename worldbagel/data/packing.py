@@ -79,6 +79,10 @@ class PackedBatch:
     plans: list[SequencePlan] = field(default_factory=list)
     dropped: list[list[bool]] = field(default_factory=list)
     """Per sample, per plan item: removed by conditioning dropout."""
+    change: torch.Tensor | None = None
+    """[Nn] float: how much each noisy row's token changes from the same token of the frame before it in its
+    sample (`frame_change`; mean 1 over a target frame that changes at all, 0 where nothing changes). The
+    objective's `change_weight` uses it to weight the flow-matching MSE toward what moves."""
 
     @property
     def num_samples(self) -> int:
@@ -180,6 +184,36 @@ def _keep_one_vit(plans: Sequence[SequencePlan], dropped: list[list[bool]]) -> N
         dropped[first[0]][first[1]] = False
 
 
+# ------------------------------------------------------------------------------------------------ change
+def frame_change(target: torch.Tensor, previous: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Per-token change of a target frame against the frame before it, both [T, Z] latents -> [T].
+
+    d_i = mean_z (target - previous)^2, divided by the frame's mean d: the changed tokens of a frame share a
+    total of T (one per token of the frame, as the unchanged ones), however few they are. A frame identical
+    to the previous one (an agent bumping into a wall) gives zeros.
+    """
+    d = (target.float() - previous.float()).pow(2).mean(-1)  # [T]
+    mean = d.mean()
+    if mean <= eps:
+        return torch.zeros_like(d)
+    return d / mean
+
+
+def _plan_changes(plan: SequencePlan, feats: EpisodeFeatures) -> list[torch.Tensor]:
+    """frame_change of each noisy target of a plan (in item order) against the previous VAE frame of the plan
+    (the last context frame, or the previous target), from the posterior means; zeros when none precedes."""
+    out = []
+    previous = None
+    for item in plan.items:
+        if item.kind != "vae":
+            continue
+        if item.loss:
+            target = feats.latents[item.frame]
+            out.append(torch.zeros(target.shape[0]) if previous is None else frame_change(target, previous))
+        previous = feats.latents[item.frame]
+    return out
+
+
 # ------------------------------------------------------------------------------------------------ emission
 def emit_plan(
     builder: SequenceBuilder,
@@ -261,6 +295,7 @@ def build_batch(
         special, ropes=[0] * len(plans), vit_max_side=vit_max_side, latent_max_side=latent_max_side
     )
     group_rows: list[int] = []
+    changes: list[torch.Tensor] = []
     dropped_all = []
     gens = []
     for plan, seed in zip(plans, seeds):
@@ -271,6 +306,7 @@ def build_batch(
         _keep_one_vit(plans, dropped_all)
     for s, (plan, feats, dropped, gen) in enumerate(zip(plans, features, dropped_all, gens)):
         group_rows.extend(emit_plan(builder, s, plan, feats, text_ids, dropped, gen))
+        changes.extend(_plan_changes(plan, feats))
     seq = builder.build(device)
     noisy_rows = torch.isin(seq.vae_idx, seq.noisy_vae_idx).nonzero().squeeze(1)
     noise_group = torch.repeat_interleave(
@@ -279,4 +315,7 @@ def build_batch(
     )
     if noise_group.numel() != noisy_rows.numel():  # pragma: no cover - internal consistency
         raise RuntimeError(f"{noisy_rows.numel()} noisy rows but noise groups cover {noise_group.numel()}")
-    return PackedBatch(seq, noisy_rows, noise_group, len(group_rows), list(plans), dropped_all)
+    change = (
+        torch.cat(changes).to(seq.vae_idx.device) if changes else torch.zeros(0, device=seq.vae_idx.device)
+    )
+    return PackedBatch(seq, noisy_rows, noise_group, len(group_rows), list(plans), dropped_all, change)

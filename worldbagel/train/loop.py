@@ -139,7 +139,7 @@ class Trainer:
                 max(0.0, 1.0 - 10.0 / cfg.steps),
             )
         self.state = TrainState()
-        self.weights = LossWeights(cfg.ce_weight, cfg.mse_weight)
+        self.weights = LossWeights(cfg.ce_weight, cfg.mse_weight, cfg.mse_change_weight)
         self._tb = None
 
     # ------------------------------------------------------------------ setup helpers

@@ -90,6 +90,9 @@ class TrainConfig:
     """Weight of the text cross-entropy."""
     mse_weight: float = 1.0
     """Weight of the flow-matching MSE."""
+    mse_change_weight: float = 0.0
+    """Extra MSE weight of target tokens that change from the previous frame (0 = official objective; 1 = the
+    changed tokens weigh as much as the whole rest of the frame; see `objective.LossWeights.change`)."""
     timestep_shift: float = 1.0
     """Training timestep shift s (official script 1.0; the paper raises it to about 4 for later stages)."""
     ema_decay: float = 0.9999
@@ -130,6 +133,8 @@ class TrainConfig:
         for name in ("steps", "grad_accum", "log_every", "save_every", "keep_checkpoints"):
             if int(getattr(self, name)) < 1:
                 raise bad_argument(f"train.{name}", getattr(self, name), "must be an integer >= 1")
+        if self.mse_change_weight < 0:
+            raise bad_argument("train.mse_change_weight", self.mse_change_weight, "must be >= 0 (0 = off)")
         if not 0.0 <= self.ema_decay < 1.0:
             raise bad_argument("train.ema_decay", self.ema_decay, "must be in [0, 1) (0 disables the EMA)")
 
