@@ -84,6 +84,23 @@ def test_memory_stays_bounded_over_200_steps(pipe, frame):
     assert wm.context.num_groups <= 1 + 2 * (2 + 1)
 
 
+@pytest.mark.parametrize("frames,slack", [(1, 0), (2, 0), (2, 1)])
+def test_window_keeps_whole_frames_starting_at_a_frame(tiny_pipe, frame, frames, slack):
+    cfg = WorldModelConfig(
+        sampler=GenerationConfig(num_steps=2), max_history_frames=frames, window_slack=slack
+    )
+    wm = WorldModel(tiny_pipe, CODEC, cfg).reset(frame, instruction="explore")
+    for step in range(6):
+        wm.act(step % 4).observe(frame)
+        groups = {}  # segment kinds per group; after the instruction each group is a frame or an action
+        for seg in wm.context.segments:
+            groups.setdefault(seg.group, []).append(seg.kind)
+        kinds = ["text" if g == ["text"] else "frame" for g in list(groups.values())[1:]]
+        assert kinds[0] == "frame" and kinds[-1] == "frame"  # never an action without the frame it left
+        assert kinds.count("frame") <= frames + slack
+    assert kinds.count("frame") >= frames  # right after windowing at least the window is kept
+
+
 def test_reason_returns_text_and_think_splits(pipe, frame):
     wm = _wm(pipe).reset(frame)
     answer = wm.reason("where is the goal?", max_new_tokens=4)
@@ -107,7 +124,7 @@ def test_model_world_defaults_apply_unless_overridden(tiny_dir):
     from worldbagel.world_model_loader import load_world_model, model_config
 
     # the gridworld preset keeps one history frame (configs/model/gridworld.yaml: the model's own default)
-    assert model_config("gridworld").world == {"max_history_frames": 1}
+    assert model_config("gridworld").world == {"max_history_frames": 1, "window_slack": 0}
     model = {"name": "tiny", "path": str(tiny_dir), "world": {"max_history_frames": 2}}
     assert load_world_model(model, codec=CODEC).config.max_history_frames == 2
     assert (

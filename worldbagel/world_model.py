@@ -9,8 +9,8 @@
 The history is interleaved exactly like BAGEL's edit data: each frame enters as clean VAE latents (+ ViT
 tokens), each action as a text segment. Prediction uses the official edit-style CFG contexts: the main
 context, the context before the latest action text (text guidance) and a text-only context (image guidance).
-The window keeps the instruction plus the newest `max_history_frames` frames (and their actions), so long
-rollouts keep memory bounded.
+The window keeps the instruction plus the newest `max_history_frames` frames (and the actions between them:
+the kept history starts at a frame, as a training window does), so long rollouts keep memory bounded.
 """
 
 from __future__ import annotations
@@ -112,9 +112,10 @@ class WorldModel:
         self._before_action = None
         keep = 1 if self._has_instruction else 0
         n, slack = self.config.max_history_frames, self.config.window_slack
-        # a frame and its action are two groups of the main context; the text-only context has the actions
-        if self.context.num_groups > keep + 2 * (n + slack):
-            self.context.window(max_groups=keep + 2 * n, keep_first=keep)
+        # a frame and its action are two groups of the main context; the text-only context has the actions.
+        # The kept history starts at a frame (n frames, n - 1 actions between them), as training windows do.
+        if self.context.num_groups > keep + 2 * (n + slack) - 1:
+            self.context.window(max_groups=keep + 2 * n - 1, keep_first=keep)
         if self._text_only is not None and self._text_only.num_groups > keep + n + slack:
             self._text_only.window(max_groups=keep + n, keep_first=keep)
 
