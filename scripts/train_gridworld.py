@@ -158,7 +158,7 @@ def main() -> None:
     ap.add_argument("--oracle-episodes", type=int, default=200, help="shortest-path episodes")
     ap.add_argument("--vae-steps", type=int, default=600)
     ap.add_argument("--vae-frames", type=int, default=4000)
-    ap.add_argument("--steps", type=int, default=8000)
+    ap.add_argument("--steps", type=int, default=10000)
     ap.add_argument("--preset", default="scratch-deep")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--ema-decay", type=float, default=0.998)
