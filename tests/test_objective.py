@@ -181,3 +181,10 @@ def test_change_weight_scales_the_mse_of_changed_rows(model):
     want = (rows * (1 + 2.0 * b.change)).sum() / b.num_mse
     assert weighted["loss_mse"].item() == pytest.approx(want.item(), rel=1e-5)
     assert weighted["loss_mse"].item() > plain["loss_mse"].item()
+
+
+def test_negative_change_weight_is_named():
+    from worldbagel.train.options import TrainConfig
+
+    with pytest.raises(ConfigError, match="mse_change_weight"):
+        TrainConfig(mse_change_weight=-1.0)
