@@ -282,3 +282,17 @@ def test_finetune_cli_rejects_bad_options_cleanly(capsys):
 
     assert main(["finetune", "model=scratch-tiny", "data=x", "out=y", "plan.target_mode=joint"]) == 2
     assert "plan.target_mode='joint'" in capsys.readouterr().out
+
+
+def test_mse_change_weight_reaches_the_trainers_loss(parts, tmp_path):
+    from worldbagel.train.objective import compute_losses
+
+    plain = trainer(parts, tmp_path / "a", steps=1)
+    weighted = trainer(parts, tmp_path / "b", steps=1, mse_change_weight=3.0)
+    assert weighted.weights.change == 3.0 and plain.weights.change == 0.0
+    batch = weighted.data.batch(0)
+    assert batch.change is not None and batch.change.shape == (batch.num_mse,) and batch.change.sum() > 0
+    model = new_model(parts)
+    a = compute_losses(model, batch, torch.Generator().manual_seed(0), weights=plain.weights)
+    b = compute_losses(model, batch, torch.Generator().manual_seed(0), weights=weighted.weights)
+    assert b["loss_mse"].item() > a["loss_mse"].item()
