@@ -37,7 +37,8 @@ from worldbagel.model.transforms import ImageTransform
 from worldbagel.world_model import WorldModel, WorldModelConfig
 
 ASSETS = Path(__file__).resolve().parents[1] / "worldbagel" / "assets" / "gridworld"
-NOT_SHIPPED = {"model.safetensors"}  # raw (non-EMA) weights: the loader reads ema.safetensors
+# raw weights (the loader reads ema.safetensors) and the training log stay out of the package
+NOT_SHIPPED = {"model.safetensors", "metrics.jsonl"}
 
 
 def step(args: list[str]) -> None:
