@@ -171,6 +171,11 @@ def main() -> None:
     )
     ap.add_argument("--shift", type=float, default=3.0, help="train.timestep_shift (more high-noise steps)")
     ap.add_argument("--annotation-dropout", type=float, default=0.5, help="dropout.annotations")
+    ap.add_argument(
+        "--frozen-pos-embed",
+        action="store_true",
+        help="keep the sin-cos position tables fixed (official recipe; default: train.train_pos_embed=true)",
+    )
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--eval-episodes", type=int, default=10)
     ap.add_argument("--eval-steps", type=int, default=8)
@@ -229,6 +234,8 @@ def main() -> None:
                 "dropout.vae=0.0",
                 # the agent covers 1-2 of a frame's 64 tokens: weight the tokens that change from the context
                 f"train.mse_change_weight={args.change_weight}",
+                # at hidden 128 adjacent cells' sin-cos rows have cosine 0.98: let the tables learn (run E)
+                f"train.train_pos_embed={str(not args.frozen_pos_embed).lower()}",
                 "model.vit_image_size=[56,56,14]",
                 f"data={data}",
                 f"vae={vae}",

@@ -110,6 +110,31 @@ def test_align_stage_trains_only_the_connector(parts, tmp_path):
     assert {n.split(".")[0] for n in tr.trainable} == {"connector"}
 
 
+def test_position_tables_train_only_when_asked_and_survive_the_export(parts, tmp_path):
+    from worldbagel.model.bagel import Bagel
+    from worldbagel.model.heads import sincos_2d
+
+    tables = ("latent_pos_embed.pos_embed", "vit_pos_embed.pos_embed")
+    frozen = trainer(parts, tmp_path / "frozen")
+    assert not set(tables) & set(frozen.trainable)
+    tr = trainer(parts, tmp_path / "learned", train_pos_embed=True, ema_decay=0.0)
+    assert set(tables) <= set(tr.trainable)
+    before = snapshot(tr.model)
+    tr.train()
+    after = tr.model.state_dict()
+    for name in tables:
+        assert not torch.equal(before[name], after[name]), name
+    # the export keeps the learned rows: loading must not refill the sin-cos values
+    loaded = Bagel.from_pretrained(tmp_path / "learned").state_dict()
+    for name in tables:
+        assert torch.equal(loaded[name], after[name]), name
+        sincos = torch.from_numpy(sincos_2d(loaded[name].shape[1], int(loaded[name].shape[0] ** 0.5)))
+        assert not torch.allclose(loaded[name], sincos.float()), name
+    assert not set(tables) & set(
+        trainer(parts, tmp_path / "align", stage="align", train_pos_embed=True).trainable
+    )
+
+
 def test_freeze_und_trains_only_the_generation_path(parts, tmp_path):
     from worldbagel.train.objective import compute_losses
 

@@ -106,6 +106,11 @@ class TrainConfig:
     freeze_und: bool = False
     """Freeze the understanding path (und expert, embeddings, lm_head, ViT, connector): only the generation
     expert and the generation heads train."""
+    train_pos_embed: bool = False
+    """Let the 2-D position tables (`latent_pos_embed`, `vit_pos_embed`) train from their sin-cos start. The
+    official recipe keeps them frozen; at a small hidden size neighbouring cells' sin-cos rows are nearly
+    parallel (cosine 0.98 at hidden 128), so a from-scratch model learns to tell them apart faster when they
+    train. The saved folder keeps the official layout (the tables are in the state dict either way)."""
     activation_checkpointing: bool = False
     """Recompute decoder/ViT layer activations in backward (less memory, ~30 % more compute)."""
     amp: str = "auto"

@@ -1,7 +1,7 @@
 """Which Bagel weights train: the paper's stages and the freezing options (spec 6.6).
 
-stage=full    every weight trains except the frozen ones below (the sin-cos position tables never train;
-              the autoencoder is a separate, always frozen module)
+stage=full    every weight trains except the frozen ones below (the sin-cos position tables train only with
+              train_pos_embed; the autoencoder is a separate, always frozen module)
 stage=align   only the ViT -> LLM connector trains (the paper's alignment stage)
 freeze_llm    the whole language model is frozen
 freeze_vit    the SigLIP tower is frozen
@@ -29,7 +29,7 @@ FIXED = ("latent_pos_embed.", "vit_pos_embed.")
 def trainable(name: str, cfg: TrainConfig) -> bool:
     """Whether Bagel parameter `name` trains under `cfg` (before LoRA)."""
     if name.startswith(FIXED):
-        return False
+        return cfg.train_pos_embed and cfg.stage != "align"
     if cfg.stage == "align":
         return name.startswith("connector.")
     if cfg.freeze_llm and name.startswith("language_model."):
