@@ -133,6 +133,8 @@ def test_position_tables_train_only_when_asked_and_survive_the_export(parts, tmp
     assert not set(tables) & set(
         trainer(parts, tmp_path / "align", stage="align", train_pos_embed=True).trainable
     )
+    und_frozen = trainer(parts, tmp_path / "und", freeze_und=True, train_pos_embed=True).trainable
+    assert "latent_pos_embed.pos_embed" in und_frozen and "vit_pos_embed.pos_embed" not in und_frozen
 
 
 def test_freeze_und_trains_only_the_generation_path(parts, tmp_path):

@@ -109,8 +109,9 @@ class TrainConfig:
     train_pos_embed: bool = False
     """Let the 2-D position tables (`latent_pos_embed`, `vit_pos_embed`) train from their sin-cos start. The
     official recipe keeps them frozen; at a small hidden size neighbouring cells' sin-cos rows are nearly
-    parallel (cosine 0.98 at hidden 128), so a from-scratch model learns to tell them apart faster when they
-    train. The saved folder keeps the official layout (the tables are in the state dict either way)."""
+    parallel (cosine 0.98 at hidden 128), and a from-scratch model may separate them if they train (run E in
+    docs/training.md: they moved, but did not separate). Never under stage=align; under freeze_und only the
+    latent table. The saved folder keeps the official layout (the tables are in the state dict either way)."""
     activation_checkpointing: bool = False
     """Recompute decoder/ViT layer activations in backward (less memory, ~30 % more compute)."""
     amp: str = "auto"

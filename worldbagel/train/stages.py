@@ -23,13 +23,14 @@ from worldbagel.train.options import TrainConfig
 logger = logging.getLogger(__name__)
 
 GEN_HEADS = ("time_embedder.", "vae2llm.", "llm2vae.")
-FIXED = ("latent_pos_embed.", "vit_pos_embed.")
+POS_TABLES = ("latent_pos_embed.", "vit_pos_embed.")
 
 
 def trainable(name: str, cfg: TrainConfig) -> bool:
     """Whether Bagel parameter `name` trains under `cfg` (before LoRA)."""
-    if name.startswith(FIXED):
-        return cfg.train_pos_embed and cfg.stage != "align"
+    if name.startswith(POS_TABLES):
+        und_table = name.startswith("vit_pos_embed.")
+        return cfg.train_pos_embed and cfg.stage != "align" and not (cfg.freeze_und and und_table)
     if cfg.stage == "align":
         return name.startswith("connector.")
     if cfg.freeze_llm and name.startswith("language_model."):
