@@ -176,6 +176,12 @@ def main() -> None:
         action="store_true",
         help="keep the sin-cos position tables fixed (official recipe; default: train.train_pos_embed=true)",
     )
+    ap.add_argument(
+        "--pos-embed-init",
+        choices=("sincos", "random"),
+        default="sincos",
+        help="train.pos_embed_init: random restarts the trained position tables as near-orthogonal rows",
+    )
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--eval-episodes", type=int, default=10)
     ap.add_argument("--eval-steps", type=int, default=8)
@@ -236,6 +242,7 @@ def main() -> None:
                 f"train.mse_change_weight={args.change_weight}",
                 # adjacent cells' sin-cos rows have cosine 0.98 at hidden 128; run E trained the tables (not ablated)
                 f"train.train_pos_embed={str(not args.frozen_pos_embed).lower()}",
+                f"train.pos_embed_init={args.pos_embed_init}",
                 "model.vit_image_size=[56,56,14]",
                 f"data={data}",
                 f"vae={vae}",

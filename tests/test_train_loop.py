@@ -137,6 +137,26 @@ def test_position_tables_train_only_when_asked_and_survive_the_export(parts, tmp
     assert "latent_pos_embed.pos_embed" in und_frozen and "vit_pos_embed.pos_embed" not in und_frozen
 
 
+def test_random_position_tables_separate_neighbouring_cells(parts, tmp_path):
+    from worldbagel.model.heads import sincos_2d
+
+    tr = trainer(parts, tmp_path / "random", train_pos_embed=True, pos_embed_init="random")
+    table = tr.model.latent_pos_embed.pos_embed.detach()
+    side = int(table.shape[0] ** 0.5)
+    sincos = torch.from_numpy(sincos_2d(table.shape[1], side)).float()
+    # rows keep the sin-cos norm, but a one-cell shift is no longer nearly parallel
+    assert torch.allclose(table.norm(dim=1).mean(), sincos.norm(dim=1).mean(), rtol=0.2)
+    cos = torch.nn.functional.cosine_similarity(table[:-1], table[1:], dim=1).abs().mean()
+    sincos_cos = torch.nn.functional.cosine_similarity(sincos[:-1], sincos[1:], dim=1).mean()
+    assert cos < 0.3 < sincos_cos, (cos, sincos_cos)
+    again = trainer(parts, tmp_path / "again", train_pos_embed=True, pos_embed_init="random")
+    assert torch.equal(again.model.latent_pos_embed.pos_embed, table)  # seeded by train.seed
+    with pytest.raises(ConfigError, match="train.train_pos_embed=true"):
+        trainer(parts, tmp_path / "frozen", pos_embed_init="random")
+    with pytest.raises(ConfigError, match="pos_embed_init"):
+        trainer(parts, tmp_path / "typo", train_pos_embed=True, pos_embed_init="orthogonal")
+
+
 def test_freeze_und_trains_only_the_generation_path(parts, tmp_path):
     from worldbagel.train.objective import compute_losses
 

@@ -112,6 +112,11 @@ class TrainConfig:
     parallel (cosine 0.98 at hidden 128), and a from-scratch model may separate them if they train (run E in
     docs/training.md: they moved, but did not separate). Never under stage=align; under freeze_und only the
     latent table. The saved folder keeps the official layout (the tables are in the state dict either way)."""
+    pos_embed_init: str = "sincos"
+    """sincos: the tables start from their official sin-cos values; random: the tables that train (needs
+    train_pos_embed=true) restart as Gaussian rows of the same norm, nearly orthogonal between cells (sin-cos
+    rows of adjacent cells have cosine 0.98 at hidden 128). Applied when a run starts; a resumed run keeps its
+    checkpoint's tables."""
     activation_checkpointing: bool = False
     """Recompute decoder/ViT layer activations in backward (less memory, ~30 % more compute)."""
     amp: str = "auto"

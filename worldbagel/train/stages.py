@@ -76,3 +76,29 @@ def apply_stage(model: nn.Module, cfg: TrainConfig) -> list[str]:
         total / 1e6,
     )
     return names
+
+
+def init_position_tables(model: nn.Module, cfg: TrainConfig) -> list[str]:
+    """Apply `cfg.pos_embed_init` to the position tables that train (call after `apply_stage`); returns the
+    refilled table names."""
+    import torch
+
+    if cfg.pos_embed_init not in ("sincos", "random"):
+        raise bad_argument("train.pos_embed_init", cfg.pos_embed_init, "use sincos or random")
+    if cfg.pos_embed_init == "sincos":
+        return []
+    if not cfg.train_pos_embed:
+        raise bad_argument(
+            "train.pos_embed_init",
+            cfg.pos_embed_init,
+            "random tables must train: also pass train.train_pos_embed=true (or keep pos_embed_init=sincos)",
+        )
+    generator = torch.Generator().manual_seed(cfg.seed + 7919)
+    done = []
+    for prefix in POS_TABLES:
+        table = getattr(model, prefix.rstrip("."), None)
+        if table is not None and table.pos_embed.requires_grad:
+            table.reset_random(generator)
+            done.append(prefix + "pos_embed")
+    logger.info("position tables restarted as random rows: %s", ", ".join(done) or "none")
+    return done
