@@ -97,10 +97,17 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
 
     # Two processes may round differently in the last bit (BLAS kernels depend on memory alignment), so
     # weights are compared by relative error; the ViT key biases are skipped: their true gradient is exactly 0
-    # (softmax ignores a per-query constant) and AdamW turns the remaining rounding noise into +-lr steps.
+    # (softmax ignores a per-query constant) and AdamW turns the remaining rounding noise into +-lr steps. The
+    # ViT key weights see only the tokens' deviation from their mean (the same invariance), so the noise is
+    # amplified there too: 2.0e-4 on this session's Xeon (deterministic, also at older commits), so 1e-3.
+    def tolerance(k: str) -> float | None:
+        if "vit_model" in k and "k_proj" in k:
+            return None if k.endswith("bias") else 1e-3
+        return 1e-4
+
     for name in ("ema.safetensors", "model.safetensors"):
         x, y = load_file(reference / name), load_file(killed / name)
         assert x.keys() == y.keys()
         rel = {k: float((x[k] - y[k]).norm() / (x[k].norm() + 1e-12)) for k in x}
-        bad = {k: r for k, r in rel.items() if r > 1e-4 and not ("vit_model" in k and "k_proj.bias" in k)}
+        bad = {k: r for k, r in rel.items() if tolerance(k) is not None and r > tolerance(k)}
         assert not bad, (name, bad)
