@@ -1,7 +1,8 @@
 """Which Bagel weights train: the paper's stages and the freezing options (spec 6.6).
 
 stage=full    every weight trains except the frozen ones below (the sin-cos position tables train only with
-              train_pos_embed; the autoencoder is a separate, always frozen module)
+              train_pos_embed, from sin-cos or, with pos_embed_init=random, from random rows; the
+              autoencoder is a separate, always frozen module)
 stage=align   only the ViT -> LLM connector trains (the paper's alignment stage)
 freeze_llm    the whole language model is frozen
 freeze_vit    the SigLIP tower is frozen
@@ -15,6 +16,7 @@ from __future__ import annotations
 import copy
 import logging
 
+import torch
 from torch import nn
 
 from worldbagel.errors import bad_argument
@@ -81,8 +83,6 @@ def apply_stage(model: nn.Module, cfg: TrainConfig) -> list[str]:
 def init_position_tables(model: nn.Module, cfg: TrainConfig) -> list[str]:
     """Apply `cfg.pos_embed_init` to the position tables that train (call after `apply_stage`); returns the
     refilled table names."""
-    import torch
-
     if cfg.pos_embed_init not in ("sincos", "random"):
         raise bad_argument("train.pos_embed_init", cfg.pos_embed_init, "use sincos or random")
     if cfg.pos_embed_init == "sincos":
