@@ -182,6 +182,12 @@ def main() -> None:
         default="sincos",
         help="train.pos_embed_init: random restarts the trained position tables as near-orthogonal rows",
     )
+    ap.add_argument(
+        "--qk-gain",
+        type=float,
+        default=None,
+        help="train.qk_norm_gain_init: start every q/k-norm gain here (sharper attention; default: 1.0 init)",
+    )
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--eval-episodes", type=int, default=10)
     ap.add_argument("--eval-steps", type=int, default=8)
@@ -243,6 +249,7 @@ def main() -> None:
                 # adjacent cells' sin-cos rows have cosine 0.98 at hidden 128; run E trained the tables (not ablated)
                 f"train.train_pos_embed={str(not args.frozen_pos_embed).lower()}",
                 f"train.pos_embed_init={args.pos_embed_init}",
+                f"train.qk_norm_gain_init={'null' if args.qk_gain is None else args.qk_gain}",
                 "model.vit_image_size=[56,56,14]",
                 f"data={data}",
                 f"vae={vae}",

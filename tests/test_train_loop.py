@@ -157,6 +157,23 @@ def test_random_position_tables_separate_neighbouring_cells(parts, tmp_path):
         trainer(parts, tmp_path / "typo", train_pos_embed=True, pos_embed_init="orthogonal")
 
 
+def test_qk_norm_gain_init_sets_both_experts_gains_which_then_train(parts, tmp_path):
+    tr = trainer(parts, tmp_path / "gain", qk_norm_gain_init=1.75)
+    layers = tr.model.config.llm.num_hidden_layers
+    gains = {n: p.detach().clone() for n, p in tr.model.named_parameters() if "q_norm" in n or "k_norm" in n}
+    assert len(gains) == 4 * layers  # q and k, understanding and generation expert, per layer
+    assert all(torch.all(g == 1.75) for g in gains.values())
+    other = tr.model.language_model.model.layers[0].input_layernorm.weight
+    assert torch.all(other == 1.0)  # only the q/k norms move
+    tr.train()
+    params = dict(tr.model.named_parameters())
+    assert any(not torch.equal(params[n], g) for n, g in gains.items())
+    default = trainer(parts, tmp_path / "default")
+    assert all(torch.all(p == 1.0) for n, p in default.model.named_parameters() if "q_norm" in n)
+    with pytest.raises(ConfigError, match="qk_norm_gain_init"):
+        trainer(parts, tmp_path / "bad", qk_norm_gain_init=-1.0)
+
+
 def test_freeze_und_trains_only_the_generation_path(parts, tmp_path):
     from worldbagel.train.objective import compute_losses
 

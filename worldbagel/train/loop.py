@@ -41,7 +41,7 @@ from worldbagel.train.ema import EMA
 from worldbagel.train.export import export_folder
 from worldbagel.train.objective import LossWeights, compute_losses
 from worldbagel.train.options import TrainConfig
-from worldbagel.train.stages import apply_stage, init_position_tables
+from worldbagel.train.stages import apply_stage, init_position_tables, init_qk_norm_gains
 from worldbagel.train.state import (
     TrainState,
     latest_checkpoint,
@@ -112,6 +112,7 @@ class Trainer:
 
         apply_stage(model, cfg)
         init_position_tables(model, cfg)
+        init_qk_norm_gains(model, cfg)
         if cfg.lora.enabled:
             from worldbagel.train.lora import inject_lora
 

@@ -118,6 +118,13 @@ class TrainConfig:
     rows of adjacent cells have cosine 0.98 at hidden 128). Applied when a run starts; a resumed run keeps its
     checkpoint's tables. Measured: random trailed sin-cos at 8,500 steps of a gridworld run (docs/training.md,
     run G)."""
+    qk_norm_gain_init: float | None = None
+    """None keeps the LLM's q/k-norm weights as built or loaded; a number sets every `q_norm*` / `k_norm*` weight
+    (both experts) to it when a run starts (a resumed run keeps its checkpoint's). The attention logit of
+    RMS-normalised q and k is at most gain^2 * sqrt(head_dim) (5.7 at the official init 1.0 and head_dim 32),
+    too flat for a token to single out one neighbouring cell; 1.75 gives ~17, the log2(L^2 - L) scale of
+    QK-norm (Henry et al., 2020) for L ~ 400 tokens. Meant for from-scratch presets: it overwrites learned
+    gains of a pretrained model."""
     activation_checkpointing: bool = False
     """Recompute decoder/ViT layer activations in backward (less memory, ~30 % more compute)."""
     amp: str = "auto"

@@ -102,3 +102,27 @@ def init_position_tables(model: nn.Module, cfg: TrainConfig) -> list[str]:
             done.append(prefix + "pos_embed")
     logger.info("position tables restarted as random rows: %s", ", ".join(done) or "none")
     return done
+
+
+def init_qk_norm_gains(model: nn.Module, cfg: TrainConfig) -> list[str]:
+    """Apply `cfg.qk_norm_gain_init`: fill every LLM q/k-norm weight with it; returns the names filled."""
+    gain = cfg.qk_norm_gain_init
+    if gain is None:
+        return []
+    if not isinstance(gain, (int, float)) or not gain > 0:
+        raise bad_argument("train.qk_norm_gain_init", gain, "use a positive number (e.g. 1.75) or null")
+    names = [
+        name
+        for name, _ in model.named_parameters()
+        if name.startswith("language_model.") and name.split(".")[-2].startswith(("q_norm", "k_norm"))
+    ]
+    if not names:
+        raise bad_argument(
+            "train.qk_norm_gain_init", gain, "the model has no q/k norms (llm qk_norm=false); leave it null"
+        )
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name in names:
+            params[name].fill_(float(gain))
+    logger.info("q/k-norm gains set to %g in %d tensors", gain, len(names))
+    return names
