@@ -124,7 +124,8 @@ class TrainConfig:
     RMS-normalised q and k is at most gain^2 * sqrt(head_dim) (5.7 at the official init 1.0 and head_dim 32),
     too flat for a token to single out one neighbouring cell; 1.75 gives ~17, the log2(L^2 - L) scale of
     QK-norm (Henry et al., 2020) for L ~ 400 tokens. Meant for from-scratch presets: it overwrites learned
-    gains of a pretrained model."""
+    gains of a pretrained model. Measured: 1.75 trailed the 1.0 init at mid-run of a gridworld run
+    (docs/training.md, run H)."""
     activation_checkpointing: bool = False
     """Recompute decoder/ViT layer activations in backward (less memory, ~30 % more compute)."""
     amp: str = "auto"
