@@ -111,18 +111,17 @@ def init_qk_norm_gains(model: nn.Module, cfg: TrainConfig) -> list[str]:
         return []
     if not isinstance(gain, (int, float)) or not gain > 0:
         raise bad_argument("train.qk_norm_gain_init", gain, "use a positive number (e.g. 1.75) or null")
-    names = [
-        name
-        for name, _ in model.named_parameters()
+    gains = {
+        name: p
+        for name, p in model.named_parameters()
         if name.startswith("language_model.") and name.split(".")[-2].startswith(("q_norm", "k_norm"))
-    ]
-    if not names:
+    }
+    if not gains:
         raise bad_argument(
             "train.qk_norm_gain_init", gain, "the model has no q/k norms (llm qk_norm=false); leave it null"
         )
-    params = dict(model.named_parameters())
     with torch.no_grad():
-        for name in names:
-            params[name].fill_(float(gain))
-    logger.info("q/k-norm gains set to %g in %d tensors", gain, len(names))
-    return names
+        for p in gains.values():
+            p.fill_(float(gain))
+    logger.info("q/k-norm gains set to %g in %d tensors", gain, len(gains))
+    return list(gains)
