@@ -29,7 +29,7 @@ import torch
 import worldbagel.envs  # noqa: F401  (registers the envs)
 from worldbagel.actions import DiscreteActionCodec, next_action_question
 from worldbagel.cli import main as cli
-from worldbagel.data.annotations import GOAL_QUESTION, relative_offset_text
+from worldbagel.data.annotations import GOAL_QUESTION, outcome_text, relative_offset_text
 from worldbagel.envs.grid_frames import decode_frame
 from worldbagel.inference.generate import GenerationConfig
 from worldbagel.inference.pipeline import BagelPipeline
@@ -101,9 +101,12 @@ def _state(frame: np.ndarray) -> tuple | None:
     return None if s is None else (tuple(s["agent"]), int(s["heading"]), tuple(s["goal"]))
 
 
-def held_out_check(folder: Path, episodes: int, steps: int, sampling_steps: int) -> dict:
-    """Next-frame symbolic accuracy (teacher forced, and after `steps` open-loop steps along the true actions)
-    and answer accuracy on eval-split layouts."""
+def held_out_check(
+    folder: Path, episodes: int, steps: int, sampling_steps: int, outcomes: bool = True
+) -> dict:
+    """Next-frame symbolic accuracy (teacher forced, and after `steps` open-loop steps along the true actions),
+    answer accuracy and (with `outcomes`) the accuracy of the outcome text said before each frame, on
+    eval-split layouts."""
     pipe = BagelPipeline.from_pretrained(
         folder, vae_transform=ImageTransform(64, 64, 8), vit_transform=ImageTransform(56, 56, 14)
     )
@@ -111,9 +114,10 @@ def held_out_check(folder: Path, episodes: int, steps: int, sampling_steps: int)
     codec = DiscreteActionCodec(env.unwrapped.action_names)
     sampler = GenerationConfig(num_steps=sampling_steps, cfg_text_scale=1.0, cfg_img_scale=1.0)
     # as the model was trained (one context frame) and as configs/model/gridworld.yaml keeps its history
-    wm = WorldModel(pipe, codec, WorldModelConfig(sampler=sampler, max_history_frames=1, window_slack=0))
+    world = WorldModelConfig(sampler=sampler, max_history_frames=1, window_slack=0, outcome_text=outcomes)
+    wm = WorldModel(pipe, codec, world)
     rng = np.random.default_rng(0)
-    frames_ok = frames_n = answers_ok = answers_n = copy_ok = open_ok = 0
+    frames_ok = frames_n = answers_ok = answers_n = copy_ok = open_ok = outcome_ok = 0
     gen = torch.Generator().manual_seed(0)
     for ep in range(episodes):
         obs, info = env.reset(seed=10_000 + ep)
@@ -133,6 +137,8 @@ def held_out_check(folder: Path, episodes: int, steps: int, sampling_steps: int)
             truth = (tuple(info["agent"]), int(info["heading"]), tuple(info["goal"]))
             truths.append(truth)
             frames_ok += _state(pred) == truth
+            heading = env.unwrapped.action_names[truth[1]].split()[-1]
+            outcome_ok += wm.last_outcome == outcome_text(truth[0], heading)
             copy_ok += _state(prev) == truth
             frames_n += 1
             wm.reset(obs, instruction="reach the green goal")  # teacher forcing: the true frame
@@ -146,6 +152,7 @@ def held_out_check(folder: Path, episodes: int, steps: int, sampling_steps: int)
         "copy_last_frame_accuracy": copy_ok / max(frames_n, 1),
         f"open_loop_{steps}_symbolic_accuracy": open_ok / max(episodes, 1),
         "answer_exact_match": answers_ok / max(answers_n, 1),
+        "outcome_text_accuracy": outcome_ok / max(frames_n, 1) if outcomes else None,
         "frames": frames_n,
         "answers": answers_n,
         "sampling_steps": sampling_steps,
@@ -187,6 +194,11 @@ def main() -> None:
         type=float,
         default=None,
         help="train.qk_norm_gain_init: start every q/k-norm gain here (sharper attention; default: 1.0 init)",
+    )
+    ap.add_argument(
+        "--no-outcomes",
+        action="store_true",
+        help="plan.outcomes=false: do not train (or use) the outcome text said before each predicted frame",
     )
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--eval-episodes", type=int, default=10)
@@ -263,10 +275,13 @@ def main() -> None:
                 f"train.timestep_shift={args.shift}",
                 f"train.ema_decay={args.ema_decay}",
                 "plan.context_frames=1",
+                f"plan.outcomes={str(not args.no_outcomes).lower()}",
             ]
         )
     folder = model_folder(wm_out)
-    metrics = held_out_check(folder, args.eval_episodes, args.eval_steps, args.sampling_steps)
+    metrics = held_out_check(
+        folder, args.eval_episodes, args.eval_steps, args.sampling_steps, outcomes=not args.no_outcomes
+    )
     (out / "held_out.json").write_text(json.dumps(metrics, indent=1) + "\n")
     print(json.dumps(metrics, indent=1))
     if args.install:

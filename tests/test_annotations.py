@@ -12,10 +12,15 @@ from worldbagel.data.annotations import (
     GOAL_QUESTION,
     GridWorldAnnotator,
     make_annotator,
+    outcome_text,
     relative_offset_text,
 )
 from worldbagel.data.trajectory import TrajectoryDataset
 from worldbagel.errors import ConfigError
+
+
+def test_outcome_text():
+    assert outcome_text((3, 5), "right") == "at 3,5 facing right"
 
 
 def test_relative_offset_text():
@@ -58,5 +63,12 @@ def test_collect_writes_annotations(tmp_path):
     question = "Which action should the agent take next? Answer with one of: move up, move right, move down, move left."
     assert [p["q"] for p in first["qa"]] == [GOAL_QUESTION, question]  # what ReasoningPolicy asks
     assert first["thought"].startswith("<think> goal ") and first["thought"].endswith(ep.action_texts[0])
+    # every step's outcome describes the frame the action led to (agent cell and heading after it)
+    for t in range(ep.length):
+        info = ep.infos[t + 1]
+        heading = ep.action_texts[t].split()[-1]  # the agent always turns to the direction it tried
+        assert ep.annotations[t]["outcome"] == outcome_text(tuple(info["agent"]), heading)
+    assert ep.annotations[-1]["outcome"] == outcome_text(tuple(ep.infos[-1]["goal"]), heading)
+    assert GridWorldAnnotator(outcomes=False).outcome(None, None, {}) is None
     with pytest.raises(ConfigError, match="annotate"):
         make_annotator("nope")

@@ -107,6 +107,39 @@ def test_chain_plan_items_follow_the_documented_order():
     assert [i.text for i in skip.items if i.role == "action"] == ["act0, act1"]
 
 
+def test_outcomes_sit_between_the_action_and_the_frame_they_describe():
+    ep = episode(steps=4, annotate=False)
+    for t, ann in enumerate(ep.annotations):
+        ann["outcome"] = f"out{t + 1}"  # step t's outcome describes frame t + 1
+    plan = episode_plans(0, ep, PlanConfig(context_frames=2, horizon=2, vit=False))[0]
+    got = [(i.kind, i.role, i.frame, i.text, i.loss, i.cfg) for i in plan.items]
+    assert got == [
+        ("vae", "context", 0, None, False, True),
+        ("text", "action", None, "act0", False, True),
+        ("text", "outcome", None, "out1", True, False),  # a later context frame: after its action too
+        ("vae", "context", 1, None, False, True),
+        ("text", "action", None, "act1", False, True),
+        ("text", "outcome", None, "out2", True, False),
+        ("vae", "target", 2, None, True, False),
+        ("vae", "copy", 2, None, False, True),
+        ("text", "action", None, "act2", False, True),
+        ("text", "outcome", None, "out3", True, False),
+        ("vae", "target", 3, None, True, False),
+    ]
+    # annotation dropout never drops an outcome (a world model always says it before drawing)
+    cfg = DropoutConfig(text=0.0, vit=0.0, vae=0.0, annotations=1.0)
+    dropped = draw_dropout(plan, cfg, np.random.default_rng(0))
+    assert not any(d for d, item in zip(dropped, plan.items) if item.role == "outcome")
+    # off, and in group mode (one joint noisy group: no frame-by-frame text), there is none
+    for off in (PlanConfig(horizon=2, outcomes=False), PlanConfig(horizon=2, target_mode="group")):
+        assert not any(i.role == "outcome" for i in episode_plans(0, ep, off)[0].items)
+    # its tokens are CE rows of the packed batch
+    with_out = build([plan])
+    off = PlanConfig(context_frames=2, horizon=2, vit=False, outcomes=False)
+    without = build([episode_plans(0, ep, off)[0]])
+    assert with_out.num_ce - without.num_ce == sum(len(encode(t)) + 1 for t in ("out1", "out2", "out3"))
+
+
 def test_packed_sample_splits_positions_and_loss_rows():
     plan = episode_plans(0, episode(), PlanConfig(context_frames=2, horizon=2))[0]
     feats = features()

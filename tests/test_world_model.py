@@ -137,3 +137,61 @@ def test_model_world_defaults_apply_unless_overridden(tiny_dir):
     assert (
         load_world_model({"name": "tiny", "path": str(tiny_dir)}, codec=CODEC).config.max_history_frames == 4
     )
+
+
+def _groups(wm: WorldModel) -> list[list]:
+    """The main context's segments grouped: [[kind, text or None], ...] per group, oldest first."""
+    groups: dict[int, list] = {}
+    for seg in wm.context.segments:
+        text = wm.pipe.tokenizer.decode(seg.data.tolist()) if seg.kind == "text" else None
+        groups.setdefault(seg.group, []).append((seg.kind, text))
+    return list(groups.values())
+
+
+def test_outcome_text_is_said_between_the_action_and_the_frame(tiny_pipe, frame):
+    sampler = GenerationConfig(num_steps=2)
+    plain = WorldModel(tiny_pipe, CODEC, WorldModelConfig(sampler=sampler, max_history_frames=2))
+    said = WorldModel(
+        tiny_pipe,
+        CODEC,
+        WorldModelConfig(sampler=sampler, max_history_frames=2, outcome_text=True, outcome_max_tokens=3),
+    )
+    plain.reset(frame, instruction="explore")
+    said.reset(frame, instruction="explore")
+    assert said.last_outcome is None
+    gen = torch.Generator().manual_seed(0)
+    plain.predict(1, [1], generator=gen)
+    said.predict(1, [1], generator=torch.Generator().manual_seed(0))
+    assert isinstance(said.last_outcome, str) and plain.last_outcome is None
+    # instruction, frame, action, outcome, predicted frame (the plain model has no outcome group)
+    kinds = [[k for k, _ in g] for g in _groups(said)]
+    assert kinds == [["text"], ["vae", "vit"], ["text"], ["text"], ["vae", "vit"]]
+    assert _groups(said)[2][0][1] == "move right" and _groups(said)[3][0][1] == said.last_outcome
+    assert len(_groups(plain)) == 4
+    # greedy text: the same history says the same outcome; a fork's outcome does not touch the parent's
+    fork = said.fork()
+    fork.predict(1, [0], generator=torch.Generator().manual_seed(1))
+    assert said.last_outcome == _groups(said)[3][0][1]
+    assert len(_groups(said)) == 5
+    # the text-only context (image guidance) keeps instruction + actions only
+    assert all(s.kind == "text" for s in said._text_only.segments) and len(said._text_only.segments) == 2
+
+
+def test_outcome_text_window_starts_at_a_frame(tiny_pipe, frame):
+    cfg = WorldModelConfig(
+        sampler=GenerationConfig(num_steps=2),
+        max_history_frames=2,
+        window_slack=0,
+        outcome_text=True,
+        outcome_max_tokens=2,
+    )
+    wm = WorldModel(tiny_pipe, CODEC, cfg).reset(frame, instruction="explore")
+    for step in range(5):
+        wm.predict(1, [step % 4], generator=torch.Generator().manual_seed(step))
+        kinds = [g[0][0] for g in _groups(wm)[1:]]  # after the instruction: vae (frame) or text
+        assert kinds == ["vae", "text", "text", "vae"]  # frame, action, outcome, frame
+    # an observed frame after an action gets no outcome text (only predictions say one)
+    wm.act(0).observe(frame)
+    assert [g[0][0] for g in _groups(wm)[1:]] == ["vae", "text", "vae"]
+    with pytest.raises(ConfigError, match="outcome_max_tokens"):
+        WorldModelConfig(outcome_max_tokens=0).check()

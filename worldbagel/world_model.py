@@ -11,6 +11,11 @@ tokens), each action as a text segment. Prediction uses the official edit-style 
 context, the context before the latest action text (text guidance) and a text-only context (image guidance).
 The window keeps the instruction plus the newest `max_history_frames` frames (and the actions between them:
 the kept history starts at a frame, as a training window does), so long rollouts keep memory bounded.
+
+With `outcome_text` (a model trained on `outcome` annotations, `plan.outcomes`), every predicted frame that
+follows an action is preceded by the model's own words about it (greedy text, e.g. "at 3,5 facing right"):
+the text is generated after the action, appended to the history, and the frame is drawn conditioned on it.
+`last_outcome` holds the latest one.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import torch
 
 from worldbagel.actions import ActionCodec
 from worldbagel.errors import bad_argument
-from worldbagel.inference.context import Context
+from worldbagel.inference.context import Context, extend_batch
 from worldbagel.inference.generate import GenerationConfig, ImageRequest, generate_images, generate_text_batch
 from worldbagel.inference.pipeline import VLM_THINK_SYSTEM_PROMPT, BagelPipeline, split_think
 
@@ -49,12 +54,19 @@ class WorldModelConfig:
     window_slack: int = 2
     """Extra frames allowed before the window is applied (re-prefilling then happens once every
     `window_slack + 1` frames instead of every frame)."""
+    outcome_text: bool = False
+    """Before each predicted frame that follows an action, generate the model's outcome text and put it in
+    the history (for models trained with `plan.outcomes` on `outcome` annotations)."""
+    outcome_max_tokens: int = 32
+    """Longest outcome text (tokens)."""
 
     def check(self) -> None:
         if self.max_history_frames < 1:
             raise bad_argument("max_history_frames", self.max_history_frames, "keep at least 1 frame")
         if self.reencode not in ("pixels", "latents"):
             raise bad_argument("reencode", self.reencode, "use 'pixels' or 'latents'")
+        if self.outcome_max_tokens < 1:
+            raise bad_argument("outcome_max_tokens", self.outcome_max_tokens, "must be >= 1")
         self.sampler.check()
 
 
@@ -74,6 +86,8 @@ class WorldModel:
         self._has_instruction = False
         self.frame_size: tuple[int, int] | None = None
         self.frames_seen = 0
+        self.last_outcome: str | None = None
+        """The latest outcome text (`outcome_text`), None before the first one."""
 
     # ------------------------------------------------------------------ history
     @property
@@ -94,6 +108,7 @@ class WorldModel:
         self._before_action = None
         self.frames_seen = 0
         self.frame_size = None
+        self.last_outcome = None
         return self.observe(first_obs)
 
     def observe(self, obs: np.ndarray) -> WorldModel:
@@ -112,10 +127,13 @@ class WorldModel:
         self._before_action = None
         keep = 1 if self._has_instruction else 0
         n, slack = self.config.max_history_frames, self.config.window_slack
-        # a frame and its action are two groups of the main context; the text-only context has the actions.
-        # The kept history starts at a frame (n frames, n - 1 actions between them), as training windows do.
-        if self.context.num_groups > keep + 2 * (n + slack) - 1:
-            self.context.window(max_groups=keep + 2 * n - 1, keep_first=keep)
+        # The main context holds frames, actions and outcome texts (one group each); the kept history starts
+        # at a frame (the newest n frames and everything after the oldest of them), as training windows do.
+        groups = list(dict.fromkeys(s.group for s in self.context.segments))
+        frames = list(dict.fromkeys(s.group for s in self.context.segments if s.kind != "text"))
+        if len(frames) > n + slack:
+            self.context.window(max_groups=keep + len(groups) - groups.index(frames[-n]), keep_first=keep)
+        # the text-only context (image guidance) holds the instruction and the actions
         if self._text_only is not None and self._text_only.num_groups > keep + n + slack:
             self._text_only.window(max_groups=keep + n, keep_first=keep)
 
@@ -226,6 +244,7 @@ def predict_batch(
         size = worlds[0].frame_size
         if size is None:
             raise bad_argument("history", None, "call reset(first_obs) before predicting")
+        _say_outcomes([w for w in worlds if w.config.outcome_text and w._before_action is not None])
         grid = worlds[0].pipe.latent_grid(*size)
         reqs = [w._request(None) for w in worlds]
         cfg = worlds[0].config.sampler
@@ -242,3 +261,17 @@ def predict_batch(
             else:
                 outs[j].append(w.pipe.decode(res.latents, res.grid))
     return outs
+
+
+def _say_outcomes(worlds: list[WorldModel]) -> None:
+    """Generate each world's outcome text after its latest action (one batched decode) and append it to its
+    history, where the next frame is drawn from."""
+    if not worlds:
+        return
+    limit = max(w.config.outcome_max_tokens for w in worlds)
+    outs = generate_text_batch([w.context for w in worlds], max_new_tokens=limit)
+    texts = [out.text.strip() for out in outs]
+    for w, text in zip(worlds, texts):
+        w.last_outcome = text
+    segs = [[w.context.text_segment(text)] for w, text in zip(worlds, texts)]
+    extend_batch([w.context for w in worlds], segs)

@@ -12,6 +12,12 @@ GridWorld answers come from the symbolic state (the env's BFS oracle), never fro
     Q "where is the goal?"          A "2 up 3 right" / "here"              (relative cell offset)
     Q next_action_question(codec)   A "move right"                         (first move of a shortest path)
     thought  "<think> goal 2 up 3 right, 7 moves away </think> move right"
+    outcome  "at 3,5 facing right"                                       (the frame the action led to)
+
+The outcome is written after the action and before the frame it describes; the world model learns to say
+where the agent ends up (a cross-entropy target) and then draws that frame conditioned on its own words
+(`WorldModelConfig.outcome_text`): the move and the wall check become a text decision with a direct loss
+instead of 1-2 of a frame's 64 latent tokens.
 """
 
 from __future__ import annotations
@@ -24,6 +30,11 @@ from worldbagel.errors import bad_argument
 
 GRIDWORLD_INSTRUCTION = "reach the green goal"
 GOAL_QUESTION = "Where is the goal?"
+
+
+def outcome_text(agent: tuple[int, int], heading_name: str) -> str:
+    """'at 3,5 facing right': the agent's cell (row, column) and heading after an action."""
+    return f"at {int(agent[0])},{int(agent[1])} facing {heading_name}"
 
 
 def relative_offset_text(agent: tuple[int, int], goal: tuple[int, int]) -> str:
@@ -40,8 +51,11 @@ def relative_offset_text(agent: tuple[int, int], goal: tuple[int, int]) -> str:
 class GridWorldAnnotator:
     """Questions, answers and thoughts for GridWorld steps, computed from the env's symbolic state."""
 
-    def __init__(self, questions: bool = True, thoughts: bool = True, instruction: bool = True):
+    def __init__(
+        self, questions: bool = True, thoughts: bool = True, instruction: bool = True, outcomes: bool = True
+    ):
         self.questions, self.thoughts, self.instruction = questions, thoughts, instruction
+        self.outcomes = outcomes
 
     def __call__(self, env: Any, obs: Any, info: Mapping[str, Any]) -> dict[str, Any]:
         base = getattr(env, "unwrapped", env)
@@ -61,6 +75,14 @@ class GridWorldAnnotator:
                 f"<think> goal {where}, {int(info['distance'])} moves away </think> {action_text}"
             )
         return out
+
+    def outcome(self, env: Any, obs: Any, info: Mapping[str, Any]) -> str | None:
+        """The text of the observation an action led to (None with outcomes=False)."""
+        if not self.outcomes:
+            return None
+        base = getattr(env, "unwrapped", env)
+        heading = base.action_names[int(info["heading"])].split()[-1]  # "move right" -> "right"
+        return outcome_text(tuple(info["agent"]), heading)
 
 
 ANNOTATORS: dict[str, Callable[[], Callable[[Any, Any, Mapping[str, Any]], Mapping[str, Any]]]] = {

@@ -60,8 +60,9 @@ def record_episode(
     """Run one episode into `writer` and finish it; returns the index entry.
 
     `annotator(env, obs, info)` is called on the observation each action is taken from and returns text
-    annotations of that step (any of `instruction`, `qa` [{q, a}], `thought`); see
-    worldbagel/data/annotations.py.
+    annotations of that step (any of `instruction`, `qa` [{q, a}], `thought`); an annotator with an
+    `outcome(env, obs, info)` method is also called on the observation the action led to, and its text is
+    stored as the step's `outcome`. See worldbagel/data/annotations.py.
     """
     policy.reset(seed=seed)
     obs, info = env.reset(seed=seed)
@@ -72,6 +73,8 @@ def record_episode(
         action = policy.act(obs, info)
         text = codec.encode(action) if codec is not None else None
         obs, reward, terminated, truncated, info = env.step(action)
+        if annotator is not None and hasattr(annotator, "outcome"):
+            notes["outcome"] = annotator.outcome(env, obs, info)
         capped = max_steps is not None and writer.length + 1 >= max_steps
         writer.add_step(
             action,

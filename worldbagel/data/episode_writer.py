@@ -139,8 +139,10 @@ class EpisodeWriter:
         instruction: str | None = None,
         qa: Sequence[Mapping[str, str]] | None = None,
         thought: str | None = None,
+        outcome: str | None = None,
     ) -> None:
-        """Record one env step: the action taken, the observation it led to, and optional annotations."""
+        """Record one env step: the action taken, the observation it led to, and optional annotations
+        (`outcome` describes the observation the action led to; the others the one it was taken from)."""
         if not self._num_frames:
             raise WorldBagelError(f"episode {self.episode_id}: call start(obs, info) before add_step")
         if self._done:
@@ -163,6 +165,8 @@ class EpisodeWriter:
             step["qa"] = [{"q": str(p["q"]), "a": str(p["a"])} for p in qa]
         if thought is not None:
             step["thought"] = str(thought)
+        if outcome is not None:
+            step["outcome"] = str(outcome)
         self._steps.write(json.dumps(step) + "\n")
         self._length += 1
         self._return += float(reward)

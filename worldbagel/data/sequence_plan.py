@@ -14,7 +14,9 @@ The plan of one window (context frames f_0 .. f_{K-1} spaced by the frame skip k
         answer                   (any)    text   CE            never             +n
         thought at f_i           (any)    text   CE            never             +n
         action a(f_i -> f_i + k)          text   -             text              +n
+        (outcome of f_{i+1}, before it: see below)
     target_mode = "chain" (default), for each target j = 1 .. H:
+        outcome of f_{K-1+j}   (outcomes) text   CE            never             +n
         noisy VAE(f_{K-1+j})              vae    MSE           never             +0 (split `noise`)
         if j < H (the target is context for later targets), its clean copies as a context frame above:
         clean VAE, ViT, question/answer, thought, action  (official edit convention: noised target first,
@@ -62,6 +64,10 @@ class PlanConfig:
     """Open the sample with the episode's instruction text when it has one."""
     text_targets: bool = True
     """Add the episode's thoughts and question/answer pairs (CE loss on thoughts and answers)."""
+    outcomes: bool = True
+    """Chain mode: put a frame's `outcome` annotation (what the action led to, e.g. "at 3,5 facing right")
+    between the action and that frame, with CE, wherever a frame follows an action. A world model trained so
+    says the outcome before it draws the frame (`WorldModelConfig.outcome_text`)."""
     action_separator: str = ", "
     """Joins the action texts of the k env steps between two frames."""
 
@@ -133,7 +139,7 @@ class PlanItem:
 
     kind: ItemKind
     role: str
-    """instruction, action, question, answer, thought (text); context, copy, target (images)."""
+    """instruction, action, question, answer, thought, outcome (text); context, copy, target (images)."""
     text: str | None = None
     frame: int | None = None
     """Episode frame index (images)."""
@@ -174,8 +180,9 @@ def episode_texts(episode: Any) -> tuple[str | None, dict[int, list[tuple[str, s
     """(instruction, {frame index: [(role, text), ...]}) from an episode's per-step annotations.
 
     `episode.annotations[t]` (worldbagel.data.trajectory) may hold "instruction" (the first one found is
-    the episode's), "qa" (a list of {"q", "a"} about the observation at step t, i.e. frame t) and "thought"
-    (the reasoning before the action at step t). Missing annotations mean no such text.
+    the episode's), "qa" (a list of {"q", "a"} about the observation at step t, i.e. frame t), "thought"
+    (the reasoning before the action at step t) and "outcome" (the observation the action led to: filed
+    under frame t + 1 with role "outcome"). Missing annotations mean no such text.
     """
     instruction = None
     per_frame: dict[int, list[tuple[str, str]]] = {}
@@ -189,6 +196,8 @@ def episode_texts(episode: Any) -> tuple[str | None, dict[int, list[tuple[str, s
                 per_frame.setdefault(t, []).extend([("question", str(pair["q"])), ("answer", str(pair["a"]))])
         if ann.get("thought"):
             per_frame.setdefault(t, []).append(("thought", str(ann["thought"])))
+        if ann.get("outcome"):
+            per_frame.setdefault(t + 1, []).append(("outcome", str(ann["outcome"])))
     return instruction, per_frame
 
 
@@ -227,19 +236,30 @@ def make_plan(
     if cfg.instruction and instruction:
         items.append(PlanItem("text", "instruction", text=instruction, cfg=True))
 
+    def outcome(f: int) -> None:
+        """The outcome text of frame f, placed after the action that led to it (chain mode only)."""
+        if cfg.outcomes and cfg.target_mode == "chain":
+            for trole, text in texts.get(f, []):
+                if trole == "outcome":
+                    items.append(PlanItem("text", "outcome", text=text, loss=True))
+
     def clean_frame(f: int, role: str, with_action: bool) -> None:
         items.append(PlanItem("vae", role, frame=f, cfg=True))
         if cfg.vit:
             items.append(PlanItem("vit", role, frame=f, cfg=True))
         for trole, text in texts.get(f, []):
-            items.append(PlanItem("text", trole, text=text, loss=trole in ("answer", "thought")))
+            if trole != "outcome":
+                items.append(PlanItem("text", trole, text=text, loss=trole in ("answer", "thought")))
         if with_action:
             items.append(PlanItem("text", "action", text=_action(actions, f, k, sep), cfg=True))
 
-    for f in context:
+    for i, f in enumerate(context):
+        if i > 0:
+            outcome(f)
         clean_frame(f, "context", with_action=True)
     if cfg.target_mode == "chain":
         for j, f in enumerate(targets):
+            outcome(f)
             items.append(PlanItem("vae", "target", frame=f, loss=True, group=j))
             if j < len(targets) - 1:
                 clean_frame(f, "copy", with_action=True)

@@ -67,7 +67,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-ANNOTATION_KEYS = ("instruction", "qa", "thought")
+ANNOTATION_KEYS = ("instruction", "qa", "thought", "outcome")
 
 
 @dataclass

@@ -84,9 +84,12 @@ class Context:
     # ------------------------------------------------------------------ appends
     def add_text(self, text: str | list[int], framed: bool = True) -> Context:
         """Append a causal text segment (`<|im_start|> text <|im_end|>` unless framed=False). Returns self."""
+        return self.extend([self.text_segment(text, framed)])
+
+    def text_segment(self, text: str | list[int], framed: bool = True) -> Segment:
+        """A text segment in this context's next group, to append with `extend` / `extend_batch`."""
         ids = self.pipe.tokenizer.encode(text) if isinstance(text, str) else list(text)
-        seg = Segment("text", torch.tensor(ids, dtype=torch.long), framed=framed, group=self._take_group())
-        return self.extend([seg])
+        return Segment("text", torch.tensor(ids, dtype=torch.long), framed=framed, group=self._take_group())
 
     def add_image(
         self, image, vae: bool = True, vit: bool = True, sample: bool | torch.Generator = False
