@@ -84,6 +84,18 @@ def test_obs_option_and_initial_frames_source(tiny_pipe, frame):
         ImaginedEnv(_wm(tiny_pipe, CODEC), real_env=None)
 
 
+def test_step_info_carries_the_outcome_text_when_the_model_says_one(tiny_pipe, frame):
+    wm = _wm(tiny_pipe, CODEC)
+    wm.config.outcome_text, wm.config.outcome_max_tokens = True, 3
+    env = ImaginedEnv(wm, real_env=None, initial_frames=[frame], max_steps=2)
+    env.reset(seed=0)
+    *_, info = env.step(1)
+    assert isinstance(info["outcome_text"], str) and info["outcome_text"] == wm.last_outcome
+    plain = ImaginedEnv(_wm(tiny_pipe, CODEC), real_env=None, initial_frames=[frame], max_steps=2)
+    plain.reset(seed=0)
+    assert "outcome_text" not in plain.step(1)[-1]
+
+
 def test_gridworld_reward_reads_the_imagined_frame():
     real = make_env("WorldBagel/GridWorld-v0")
     reward = GridWorldImaginedReward.from_env(real)

@@ -19,7 +19,8 @@ Shape legend: observations are uint8 [H, W, 3] with (H, W) the model's frame siz
   Reward and termination come from `reward_fn(frame, info) -> (reward, terminated)` (it may add keys to
   info); default: `GridWorldImaginedReward` for a top-down GridWorld source (the agent and goal decoded
   from the imagined frame), else 0.0 / False. Truncated after `max_steps` steps.
-- info: `steps`, `action_text` and what the reward function adds (reset also passes the real env's info).
+- info: `steps`, `action_text`, `outcome_text` (what the model said before drawing the frame, with
+  `WorldModelConfig.outcome_text`) and what the reward function adds (reset also passes the real env's info).
 """
 
 from __future__ import annotations
@@ -203,6 +204,8 @@ class ImaginedEnv(gym.Env):
         frame = self.world_model.predict(1, generator=self._generator)[0]
         self.steps += 1
         info: dict[str, Any] = {"steps": self.steps, "action_text": text}
+        if self.world_model.config.outcome_text:
+            info["outcome_text"] = self.world_model.last_outcome
         reward, terminated = 0.0, False
         if self.reward_fn is not None:
             reward, terminated = self.reward_fn(frame, info)
