@@ -114,7 +114,15 @@ def held_out_check(
     codec = DiscreteActionCodec(env.unwrapped.action_names)
     sampler = GenerationConfig(num_steps=sampling_steps, cfg_text_scale=1.0, cfg_img_scale=1.0)
     # as the model was trained (one context frame) and as configs/model/gridworld.yaml keeps its history
-    world = WorldModelConfig(sampler=sampler, max_history_frames=1, window_slack=0, outcome_text=outcomes)
+    # reencode=latents: a predicted frame enters the history as its generated latents (a pixel round trip
+    # through decode + encode made open-loop outcome texts drift; configs/model/gridworld.yaml does the same)
+    world = WorldModelConfig(
+        sampler=sampler,
+        max_history_frames=1,
+        window_slack=0,
+        outcome_text=outcomes,
+        reencode="latents",
+    )
     wm = WorldModel(pipe, codec, world)
     rng = np.random.default_rng(0)
     frames_ok = frames_n = answers_ok = answers_n = copy_ok = open_ok = outcome_ok = 0

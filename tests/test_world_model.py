@@ -124,7 +124,12 @@ def test_model_world_defaults_apply_unless_overridden(tiny_dir):
     from worldbagel.world_model_loader import load_world_model, model_config
 
     # the gridworld preset keeps one history frame (configs/model/gridworld.yaml: the model's own default)
-    assert model_config("gridworld").world == {"max_history_frames": 1, "window_slack": 0}
+    assert model_config("gridworld").world == {
+        "max_history_frames": 1,
+        "window_slack": 0,
+        "outcome_text": True,
+        "reencode": "latents",
+    }
     model = {"name": "tiny", "path": str(tiny_dir), "world": {"max_history_frames": 2}}
     assert load_world_model(model, codec=CODEC).config.max_history_frames == 2
     assert (
