@@ -66,9 +66,8 @@ def test_fork_isolation_and_batched_candidates_equal_one_by_one(pipe, frame):
     for a in (0, 1, 2):
         f = wm.fork()
         g = torch.Generator().manual_seed(1)
-        _ = torch.randn(
-            16 * [0, 1, 2].index(a), 64, generator=g
-        )  # skip the noise drawn for earlier candidates
+        tokens = int(np.prod(pipe.latent_grid(*wm.frame_size)))
+        _ = torch.randn(tokens * a, 64, generator=g)  # skip the noise drawn for earlier candidates
         singles.append(f.predict(1, [a], generator=g)[0])
     for x, y in zip(batched, singles):
         assert np.abs(x[0].astype(int) - y.astype(int)).max() <= 1
