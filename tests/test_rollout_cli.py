@@ -34,7 +34,9 @@ def test_rollout_default_is_the_shipped_planner_on_gridworld(tmp_path, capsys):
     assert metrics["env_id"] == "WorldBagel/GridWorld-v0" and metrics["policy"] == "planner"
     eps = metrics["episodes"]
     assert [e["seed"] for e in eps] == [0, 1, 2]
-    for e in eps:  # the planner imagines with the shipped model and reaches every goal (seeded: deterministic)
+    for (
+        e
+    ) in eps:  # the planner imagines with the shipped model and reaches every goal (seeded: deterministic)
         assert e["status"] == "ok" and e["success"] is True and 0 < e["spl"] <= 1.0
         assert e["length"] >= e["shortest_path"] > 0 and e["video"] == f"episode_{e['episode']:03d}.mp4"
     agg = metrics["aggregate"]
