@@ -29,7 +29,7 @@ import torch
 import worldbagel.envs  # noqa: F401  (registers the envs)
 from worldbagel.actions import DiscreteActionCodec, next_action_question
 from worldbagel.cli import main as cli
-from worldbagel.data.annotations import GOAL_QUESTION, outcome_text, relative_offset_text
+from worldbagel.data.annotations import GOAL_QUESTION, GridWorldAnnotator, relative_offset_text
 from worldbagel.envs.grid_frames import decode_frame
 from worldbagel.inference.generate import GenerationConfig
 from worldbagel.inference.pipeline import BagelPipeline
@@ -124,6 +124,7 @@ def held_out_check(
         reencode="latents",
     )
     wm = WorldModel(pipe, codec, world)
+    annotator = GridWorldAnnotator()
     rng = np.random.default_rng(0)
     frames_ok = frames_n = answers_ok = answers_n = copy_ok = open_ok = outcome_ok = 0
     gen = torch.Generator().manual_seed(0)
@@ -145,8 +146,7 @@ def held_out_check(
             truth = (tuple(info["agent"]), int(info["heading"]), tuple(info["goal"]))
             truths.append(truth)
             frames_ok += _state(pred) == truth
-            heading = env.unwrapped.action_names[truth[1]].split()[-1]
-            outcome_ok += wm.last_outcome == outcome_text(truth[0], heading)
+            outcome_ok += wm.last_outcome == annotator.outcome(env, obs, info)  # the training text
             copy_ok += _state(prev) == truth
             frames_n += 1
             wm.reset(obs, instruction="reach the green goal")  # teacher forcing: the true frame
