@@ -143,6 +143,17 @@ def test_model_world_defaults_apply_unless_overridden(tiny_dir):
     )
 
 
+def test_no_model_means_the_gridworld_preset_not_the_bare_dataclass():
+    from worldbagel.config import ModelConfig
+    from worldbagel.world_model_loader import model_config
+
+    # model=None (ImaginedEnv's and the policies' default) must carry the preset's 64 px transforms and world
+    # options; the bare ModelConfig has the release's 1024 px transforms (thousands of tokens per frame)
+    assert model_config(None) == model_config("gridworld")
+    assert model_config(None).vae_image_size == [64, 64, 8] != ModelConfig().vae_image_size
+    assert model_config(None).world["max_history_frames"] == 1
+
+
 def _groups(wm: WorldModel) -> list[list]:
     """The main context's segments grouped: [[kind, text or None], ...] per group, oldest first."""
     groups: dict[int, list] = {}

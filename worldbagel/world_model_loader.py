@@ -86,7 +86,9 @@ def _resolve(group: str, schema: type, value: Any) -> Any:
 
 def model_config(model: str | Mapping | ModelConfig | None = None) -> ModelConfig:
     """A ModelConfig from a preset name ('gridworld', 'tiny', ...), a mapping merged over its preset, or None
-    (the default: the gridworld model shipped in the package)."""
+    (the default: the gridworld model shipped in the package, with its preset's image sizes and world options)."""
+    if model is None:
+        model = ModelConfig().name  # the default model's preset, not the bare dataclass (1024 px transforms)
     return _resolve("model", ModelConfig, model)
 
 
