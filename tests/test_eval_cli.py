@@ -112,6 +112,42 @@ def test_eval_env_dataset_with_navigation(tiny_dir, tmp_path):
     rollout = json.loads((out / "navigation" / "metrics.json").read_text())
     assert [e["seed"] for e in rollout["episodes"]] == [1000, 1001]  # navigation.seed, held-out layouts
     assert not (out / "contact_sheet.png").exists()
+    # the default baselines minus the evaluated policy: random beside the oracle, same seeds
+    assert set(nav["baselines"]) == {"random"}
+    rand = nav["baselines"]["random"]
+    assert rand["policy"] == "random" and rand["n_episodes"] == 2 and rand["spl"] < 1.0
+
+
+def test_eval_navigation_baselines_sit_beside_the_policy(tiny_dir, tmp_path, capsys):
+    out = tmp_path / "base"
+    args = ["eval", *_tiny(tiny_dir), "tasks=[navigation]", "policy=random", "navigation.episodes=2"]
+    args += ["navigation.baselines=[oracle,random]", f"out={out}"]
+    assert main(args) == 0
+    nav = json.loads((out / "metrics.json").read_text())["navigation"]
+    assert nav["policy"] == "random" and set(nav["baselines"]) == {"oracle"}  # not the policy itself
+    oracle = nav["baselines"]["oracle"]
+    assert oracle["success_rate"] == 1.0 and oracle["spl"] == 1.0 and oracle["n_episodes"] == 2
+    assert "baselines.oracle.spl" in capsys.readouterr().out  # the table shows them
+    # an unknown name is refused before any episode runs
+    assert main([*args[:-2], "navigation.baselines=[nope]", f"out={tmp_path / 'bad'}"]) == 1
+    printed = capsys.readouterr().out.replace("\n", "")
+    assert "navigation.baselines" in printed and "nope" in printed and not (tmp_path / "bad").exists()
+
+
+def test_eval_navigation_baseline_without_an_oracle_is_skipped(tiny_dir, tmp_path):
+    from PIL import Image
+
+    clip = tmp_path / "clip"
+    clip.mkdir()
+    for i in range(4):
+        Image.fromarray(np.full((64, 64, 3), 40 * i, np.uint8)).save(clip / f"{i:03d}.png")
+    out = tmp_path / "video"
+    args = ["eval", *_tiny(tiny_dir), "tasks=[navigation]", "policy=random", "navigation.episodes=1"]
+    assert main([*args, "env=video", f"env.kwargs.path={clip}", f"out={out}"]) == 0
+    nav = json.loads((out / "metrics.json").read_text())["navigation"]
+    assert nav["n_episodes"] == 1 and nav["policy"] == "random"  # the evaluated policy still ran
+    # the default baselines are random (the policy itself: not repeated) and oracle (no expert for a video)
+    assert list(nav["baselines"]) == ["oracle"] and "oracle" in nav["baselines"]["oracle"]["skipped"].lower()
 
 
 def test_eval_planner_plans_with_the_evaluated_model(tiny_dir, tmp_path):

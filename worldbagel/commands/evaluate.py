@@ -178,7 +178,7 @@ def _frames_task(cfg: EvalConfig, wm, episodes, out: Path, console: Console, doc
 
 
 def _navigation_task(cfg: EvalConfig, wm, out: Path, console: Console, doc: dict) -> None:
-    from worldbagel.eval.planning import evaluate_navigation
+    from worldbagel.eval.planning import evaluate_navigation, navigation_baselines
 
     n = cfg.navigation
     with _progress(console) as bar:
@@ -197,6 +197,18 @@ def _navigation_task(cfg: EvalConfig, wm, out: Path, console: Console, doc: dict
             fps=cfg.env.fps,
             progress=lambda done, total, ep: bar.update(task, completed=done),
         )
+        baselines = [b for b in dict.fromkeys(n.baselines) if b != cfg.policy.name]
+        if baselines:
+            task = bar.add_task("navigation baselines", total=n.episodes * len(baselines))
+            section["baselines"] = navigation_baselines(
+                baselines,
+                cfg.env.id,
+                _env_kwargs(cfg),
+                episodes=n.episodes,
+                seed=n.seed,
+                max_steps=n.max_steps,
+                progress=lambda done, total: bar.update(task, completed=done),
+            )
     doc["navigation"] = section
 
 
@@ -242,12 +254,14 @@ def _text_task(cfg: EvalConfig, wm, episodes, console: Console, doc: dict) -> No
 
 def run(cfg: EvalConfig, console: Console) -> int:
     from worldbagel.eval.heldout import load_heldout
+    from worldbagel.eval.planning import check_baselines
     from worldbagel.eval.report import metrics_document, report_tables, write_metrics_json
     from worldbagel.world_model_loader import load_pipeline, load_world_model
 
     out = Path(cfg.out) if cfg.out else default_run_dir("eval")
     if cfg.tasks is not None:
         resolve_tasks(cfg, None)  # validate names before any slow work
+    check_baselines(cfg.navigation.baselines)
     needs_data = cfg.tasks is None or bool({"frames", "trajectory", "text"} & set(cfg.tasks))
     episodes = load_heldout(cfg.dataset, cfg.env.id, _env_kwargs(cfg)) if needs_data else None
     tasks, skipped = resolve_tasks(cfg, episodes)

@@ -98,6 +98,9 @@ class NavigationEvalConfig:
     """Cap on steps per episode on top of the env's own limit."""
     video: bool = False
     """Write an mp4 per episode under navigation/."""
+    baselines: list[str] = field(default_factory=lambda: ["random", "oracle"])
+    """Policies run on the same episode seeds and reported beside the evaluated one (navigation.baselines.<name>);
+    the evaluated policy itself is skipped here, and one that cannot run in the env is recorded as skipped."""
 
 
 @dataclass

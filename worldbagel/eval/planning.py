@@ -40,9 +40,11 @@ from .trajectory_metrics import ate, poses_from_xy_yaw, rpe
 
 __all__ = [
     "GoalDistanceInfo",
+    "check_baselines",
     "evaluate_navigation",
     "evaluate_trajectory_planning",
     "integrate_actions",
+    "navigation_baselines",
     "navigation_section",
 ]
 
@@ -184,6 +186,47 @@ def evaluate_navigation(
     if len(failed) == len(result.episodes):
         raise WorldBagelError(f"every navigation episode failed; the first error: {failed[0].error}")
     return navigation_section(result, policy, env_id), result
+
+
+def check_baselines(names: Sequence[str]) -> None:
+    """Refuse baseline names that are not registered policies (before any episode runs)."""
+    from worldbagel.policies import POLICIES
+
+    unknown = [n for n in names if n not in POLICIES]
+    if unknown:
+        raise bad_argument(
+            "navigation.baselines", list(names), f"{unknown} are not policies; use any of {sorted(POLICIES)}"
+        )
+
+
+def navigation_baselines(
+    names: Sequence[str],
+    env_id: str,
+    env_kwargs: Mapping[str, Any] | None,
+    episodes: int,
+    seed: int,
+    max_steps: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """{name: navigation section} of model-free baseline policies (random, oracle, ...) on the same episode
+    seeds as the evaluated policy, so their success and SPL sit beside it. A baseline that cannot run in this
+    env (e.g. no oracle for it) becomes {"skipped": reason} instead of failing the evaluation."""
+    check_baselines(names)
+    out: dict[str, Any] = {}
+    for i, name in enumerate(names):
+
+        def step(done: int, total: int, ep: Any, i: int = i) -> None:
+            if progress is not None:
+                progress(i * episodes + done, len(names) * episodes)
+
+        try:
+            out[name], _ = evaluate_navigation(
+                env_id, env_kwargs, name, None, episodes=episodes, seed=seed, max_steps=max_steps, progress=step
+            )
+        except WorldBagelError as exc:
+            logger.warning("navigation baseline %s skipped: %s", name, exc)
+            out[name] = {"skipped": str(exc)}
+    return out
 
 
 # ----------------------------------------------------------------------------------------- open loop
