@@ -221,7 +221,14 @@ def navigation_baselines(
 
         try:
             out[name], _ = evaluate_navigation(
-                env_id, env_kwargs, name, None, episodes=episodes, seed=seed, max_steps=max_steps, progress=step
+                env_id,
+                env_kwargs,
+                name,
+                None,
+                episodes=episodes,
+                seed=seed,
+                max_steps=max_steps,
+                progress=step,
             )
         except WorldBagelError as exc:
             logger.warning("navigation baseline %s skipped: %s", name, exc)
