@@ -29,7 +29,7 @@ import torch
 
 from worldbagel.actions import ActionCodec
 from worldbagel.errors import bad_argument
-from worldbagel.inference.context import Context, extend_batch
+from worldbagel.inference.context import Context, Segment, extend_batch, window_batch
 from worldbagel.inference.generate import GenerationConfig, ImageRequest, generate_images, generate_text_batch
 from worldbagel.inference.pipeline import VLM_THINK_SYSTEM_PROMPT, BagelPipeline, split_think
 
@@ -116,34 +116,27 @@ class WorldModel:
         obs = np.asarray(obs)
         if obs.ndim != 3 or obs.shape[-1] != 3:
             raise bad_argument("obs.shape", obs.shape, "expected an RGB frame [H, W, 3]")
-        self.context.add_image(obs, vae=True, vit=self.config.use_vit)
-        size = self.pipe.vae_transform.target_size(obs.shape[0], obs.shape[1])
-        self.frame_size = size
-        self._after_frame()
+        self.frame_size = self.pipe.vae_transform.target_size(obs.shape[0], obs.shape[1])
+        append_frames([self], [self.context.image_segments(obs, vae=True, vit=self.config.use_vit)])
         return self
 
-    def _after_frame(self) -> None:
-        self.frames_seen += 1
-        self._before_action = None
+    def _windowed(self, incoming: list[Segment]) -> list[Segment]:
+        """What the main context must prefill to append a frame's segments: the frame alone, or (when the window
+        moves) the kept history plus the frame after emptying the cache, so a window costs no extra forward.
+        The main context holds frames, actions and outcome texts (one group each); the kept history starts at a
+        frame (the newest n frames and everything after the oldest of them), as training windows do."""
         keep = 1 if self._has_instruction else 0
         n, slack = self.config.max_history_frames, self.config.window_slack
-        # The main context holds frames, actions and outcome texts (one group each); the kept history starts
-        # at a frame (the newest n frames and everything after the oldest of them), as training windows do.
-        groups = list(dict.fromkeys(s.group for s in self.context.segments))
-        frames = list(dict.fromkeys(s.group for s in self.context.segments if s.kind != "text"))
-        if len(frames) > n + slack:
-            self.context.window(max_groups=keep + len(groups) - groups.index(frames[-n]), keep_first=keep)
-        # the text-only context (image guidance) holds the instruction and the actions
-        if self._text_only is not None and self._text_only.num_groups > keep + n + slack:
-            self._text_only.window(max_groups=keep + n, keep_first=keep)
+        everything = list(self.context.segments) + list(incoming)
+        groups = list(dict.fromkeys(s.group for s in everything))
+        frames = list(dict.fromkeys(s.group for s in everything if s.kind != "text"))
+        if len(frames) <= n + slack:
+            return list(incoming)
+        return self.context.drop_groups(keep + len(groups) - groups.index(frames[-n]), keep, incoming)
 
     def act(self, action: Any) -> WorldModel:
         """Append an action (raw env action through the codec, or action text)."""
-        text = action if isinstance(action, str) else self._encode(action)
-        self._before_action = self.context.fork()
-        self.context.add_text(text)
-        if self._text_only is not None:
-            self._text_only.add_text(text)
+        act_batch([self], [action])
         return self
 
     def _encode(self, action: Any) -> str:
@@ -169,15 +162,12 @@ class WorldModel:
             noise,
         )
 
-    def _absorb(self, latents: torch.Tensor, grid: tuple[int, int]) -> np.ndarray:
-        frame = self.pipe.decode(latents, grid)
+    def _frame_segments(self, latents: torch.Tensor, grid: tuple[int, int], frame: np.ndarray) -> list[Segment]:
+        """A predicted frame's history segments: its latents as they are, or (`pixels`) the decoded frame
+        encoded again like a real one."""
         if self.config.reencode == "latents":
-            vit_image = frame if self.config.use_vit else None
-            self.context.add_latents(latents, grid, vit_image=vit_image)
-            self._after_frame()
-        else:
-            self.observe(frame)
-        return frame
+            return self.context.latent_segments(latents, grid, frame if self.config.use_vit else None)
+        return self.context.image_segments(frame, vae=True, vit=self.config.use_vit)
 
     def predict(
         self, n_frames: int = 1, actions: list | None = None, generator: torch.Generator | None = None
@@ -239,8 +229,7 @@ def predict_batch(
     outs: list[list[np.ndarray]] = [[] for _ in worlds]
     for i in range(n_frames):
         if actions is not None:
-            for w, acts in zip(worlds, actions):
-                w.act(acts[i])
+            act_batch(worlds, [acts[i] for acts in actions])
         size = worlds[0].frame_size
         if size is None:
             raise bad_argument("history", None, "call reset(first_obs) before predicting")
@@ -254,13 +243,43 @@ def predict_batch(
         if any(w._text_only is None for w in worlds) and cfg.cfg_img_scale > 1:
             cfg = replace(cfg, cfg_img_scale=1.0)  # image_cfg=False: no text-only context kept
         results = generate_images(reqs, grid, cfg, generator)
-        last = i == n_frames - 1
-        for j, (w, res) in enumerate(zip(worlds, results)):
-            if absorb or not last:
-                outs[j].append(w._absorb(res.latents, res.grid))
-            else:
-                outs[j].append(w.pipe.decode(res.latents, res.grid))
+        frames = worlds[0].pipe.decode_batch([res.latents for res in results], grid)
+        for j, frame in enumerate(frames):
+            outs[j].append(frame)
+        if absorb or i < n_frames - 1:
+            segs = [w._frame_segments(res.latents, res.grid, f) for w, res, f in zip(worlds, results, frames)]
+            append_frames(worlds, segs)
     return outs
+
+
+def act_batch(worlds: list[WorldModel], actions: list) -> None:
+    """Append one action (raw env action through the codec, or action text) to each world: one packed forward
+    for all main contexts and one for all text-only contexts."""
+    texts = [a if isinstance(a, str) else w._encode(a) for w, a in zip(worlds, actions)]
+    for w in worlds:
+        w._before_action = w.context.fork()
+    extend_batch([w.context for w in worlds], [[w.context.text_segment(t)] for w, t in zip(worlds, texts)])
+    guided = [(w._text_only, t) for w, t in zip(worlds, texts) if w._text_only is not None]
+    extend_batch([c for c, _ in guided], [[c.text_segment(t)] for c, t in guided])
+
+
+def append_frames(worlds: list[WorldModel], segments: list[list[Segment]]) -> None:
+    """Append one frame's segments to each world's history, windows applied, in one packed forward (plus one
+    re-prefill of the text-only contexts whose window moves)."""
+    extend_batch([w.context for w in worlds], [w._windowed(segs) for w, segs in zip(worlds, segments)])
+    for w in worlds:
+        w.frames_seen += 1
+        w._before_action = None
+    # the text-only context (image guidance) holds the instruction and the actions
+    by_window: dict[tuple[int, int], list[Context]] = {}
+    for w in worlds:
+        if w._text_only is not None:
+            keep = 1 if w._has_instruction else 0
+            n = w.config.max_history_frames
+            if w._text_only.num_groups > keep + n + w.config.window_slack:
+                by_window.setdefault((keep + n, keep), []).append(w._text_only)
+    for (max_groups, keep), contexts in by_window.items():
+        window_batch(contexts, max_groups, keep)
 
 
 def _say_outcomes(worlds: list[WorldModel]) -> None:

@@ -100,6 +100,12 @@ class Context:
         transform's rule (as the official inferencer does), then fed to both encoders. `sample` draws the VAE
         posterior (official behaviour) instead of taking its mean.
         """
+        return self.extend(self.image_segments(image, vae, vit, sample))
+
+    def image_segments(
+        self, image, vae: bool = True, vit: bool = True, sample: bool | torch.Generator = False
+    ) -> list[Segment]:
+        """`add_image`'s segments (one new group), to append with `extend` / `extend_batch`."""
         if not (vae or vit):
             raise ValueError("add_image needs vae=True and/or vit=True")
         group = self._take_group()
@@ -111,16 +117,20 @@ class Context:
         if vit:
             patches, grid = self.pipe.encode_vit(resized)
             segs.append(Segment("vit", patches, grid, group=group))
-        return self.extend(segs)
+        return segs
 
     def add_latents(self, tokens: torch.Tensor, grid: tuple[int, int], vit_image=None) -> Context:
         """Append already-encoded clean latent tokens [h*w, Z] (and optionally the image's ViT view)."""
+        return self.extend(self.latent_segments(tokens, grid, vit_image))
+
+    def latent_segments(self, tokens: torch.Tensor, grid: tuple[int, int], vit_image=None) -> list[Segment]:
+        """`add_latents`' segments (one new group), to append with `extend` / `extend_batch`."""
         group = self._take_group()
         segs = [Segment("vae", tokens.detach(), grid, group=group)]
         if vit_image is not None:
             patches, vgrid = self.pipe.encode_vit(self.pipe.vae_transform.resize(vit_image))
             segs.append(Segment("vit", patches, vgrid, group=group))
-        return self.extend(segs)
+        return segs
 
     def extend(self, segments: list[Segment]) -> Context:
         """Append segments with one forward pass over their tokens. Returns self."""
@@ -136,15 +146,27 @@ class Context:
     def window(self, max_groups: int, keep_first: int = 0) -> Context:
         """Keep the first `keep_first` groups (e.g. an instruction) and the newest groups up to `max_groups`
         in all; if anything is dropped, re-prefill the kept segments from rope 0. Returns self."""
+        return self.extend(self.drop_groups(max_groups, keep_first))
+
+    def drop_groups(self, max_groups: int, keep_first: int = 0, incoming: list[Segment] = ()) -> list[Segment]:
+        """The windowing half of `window`, for appending `incoming` (new groups) in the same forward: if this
+        context's groups plus the incoming ones exceed `max_groups`, the cache is emptied (rope restarts at 0)
+        and the kept old segments followed by `incoming` are returned, to be prefilled together; otherwise
+        `incoming` is returned as it is."""
         if max_groups < keep_first + 1:
             raise ValueError(f"invalid max_groups={max_groups}: must exceed keep_first={keep_first}")
-        groups = list(dict.fromkeys(s.group for s in self.segments))
+        everything = list(self.segments) + list(incoming)
+        groups = list(dict.fromkeys(s.group for s in everything))
         if len(groups) <= max_groups:
-            return self
+            return list(incoming)
         kept = set(groups[:keep_first]) | set(groups[len(groups) - (max_groups - keep_first) :])
-        segments = [s for s in self.segments if s.group in kept]
         self.cache, self.rope, self.segments = KVCache(), 0, ()
-        return self.extend(segments)
+        return [s for s in everything if s.group in kept]
+
+
+def window_batch(contexts: list[Context], max_groups: int, keep_first: int = 0) -> None:
+    """`Context.window` for several contexts, with ONE packed re-prefill for all that drop something."""
+    extend_batch(contexts, [c.drop_groups(max_groups, keep_first) for c in contexts])
 
 
 def extend_batch(contexts: list[Context], segments: list[list[Segment]]) -> None:

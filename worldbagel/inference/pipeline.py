@@ -170,11 +170,17 @@ class BagelPipeline:
         tokens, grid = (out.latents, out.grid) if isinstance(out, ImageOutput) else (out, grid)
         if grid is None:
             raise bad_argument("grid", None, "pass the latent-token grid (h, w) with raw tokens")
-        lat = self.vae.unpatchify(tokens[None].to(self.vae.device, self.vae.dtype), *grid)
+        return self.decode_batch([tokens], grid)[0]
+
+    def decode_batch(self, tokens: list[torch.Tensor], grid: tuple[int, int]) -> list[np.ndarray]:
+        """`decode` for several latent-token tensors [h*w, Z] of one grid, in one autoencoder call."""
+        if not tokens:
+            return []
+        lat = self.vae.unpatchify(torch.stack(tokens).to(self.vae.device, self.vae.dtype), *grid)
         with torch.no_grad():
-            img = self.vae.decode(lat)[0]
+            img = self.vae.decode(lat)
         img = ((img.float() * 0.5 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
-        return img.permute(1, 2, 0).cpu().numpy()
+        return list(img.permute(0, 2, 3, 1).cpu().numpy())
 
     def latent_grid(self, height: int, width: int) -> tuple[int, int]:
         """Snap an image size to the latent stride and return its token grid (h, w)."""
