@@ -171,7 +171,7 @@ class WorldModelPlanner(WorldModelPolicy):
         env: Any,
         seed: int | None = None,
         model: Any = None,
-        sampler: Any = "fast",
+        sampler: Any = None,
         world: Mapping[str, Any] | None = None,
         scorers: Sequence[Any] = (),
         world_model: WorldModel | None = None,

@@ -130,7 +130,7 @@ class ReasoningPolicy(WorldModelPolicy):
         env: Any,
         seed: int | None = None,
         model: Any = None,
-        sampler: Any = "fast",
+        sampler: Any = None,
         world: Mapping[str, Any] | None = None,
         world_model: WorldModel | None = None,
         **kwargs: Any,

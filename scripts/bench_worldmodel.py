@@ -1,16 +1,19 @@
 """World-model benchmark: imagined frames per second vs sampling steps, and (gridworld models) quality vs steps.
 
-    python scripts/bench_worldmodel.py [--model gridworld|fixture|DIR] [--steps 2,4,8,16] [--frames 8]
-                                       [--candidates 4] [--repeats 3] [--episodes 8] [--quality auto|on|off]
+    python scripts/bench_worldmodel.py [--model gridworld|fixture|DIR] [--steps 2,4,8,16] [--cfg-text 2.0]
+                                       [--frames 8] [--candidates 4] [--repeats 3] [--episodes 8]
+                                       [--quality auto|on|off]
 
 Every figure is measured in this one run on this machine (docs/benchmarks.md, "World model", records them).
 
 - Speed: an 8-frame open-loop rollout (`WorldModel.imagine`, random GridWorld actions, the model's real
-  frame size) from a 2-frame history, timed per sampling setting (round-robin over the settings): the `fast` sampler preset (the default of
-  `worldbagel eval` / the planner: num_steps 8, text CFG 2.0) and the same preset with other step counts.
+  frame size) from a 2-frame history, timed per sampling setting (round-robin over the settings): the model's
+  own sampler preset (`ModelConfig.sampler`: `gridworld` = 4 steps without guidance for the shipped model,
+  `fast` = 8 steps with text CFG 2.0 for the fixture) and the same preset with other step counts.
   "x C batched" imagines C candidate futures of the same history in one `predict_batch` call per frame
   (what the planner does); its frames/s counts all C futures. Each figure is the best of `--repeats` runs
-  after a warm-up.
+  after a warm-up. `--cfg-text 2.0,1.0` also sweeps the text guidance scale (1.0 = no guidance: one branch
+  per denoising evaluation instead of two).
 - Quality (gridworld models only; `--quality on` forces it): `worldbagel eval`'s frame-prediction protocol on
   held-out GridWorld layouts (random-policy episodes, seeds 1000+): symbolic accuracy (agent, heading and
   goal decoded from the predicted frame equal the true state) of next-frame (single-step) predictions and of
@@ -23,6 +26,7 @@ the random-weight tests/fixtures/bagel-tiny (speed only; its frames are noise, s
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -104,6 +108,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="auto", help="gridworld, fixture, a model folder, or auto")
     ap.add_argument("--steps", default="2,4,8,16", help="sampling step counts to compare")
+    ap.add_argument("--cfg-text", default="", help="text CFG scales to compare (default: the preset's)")
     ap.add_argument("--frames", type=int, default=8, help="imagined frames per timed rollout")
     ap.add_argument("--candidates", type=int, default=4, help="futures imagined together in the batched row")
     ap.add_argument("--repeats", type=int, default=3)
@@ -117,50 +122,61 @@ def main() -> None:
     from worldbagel.actions import DiscreteActionCodec
     from worldbagel.envs import GridWorldEnv
     from worldbagel.eval.heldout import record_env_episodes
-    from worldbagel.world_model_loader import generation_config, load_world_model
+    from worldbagel.world_model_loader import load_world_model
 
     console = Console()
     model, is_grid, described = model_choice(args.model)
     steps = [int(s) for s in args.steps.split(",")]
-    default = generation_config("fast")
     codec = DiscreteActionCodec(GridWorldEnv.action_names)
-    wm = load_world_model(model, sampler=default, codec=codec)
+    wm = load_world_model(model, codec=codec)  # the model's own sampler preset (ModelConfig.sampler)
+    default = wm.config.sampler
+    scales = [float(c) for c in args.cfg_text.split(",")] if args.cfg_text else [default.cfg_text_scale]
     frames, actions = grid_frames(2)
     h, w = wm.pipe.vae_transform.target_size(*frames[0].shape[:2])
     console.print(
         f"model: {described}; frames {h}x{w}; torch threads {torch.get_num_threads()}; "
-        f"default sampler `fast` (num_steps {default.num_steps}, text CFG {default.cfg_text_scale}, "
+        f"default sampler: the model's own (num_steps {default.num_steps}, text CFG {default.cfg_text_scale}, "
         f"image CFG {default.cfg_img_scale})"
     )
 
     table = Table(title=f"Imagined frames/s ({args.frames}-frame open-loop rollout, best of {args.repeats})")
-    for col in ("num_steps", "s / frame", "frames/s", f"x{args.candidates} batched frames/s", "vs default"):
+    for col in (
+        "num_steps",
+        "text CFG",
+        "s / frame",
+        "frames/s",
+        f"x{args.candidates} batched frames/s",
+        "vs default",
+    ):
         table.add_column(col, justify="right")
-    settings = sorted(set(steps) | {default.num_steps})
-    best = {(n, c): float("inf") for n in settings for c in (1, args.candidates)}
+    home = (default.num_steps, default.cfg_text_scale)
+    settings = sorted(set(itertools.product(steps, scales)) | {home})
+    best = {(n, g, c): float("inf") for n, g in settings for c in (1, args.candidates)}
     for r in range(args.repeats + 1):  # round-robin over the settings, so load spikes hit them alike
-        for n, c in best:
-            wm.config.sampler = replace(default, num_steps=n)
+        for n, g, c in best:
+            wm.config.sampler = replace(default, num_steps=n, cfg_text_scale=g)
             sec = rollout_seconds(wm, frames, actions, args.frames, c, r)
             if r > 0:  # round 0 is the warm-up
-                best[(n, c)] = min(best[(n, c)], sec)
+                best[(n, g, c)] = min(best[(n, g, c)], sec)
     rows = {
-        n: (best[(n, 1)] / args.frames, args.candidates * args.frames / best[(n, args.candidates)])
-        for n in settings
+        (n, g): (best[(n, g, 1)] / args.frames, args.candidates * args.frames / best[(n, g, args.candidates)])
+        for n, g in settings
     }
-    base = rows[default.num_steps][0]
-    for n, (one, batched) in rows.items():
-        label = f"{n} (default)" if n == default.num_steps else str(n)
-        table.add_row(label, f"{one:.3f}", f"{1 / one:.1f}", f"{batched:.1f}", f"{base / one:.2f}x")
+    base = rows[home][0]
+    for (n, g), (one, batched) in rows.items():
+        label = f"{n} (default)" if (n, g) == home else str(n)
+        table.add_row(label, f"{g:g}", f"{one:.3f}", f"{1 / one:.1f}", f"{batched:.1f}", f"{base / one:.2f}x")
     console.print(table)
-    # s/frame = overhead + per_eval * (num_steps - 1): least squares over the settings
-    x = np.array([n - 1 for n in rows], dtype=np.float64)
-    y = np.array([rows[n][0] for n in rows])
-    slope, icpt = np.polyfit(x, y, 1) if len(rows) > 1 else (float("nan"), float("nan"))
-    console.print(
-        f"fit: s/frame = {icpt:.3f} (per frame: decode, re-encode into the history, action prefill) "
-        f"+ {slope:.4f} x (num_steps - 1) (one denoising evaluation with its CFG branches)"
-    )
+    # s/frame = overhead + per_eval * (num_steps - 1): least squares over the settings of each CFG scale
+    for g in scales:
+        fit = {n: rows[(n, h)][0] for n, h in rows if h == g}
+        x = np.array([n - 1 for n in fit], dtype=np.float64)
+        y = np.array(list(fit.values()))
+        slope, icpt = np.polyfit(x, y, 1) if len(fit) > 1 else (float("nan"), float("nan"))
+        console.print(
+            f"fit (text CFG {g:g}): s/frame = {icpt:.3f} (per frame: decode, re-encode into the history, "
+            f"action prefill, outcome text) + {slope:.4f} x (num_steps - 1) (one denoising evaluation)"
+        )
 
     run_quality = args.quality == "on" or (args.quality == "auto" and is_grid)
     if not run_quality:
@@ -170,12 +186,29 @@ def main() -> None:
         "WorldBagel/GridWorld-v0", {"split": "eval"}, "random", args.episodes, 1000, 16
     )
     qt = Table(title=f"Symbolic accuracy vs sampling steps ({args.episodes} held-out episodes)")
-    for col in ("num_steps", "samples", "next frame", "open loop k=8", "copy-last-frame k=8", "PSNR k=1"):
+    cols = (
+        "num_steps",
+        "text CFG",
+        "samples",
+        "next frame",
+        "open loop k=8",
+        "copy-last-frame k=8",
+        "PSNR k=1",
+    )
+    for col in cols:
         qt.add_column(col, justify="right")
-    for n in steps:
-        wm.config.sampler = replace(default, num_steps=n)
+    for n, g in itertools.product(steps, scales):
+        wm.config.sampler = replace(default, num_steps=n, cfg_text_scale=g)
         q = quality(wm, episodes, 0)
-        qt.add_row(str(n), str(q["n"]), pct(q["next"]), pct(q["open8"]), pct(q["copy8"]), f"{q['psnr1']:.2f}")
+        qt.add_row(
+            str(n),
+            f"{g:g}",
+            str(q["n"]),
+            pct(q["next"]),
+            pct(q["open8"]),
+            pct(q["copy8"]),
+            f"{q['psnr1']:.2f}",
+        )
     console.print(qt)
 
 

@@ -37,7 +37,7 @@ def _state(info) -> dict:
 def wm():
     from worldbagel.world_model_loader import load_world_model
 
-    return load_world_model("gridworld", sampler="fast", codec=CODEC)
+    return load_world_model("gridworld", codec=CODEC)  # its own sampler preset
 
 
 def test_folder_is_the_official_layout_and_a_few_megabytes():

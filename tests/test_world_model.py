@@ -210,3 +210,77 @@ def test_outcome_text_window_starts_at_a_frame(tiny_pipe, frame):
     assert [g[0][0] for g in _groups(wm)[1:]] == ["vae", "text", "vae"]
     with pytest.raises(ConfigError, match="outcome_max_tokens"):
         WorldModelConfig(outcome_max_tokens=0).check()
+
+
+def test_each_model_samples_with_its_own_preset_unless_told_otherwise(tiny_dir):
+    from worldbagel.cli import compose_config
+    from worldbagel.world_model_loader import generation_config, load_world_model
+
+    tiny = {"name": "tiny", "path": str(tiny_dir)}
+    # the shipped model names the `gridworld` preset (4 steps, no guidance); other presets keep `fast`
+    assert load_world_model("gridworld", codec=CODEC).config.sampler == generation_config("gridworld")
+    assert (
+        generation_config("gridworld").cfg_text_scale == 1.0 and generation_config("gridworld").num_steps == 4
+    )
+    assert load_world_model(tiny, codec=CODEC).config.sampler == generation_config("fast")
+    assert load_world_model(tiny, sampler="release", codec=CODEC).config.sampler == generation_config(
+        "release"
+    )
+    # on the command line a sampler field edits the model's own preset; sampler=<preset> still wins
+    _, cfg = compose_config("eval", ["sampler.num_steps=2"])
+    assert (cfg.sampler.num_steps, cfg.sampler.cfg_text_scale) == (2, 1.0)  # gridworld preset, 2 steps
+    _, cfg = compose_config("eval", ["model=tiny", f"model.path={tiny_dir}", "sampler.num_steps=2"])
+    assert (cfg.sampler.num_steps, cfg.sampler.cfg_text_scale) == (2, 2.0)  # fast preset, 2 steps
+    _, cfg = compose_config("predict", ["video=x.mp4", "sampler=release", "sampler.num_steps=5"])
+    assert (cfg.sampler.num_steps, cfg.sampler.cfg_text_scale) == (5, 4.0)
+    _, cfg = compose_config("rollout", ["policy.kwargs.model.name=tiny", "sampler.num_steps=3"])
+    assert (cfg.sampler.num_steps, cfg.sampler.cfg_text_scale) == (3, 2.0)  # the policy's model decides
+    _, cfg = compose_config("eval", [])
+    assert cfg.sampler is None  # resolved when the model loads
+
+
+def test_guessed_tokens_change_nothing_but_the_number_of_forwards(pipe, frame, request):
+    from worldbagel.actions import next_action_question
+    from worldbagel.inference.generate import _lookup_draft, generate_text_batch
+
+    # prompt lookup: what followed the latest earlier occurrence of the newest n-gram, never across an image
+    assert _lookup_draft([5, 6, 7, 8, -1, 5, 6], 3) == [7, 8]
+    assert _lookup_draft([1, 2, 3, 1, 2], 2) == [3, 1] and _lookup_draft([1, 2, 3], 4) == []
+    wm = _wm(pipe).reset(frame, instruction="reach the goal")
+    contexts = []
+    for a in range(4):  # outcome texts / whatever follows an action, as the world model asks for them
+        contexts.append(wm.fork().act(a).context)
+    question = wm.context.fork()
+    question.add_text(next_action_question(CODEC))  # its answer's words occur in the question
+    contexts.append(question)
+    calls = []
+    forward = pipe.model.forward_packed
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return forward(*args, **kwargs)
+
+    runs = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(pipe.model, "forward_packed", counting)
+        for draft in (0, 8):
+            calls.clear()
+            outs = generate_text_batch(
+                [c.fork() for c in contexts], max_new_tokens=24, return_logits=True, draft=draft
+            )
+            runs[draft] = (outs, len(calls))
+    (plain, n_plain), (guessed, n_guessed) = runs[0], runs[8]
+    for a, b in zip(plain, guessed):
+        assert (
+            a.ids == b.ids
+            and a.stopped == b.stopped
+            and len(a.logits) == len(b.logits) == len(a.ids) + a.stopped
+        )
+        torch.testing.assert_close(torch.stack(a.logits), torch.stack(b.logits), atol=1e-4, rtol=1e-4)
+    assert n_plain == max(len(o.ids) + o.stopped for o in plain)  # one forward per generated token
+    if request.node.callspec.params["pipe"] == "shipped":  # it answers with the question's words: guesses land
+        assert n_guessed < n_plain
+    else:  # random weights: guesses may all miss, never cost a forward
+        assert n_guessed <= n_plain
+    with pytest.raises(ConfigError, match="draft"):
+        generate_text_batch(contexts[:1], draft=-1)

@@ -92,8 +92,33 @@ def compose_config(command: str, overrides: list[str]):
             item = f"{spec.positional}={item}"
         fixed.append(item)
     with initialize_config_module("worldbagel.configs", version_base="1.3"):
+        fixed = _sampler_preset(command, fixed, lambda o: compose(config_name=command, overrides=o))
         cfg = compose(config_name=command, overrides=fixed)
     return cfg, OmegaConf.to_object(cfg)
+
+
+def _sampler_preset(command: str, overrides: list[str], compose) -> list[str]:
+    """`sampler.<field>=...` without `sampler=<preset>` on a command whose sampler defaults to null (the
+    model's own preset) edits that model's preset: `sampler=<model.sampler>` is added first, so the fields
+    have a sampler to land in (Hydra cannot set a field of a null group)."""
+    keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides]
+    if not any(k.startswith("sampler.") for k in keys) or "sampler" in keys:
+        return overrides
+    plain = [o for o, k in zip(overrides, keys) if not k.startswith("sampler.")]
+    base = compose(plain)
+    if "sampler" not in base or base.sampler is not None:
+        return overrides
+    from omegaconf import OmegaConf
+
+    from worldbagel.world_model_loader import model_config
+
+    model = base.get("model")
+    if model is None:  # rollout without model=...: the policy's own model (default: the shipped one)
+        policy = base.get("policy")
+        model = policy.kwargs.get("model") if policy is not None else None
+        model = OmegaConf.to_container(model) if OmegaConf.is_config(model) else model
+    preset = model.sampler if OmegaConf.is_config(model) else model_config(model).sampler
+    return [f"sampler={preset}", *overrides]
 
 
 def main(argv: list[str] | None = None) -> int:

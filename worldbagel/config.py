@@ -43,6 +43,9 @@ class ModelConfig:
     world: dict[str, Any] = field(default_factory=dict)
     """This model's WorldModelConfig defaults (e.g. `max_history_frames: 1` for a model trained on one context
     frame); options given to a command or policy win over them."""
+    sampler: str = "fast"
+    """The sampler preset (configs/sampler) this model predicts frames with wherever a command or policy leaves
+    the sampler unset; `sampler=<preset>` or `sampler.<field>=...` on a command line wins over it."""
 
 
 @dataclass
@@ -242,8 +245,8 @@ class PredictConfig:
 
     model: ModelConfig = field(default_factory=ModelConfig)
     """The world model (group `model`; default: the gridworld model shipped in the package)."""
-    sampler: SamplerConfig = field(default_factory=SamplerConfig)
-    """Frame sampling knobs (group `sampler`)."""
+    sampler: SamplerConfig | None = None
+    """Frame sampling knobs (group `sampler`); None = the model's own preset (`model.sampler`)."""
     video: str = "???"
     """The clip to continue: an .mp4/.gif file, a folder of png/jpg frames, or one image file."""
     frames: int | None = None
@@ -273,7 +276,7 @@ class ReasonConfig:
 
     model: ModelConfig = field(default_factory=ModelConfig)
     """The world model (group `model`)."""
-    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    sampler: SamplerConfig | None = None
     """Sampling knobs (group `sampler`; unused by text answers, kept for a uniform command line)."""
     image: str = "???"
     """An image file, or a video / frame folder (every frame enters the history in order)."""
@@ -297,8 +300,8 @@ class ImagineConfig:
 
     model: ModelConfig = field(default_factory=ModelConfig)
     """The world model (group `model`)."""
-    sampler: SamplerConfig = field(default_factory=SamplerConfig)
-    """Frame sampling knobs (group `sampler`)."""
+    sampler: SamplerConfig | None = None
+    """Frame sampling knobs (group `sampler`); None = the model's own preset (`model.sampler`)."""
     env: EnvConfig = field(default_factory=EnvConfig)
     """The real environment (group `env`)."""
     actions: list[Any] | None = None
@@ -328,8 +331,8 @@ class EvalConfig:
 
     model: ModelConfig = field(default_factory=ModelConfig)
     """The world model under test (group `model`; default: the gridworld model shipped in the package)."""
-    sampler: SamplerConfig = field(default_factory=SamplerConfig)
-    """Frame sampling knobs (group `sampler`)."""
+    sampler: SamplerConfig | None = None
+    """Frame sampling knobs (group `sampler`); None = the model's own preset (`model.sampler`)."""
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     """Held-out data (group `dataset`: gridworld = held-out layouts recorded now, trajectories, nwm, video)."""
     env: EnvConfig = field(default_factory=EnvConfig)

@@ -91,7 +91,7 @@ class ImaginedEnv(gym.Env):
         real_env_kwargs: Mapping[str, Any] | None = None,
         initial_frames: Any = None,
         model: Any = None,
-        sampler: Any = "fast",
+        sampler: Any = None,
         world: Mapping[str, Any] | None = None,
         codec: ActionCodec | None = None,
         reward_fn: RewardFn | str | None = "auto",

@@ -1,6 +1,6 @@
 """Build a `WorldModel` from config-style inputs: a model preset (or ModelConfig) and a sampler preset.
 
-    wm = load_world_model("gridworld", sampler="fast", codec=codec)                    # the shipped model
+    wm = load_world_model("gridworld", codec=codec)            # the shipped model, with its own sampler preset
     wm = load_world_model({"name": "tiny", "path": "tests/fixtures/bagel-tiny"}, sampler={"num_steps": 3})
 
 Presets are the yaml files of the CLI's config groups (`worldbagel/configs/model/<name>.yaml`,
@@ -142,12 +142,13 @@ def clear_pipeline_cache() -> None:
 
 def load_world_model(
     model: str | Mapping | ModelConfig | None = None,
-    sampler: str | Mapping | SamplerConfig | GenerationConfig | None = "fast",
+    sampler: str | Mapping | SamplerConfig | GenerationConfig | None = None,
     codec: ActionCodec | None = None,
     world: Mapping | WorldModelConfig | None = None,
     pipe: BagelPipeline | None = None,
 ) -> WorldModel:
-    """A WorldModel on `pipe` (or the pipeline of `model`), sampling with `sampler`.
+    """A WorldModel on `pipe` (or the pipeline of `model`), sampling with `sampler` (None: the model's own
+    preset, `ModelConfig.sampler`, e.g. the shipped gridworld model's 4-step unguided `gridworld` preset).
 
     `world` holds the other WorldModelConfig fields (max_history_frames, use_vit, reencode, image_cfg,
     window_slack) as a mapping or a full WorldModelConfig (whose own sampler then wins over `sampler`). A
@@ -157,7 +158,11 @@ def load_world_model(
     if isinstance(world, WorldModelConfig):
         config = world
     else:
-        defaults = dict(model_config(model).world) if pipe is None or model is not None else {}
+        # the model's own defaults; a bare pipe (no model config) has none: dataclass defaults, `fast`
+        own = model_config(model) if pipe is None or model is not None else ModelConfig(world={}, sampler="fast")
+        defaults = dict(own.world)
+        if sampler is None:
+            sampler = own.sampler
         options = {**defaults, **{k: v for k, v in dict(world or {}).items() if v is not None}}
         known = {f.name for f in fields(WorldModelConfig)} - {"sampler"}
         unknown = sorted(set(options) - known)

@@ -270,7 +270,7 @@ def run(cfg: EvalConfig, console: Console) -> int:
         "run": {
             "command": "eval",
             "model": {"name": cfg.model.name, "path": cfg.model.path},
-            "sampler": asdict(cfg.sampler),
+            "sampler": asdict(wm.config.sampler),
             "dataset": {k: v for k, v in asdict(cfg.dataset).items() if v is not None},
             "episodes": len(episodes) if episodes is not None else 0,
             "tasks": tasks,
