@@ -278,7 +278,9 @@ def test_guessed_tokens_change_nothing_but_the_number_of_forwards(pipe, frame, r
         )
         torch.testing.assert_close(torch.stack(a.logits), torch.stack(b.logits), atol=1e-4, rtol=1e-4)
     assert n_plain == max(len(o.ids) + o.stopped for o in plain)  # one forward per generated token
-    if request.node.callspec.params["pipe"] == "shipped":  # it answers with the question's words: guesses land
+    if (
+        request.node.callspec.params["pipe"] == "shipped"
+    ):  # it answers with the question's words: guesses land
         assert n_guessed < n_plain
     else:  # random weights: guesses may all miss, never cost a forward
         assert n_guessed <= n_plain

@@ -162,7 +162,9 @@ class WorldModel:
             noise,
         )
 
-    def _frame_segments(self, latents: torch.Tensor, grid: tuple[int, int], frame: np.ndarray) -> list[Segment]:
+    def _frame_segments(
+        self, latents: torch.Tensor, grid: tuple[int, int], frame: np.ndarray
+    ) -> list[Segment]:
         """A predicted frame's history segments: its latents as they are, or (`pixels`) the decoded frame
         encoded again like a real one."""
         if self.config.reencode == "latents":

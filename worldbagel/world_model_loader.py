@@ -159,7 +159,11 @@ def load_world_model(
         config = world
     else:
         # the model's own defaults; a bare pipe (no model config) has none: dataclass defaults, `fast`
-        own = model_config(model) if pipe is None or model is not None else ModelConfig(world={}, sampler="fast")
+        own = (
+            model_config(model)
+            if pipe is None or model is not None
+            else ModelConfig(world={}, sampler="fast")
+        )
         defaults = dict(own.world)
         if sampler is None:
             sampler = own.sampler

@@ -148,7 +148,9 @@ class Context:
         in all; if anything is dropped, re-prefill the kept segments from rope 0. Returns self."""
         return self.extend(self.drop_groups(max_groups, keep_first))
 
-    def drop_groups(self, max_groups: int, keep_first: int = 0, incoming: list[Segment] = ()) -> list[Segment]:
+    def drop_groups(
+        self, max_groups: int, keep_first: int = 0, incoming: list[Segment] = ()
+    ) -> list[Segment]:
         """The windowing half of `window`, for appending `incoming` (new groups) in the same forward: if this
         context's groups plus the incoming ones exceed `max_groups`, the cache is emptied (rope restarts at 0)
         and the kept old segments followed by `incoming` are returned, to be prefilled together; otherwise
