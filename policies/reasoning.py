@@ -16,6 +16,14 @@ answer naming two different actions does not). An answer that does not parse is 
 returns the fallback action (`fallback="random"`: drawn from the policy's seeded generator; or a fixed
 action / action text) and counts it. `invalid_count`, `question_count` and `last_answers` are public, and
 `episode_stats()` returns them as a dict (e.g. for a rollout's metrics).
+
+`choose="score"` (discrete codecs with a vocabulary) reads the model's action distribution instead of its
+text: the log-likelihood of each action phrase as the answer (`score_text_batch`, one packed forward for all
+envs and actions) gives pi(a | history) = softmax(log p / temperature), recorded in `Answer.probs`; no answer
+is ever invalid. `temperature=0` (default) takes the most likely action / the greedy text; `temperature > 0`
+samples (seeded by the policy's seed), from pi in score mode or token by token in generate mode. A greedy
+policy repeats itself in a state it misjudges (a real step that undoes the last one, back and forth), a
+sampled one does not get stuck there.
 """
 
 from __future__ import annotations
@@ -28,10 +36,11 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import torch
 
 from worldbagel.actions import NEXT_ACTION_QUESTION, ActionCodec, next_action_question, normalize_text
 from worldbagel.errors import InvalidAction, bad_argument
-from worldbagel.inference.generate import generate_text_batch
+from worldbagel.inference.generate import generate_text_batch, score_text_batch
 from worldbagel.inference.pipeline import VLM_THINK_SYSTEM_PROMPT, split_think
 from worldbagel.policies.world_model_policy import HistorySlot, WorldModelPolicy
 from worldbagel.world_model import WorldModel
@@ -75,6 +84,8 @@ class Answer:
     action: Any
     """The action taken (the fallback when the answer was invalid)."""
     valid: bool
+    probs: list[float] | None = None
+    """choose="score": pi(a | history) over the codec's vocabulary (temperature 0: at temperature 1)."""
 
 
 class ReasoningPolicy(WorldModelPolicy):
@@ -90,6 +101,8 @@ class ReasoningPolicy(WorldModelPolicy):
         max_new_tokens: int | None = None,
         instruction: str | None = None,
         seed: int | None = None,
+        choose: str = "generate",
+        temperature: float = 0.0,
     ):
         if not isinstance(world_model, WorldModel):
             raise bad_argument("world_model", world_model, "pass a worldbagel.WorldModel")
@@ -106,6 +119,18 @@ class ReasoningPolicy(WorldModelPolicy):
         self.action_space = action_space
         self.question = question or next_action_question(self.codec)
         self.think = bool(think)
+        if choose not in ("generate", "score"):
+            raise bad_argument("choose", choose, "use 'generate' (parse the answer text) or 'score'")
+        if choose == "score" and (not self.codec.vocabulary or self.think):
+            why = (
+                "think mode (its answer follows a thought)" if self.think else "a codec without a vocabulary"
+            )
+            raise bad_argument(
+                "choose", choose, f"scoring action phrases does not work with {why}; use 'generate'"
+            )
+        if not (isinstance(temperature, (int, float)) and temperature >= 0):
+            raise bad_argument("temperature", temperature, "use 0 (most likely action) or a positive number")
+        self.choose, self.temperature = choose, float(temperature)
         self.max_new_tokens = int(max_new_tokens or (256 if think else 16))
         if self.max_new_tokens < 1:
             raise bad_argument("max_new_tokens", max_new_tokens, "use an int >= 1")
@@ -154,6 +179,7 @@ class ReasoningPolicy(WorldModelPolicy):
         if seed is not None or not hasattr(self, "_rng"):
             self._rng = np.random.default_rng(seed)
             self.action_space.seed(int(self._rng.integers(2**31)))
+            self._torch_gen = torch.Generator().manual_seed(int(self._rng.integers(2**62)))
         for slot in self._slots:
             slot.new_episode = True
         self.invalid_count = 0
@@ -170,8 +196,7 @@ class ReasoningPolicy(WorldModelPolicy):
             return self._fixed
         return self.action_space.sample()
 
-    def ask(self, worlds: list[WorldModel]) -> list[tuple[str, str]]:
-        """(thought, answer) of the next-action question for each history, in one batched generation."""
+    def _questions(self, worlds: list[WorldModel]) -> list:
         contexts = []
         for w in worlds:
             ctx = w.context.fork()
@@ -179,11 +204,29 @@ class ReasoningPolicy(WorldModelPolicy):
                 ctx.add_text(VLM_THINK_SYSTEM_PROMPT)
             ctx.add_text(self.question)
             contexts.append(ctx)
-        outs = generate_text_batch(contexts, max_new_tokens=self.max_new_tokens)
+        return contexts
+
+    def ask(self, worlds: list[WorldModel]) -> list[tuple[str, str]]:
+        """(thought, answer) of the next-action question for each history, in one batched generation."""
+        sampled = self.temperature > 0
+        outs = generate_text_batch(
+            self._questions(worlds),
+            max_new_tokens=self.max_new_tokens,
+            do_sample=sampled,
+            temperature=self.temperature if sampled else 1.0,
+            generator=self._torch_gen if sampled else None,
+        )
         return [split_think(o.text) if self.think else ("", o.text.strip()) for o in outs]
+
+    def action_probs(self, worlds: list[WorldModel]) -> np.ndarray:
+        """pi(a | history) over the codec's vocabulary for each history [N, A] (temperature 0 reads as 1)."""
+        logp = score_text_batch(self._questions(worlds), list(self.codec.vocabulary)).double()
+        return torch.softmax(logp / (self.temperature or 1.0), dim=-1).numpy()
 
     def _act(self, observations: list, infos: list[dict]) -> list:
         worlds = self._observe_all(observations, infos)
+        if self.choose == "score":
+            return self._act_by_score(worlds)
         answers = []
         for slot, (thought, text) in zip(self._slots, self.ask(worlds)):
             self.question_count += 1
@@ -198,5 +241,20 @@ class ReasoningPolicy(WorldModelPolicy):
         self.last_answers = answers
         return [a.action for a in answers]
 
+    def _act_by_score(self, worlds: list[WorldModel]) -> list:
+        answers = []
+        for slot, probs in zip(self._slots, self.action_probs(worlds)):
+            self.question_count += 1
+            pick = int(self._rng.choice(len(probs), p=probs)) if self.temperature > 0 else int(probs.argmax())
+            text = self.codec.vocabulary[pick]
+            action = self.codec.decode(text)
+            slot.last_action = action
+            answers.append(Answer(text, "", action, True, [float(p) for p in probs]))
+        self.last_answers = answers
+        return [a.action for a in answers]
+
     def __repr__(self) -> str:
-        return f"ReasoningPolicy(think={self.think}, fallback={self.fallback!r}, question={self.question!r})"
+        return (
+            f"ReasoningPolicy(choose={self.choose!r}, temperature={self.temperature}, think={self.think}, "
+            f"fallback={self.fallback!r}, question={self.question!r})"
+        )

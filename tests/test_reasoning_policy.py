@@ -134,3 +134,80 @@ def test_bad_fallback_is_a_clear_error(tiny_pipe):
         ReasoningPolicy(_wm(tiny_pipe), fallback="fly")
     with pytest.raises(ConfigError, match="fallback"):
         ReasoningPolicy(_wm(tiny_pipe), fallback=9)
+
+
+def _shipped_pipe():
+    from worldbagel.world_model_loader import load_pipeline
+
+    try:
+        return load_pipeline("gridworld")
+    except ConfigError as exc:
+        pytest.skip(f"the shipped gridworld model is not built yet: {exc}")
+
+
+def test_scores_are_the_log_likelihood_of_saying_each_text(frame):
+    import torch
+
+    from worldbagel.inference.generate import generate_text, score_text_batch
+
+    pipe = _shipped_pipe()
+    wm = _wm(pipe).reset(frame, instruction="reach the green goal")
+    ctx = wm.context.fork()
+    ctx.add_text(next_action_question(CODEC))
+    said = generate_text(ctx.fork(), max_new_tokens=16, return_logits=True)
+    assert said.stopped and pipe.tokenizer.encode(said.text) == said.ids
+    # teacher forcing the greedy answer reproduces the log-probabilities the decoder saw, <|im_end|> included
+    want = sum(
+        torch.log_softmax(row, -1)[tok] for row, tok in zip(said.logits, [*said.ids, pipe.special.eos])
+    )
+    scores = score_text_batch([ctx, ctx.fork()], [said.text, "move nowhere", *CODEC.vocabulary])
+    assert scores.shape == (2, 6) and torch.equal(scores[0], scores[1])
+    torch.testing.assert_close(scores[0, 0], want.float(), atol=1e-3, rtol=1e-4)
+    # the greedy answer is at least as likely as any other action phrase; the context is left untouched
+    assert scores[0, 0] >= scores[0, 2:].max() - 1e-4 and scores[0, 1] < scores[0, 0]
+    assert (
+        ctx.num_tokens == wm.context.num_tokens + len(pipe.tokenizer.encode(next_action_question(CODEC))) + 2
+    )
+
+
+def test_score_mode_reads_the_models_action_distribution(frame):
+    pipe = _shipped_pipe()
+    env = make_env("WorldBagel/GridWorld-v0", split="eval")
+    wm = WorldModel(pipe, CODEC, WorldModelConfig(max_history_frames=1, window_slack=0))
+    runs = {}
+    for temperature in (0.0, 0.0, 1.0, 1.0):
+        policy = ReasoningPolicy(wm, choose="score", temperature=temperature, seed=7)
+        obs, info = env.reset(seed=3)
+        acts, probs = [], []
+        for _ in range(4):
+            acts.append(int(policy.act(obs, info)))
+            probs.append(policy.last_answers[0].probs)
+            obs, _, _, _, info = env.step(acts[-1])
+        p = np.asarray(probs)
+        assert p.shape == (4, 4) and np.allclose(p.sum(1), 1.0) and policy.invalid_count == 0
+        if temperature == 0:
+            assert acts == list(p.argmax(1))  # the most likely action every step
+        runs.setdefault(temperature, []).append(acts)
+    assert runs[0.0][0] == runs[0.0][1] and runs[1.0][0] == runs[1.0][1]  # seeded sampling repeats
+
+
+def test_bad_choose_and_temperature_are_named(tiny_pipe):
+    with pytest.raises(ConfigError, match="choose"):
+        ReasoningPolicy(_wm(tiny_pipe), choose="vote")
+    with pytest.raises(ConfigError, match="think mode"):
+        ReasoningPolicy(_wm(tiny_pipe), choose="score", think=True)
+    with pytest.raises(ConfigError, match="temperature"):
+        ReasoningPolicy(_wm(tiny_pipe), temperature=-1)
+
+
+def test_sampled_answers_repeat_with_the_seed(tiny_pipe, frame):
+    texts = []
+    for seed in (5, 5, 6):
+        policy = ReasoningPolicy(_wm(tiny_pipe), temperature=1.0, max_new_tokens=8, seed=seed)
+        policy.act(frame, {})
+        policy.act(frame, {})
+        texts.append([a.text for a in policy.last_answers] + [policy.invalid_count])
+    greedy = ReasoningPolicy(_wm(tiny_pipe), max_new_tokens=8, seed=5)
+    greedy.act(frame, {})
+    assert texts[0] == texts[1] and texts[0] != texts[2]  # seeded, and the seed matters
+    assert texts[0][0] != greedy.last_answers[0].text  # sampling, not the greedy answer
