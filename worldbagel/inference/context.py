@@ -12,6 +12,7 @@ rollouts. Several contexts advance together in one packed forward with `extend_b
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
@@ -149,7 +150,7 @@ class Context:
         return self.extend(self.drop_groups(max_groups, keep_first))
 
     def drop_groups(
-        self, max_groups: int, keep_first: int = 0, incoming: list[Segment] = ()
+        self, max_groups: int, keep_first: int = 0, incoming: Sequence[Segment] = ()
     ) -> list[Segment]:
         """The windowing half of `window`, for appending `incoming` (new groups) in the same forward: if this
         context's groups plus the incoming ones exceed `max_groups`, the cache is emptied (rope restarts at 0)
