@@ -11,6 +11,7 @@ of every request is packed into ONE forward per step (noisy tokens never enter a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -93,6 +94,7 @@ def generate_text_batch(
     generator: torch.Generator | None = None,
     return_logits: bool = False,
     draft: int = 8,
+    draft_from: Sequence[Sequence[int]] = (),
 ) -> list[TextOutput]:
     """Generate text after each context, all contexts decoded together in one packed forward per step.
 
@@ -100,7 +102,9 @@ def generate_text_batch(
     lookup: what followed the latest earlier occurrence of the newest n-gram in the context's texts or the
     output so far, e.g. the previous "at 3,5 facing right" while saying the next one) and keeps the longest
     prefix that the model's own argmax reproduces, plus the argmax after it. The output is plain greedy
-    decoding's (up to float rounding of the wider forward) in fewer forwards; `draft=0` feeds one token."""
+    decoding's (up to float rounding of the wider forward) in fewer forwards; `draft=0` feeds one token.
+    `draft_from`: more token sequences the guesses may be copied from (e.g. texts the caller generated before
+    in similar contexts), searched before the context's own texts."""
     if max_new_tokens < 1:
         raise bad_argument("max_new_tokens", max_new_tokens, "must be >= 1")
     if not 0 < top_p <= 1:
@@ -113,7 +117,8 @@ def generate_text_batch(
     caches = [c.cache for c in contexts]
     ropes = [c.rope for c in contexts]
     current = [bos] * len(contexts)
-    history = [_text_history(c) + [bos] for c in contexts] if greedy and draft else None
+    extra = [t for seq in draft_from for t in (*seq, -1)]
+    history = [extra + _text_history(c) + [bos] for c in contexts] if greedy and draft else None
     outs = [TextOutput([], "") for _ in contexts]
     active = list(range(len(contexts)))
     while active:
