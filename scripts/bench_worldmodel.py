@@ -180,7 +180,11 @@ def main() -> None:
 
     run_quality = args.quality == "on" or (args.quality == "auto" and is_grid)
     if not run_quality:
-        why = "--quality off" if args.quality == "off" else "not a gridworld model; pass --quality on to force it"
+        why = (
+            "--quality off"
+            if args.quality == "off"
+            else "not a gridworld model; pass --quality on to force it"
+        )
         console.print(f"quality vs steps: skipped ({why})")
         return
     episodes = record_env_episodes(
