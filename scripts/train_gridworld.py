@@ -1,7 +1,9 @@
 """Train the gridworld world model shipped with worldbagel, with the project's own commands.
 
-    python scripts/train_gridworld.py --out runs/gridworld [--episodes 400] [--vae-steps 1500] \
-        [--steps 3000] [--preset scratch-small] [--install]
+    python scripts/train_gridworld.py --out runs/gridworld [--install]     # the shipped model's recipe (run J)
+    python scripts/train_gridworld.py --out runs/gw --episodes 400 --vae-steps 600 --steps 14000 --preset scratch-deep
+
+The defaults are run J's recipe (docs/training.md): ~40 minutes from nothing on 2 quiet CPU cores.
 
 1. `worldbagel collect` random-policy and shortest-path (oracle) GridWorld episodes on training layouts,
    annotated with questions, answers and thoughts from the symbolic state (worldbagel/data/annotations.py);
@@ -174,7 +176,7 @@ def main() -> None:
     ap.add_argument("--oracle-episodes", type=int, default=200, help="shortest-path episodes")
     ap.add_argument("--vae-steps", type=int, default=600)
     ap.add_argument("--vae-frames", type=int, default=4000)
-    ap.add_argument("--steps", type=int, default=10000)
+    ap.add_argument("--steps", type=int, default=14000, help="fine-tune steps (one cosine schedule)")
     ap.add_argument("--preset", default="scratch-deep")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--ema-decay", type=float, default=0.998)
