@@ -37,9 +37,13 @@ def tiny_config():
     from worldbagel.model.configuration import BagelConfig, LLMConfig, VAEConfig, ViTConfig
 
     llm = LLMConfig(
-        vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4
+        vocab_size=512,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
     )
-    llm.num_key_value_heads = 2
     vit = ViTConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
     vae = VAEConfig(ch=32, ch_mult=[1, 1, 1, 1], num_res_blocks=1)
     return BagelConfig(llm=llm, vit=vit, vae=vae)

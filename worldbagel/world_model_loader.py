@@ -158,12 +158,8 @@ def load_world_model(
     if isinstance(world, WorldModelConfig):
         config = world
     else:
-        # the model's own defaults; a bare pipe (no model config) has none: dataclass defaults, `fast`
-        own = (
-            model_config(model)
-            if pipe is None or model is not None
-            else ModelConfig(world={}, sampler="fast")
-        )
+        # the model's own defaults; a bare pipe (no model config) gets the dataclass's (no world options, `fast`)
+        own = model_config(model) if pipe is None or model is not None else ModelConfig()
         defaults = dict(own.world)
         if sampler is None:
             sampler = own.sampler
