@@ -40,6 +40,7 @@ import torch
 
 from worldbagel.actions import NEXT_ACTION_QUESTION, ActionCodec, next_action_question, normalize_text
 from worldbagel.errors import InvalidAction, bad_argument
+from worldbagel.inference.context import extend_batch
 from worldbagel.inference.generate import generate_text_batch, score_text_batch
 from worldbagel.inference.pipeline import VLM_THINK_SYSTEM_PROMPT, split_think
 from worldbagel.policies.world_model_policy import HistorySlot, WorldModelPolicy
@@ -197,13 +198,10 @@ class ReasoningPolicy(WorldModelPolicy):
         return self.action_space.sample()
 
     def _questions(self, worlds: list[WorldModel]) -> list:
-        contexts = []
-        for w in worlds:
-            ctx = w.context.fork()
-            if self.think:
-                ctx.add_text(VLM_THINK_SYSTEM_PROMPT)
-            ctx.add_text(self.question)
-            contexts.append(ctx)
+        """Forks of the histories with the question appended (after the think prompt), one packed prefill."""
+        contexts = [w.context.fork() for w in worlds]
+        texts = [VLM_THINK_SYSTEM_PROMPT, self.question] if self.think else [self.question]
+        extend_batch(contexts, [[c.text_segment(t) for t in texts] for c in contexts])
         return contexts
 
     def ask(self, worlds: list[WorldModel]) -> list[tuple[str, str]]:
