@@ -106,3 +106,19 @@ def test_answers_where_the_goal_is(wm):
     assert right >= 4
     answer = wm.reason(next_action_question(CODEC), max_new_tokens=24)
     assert CODEC.decode(answer) in range(4), answer  # the next-action answer parses as an action (or raises)
+
+
+def test_planner_beats_random_on_held_out_layouts(tmp_path):
+    from worldbagel.cli import main
+
+    # `worldbagel eval`'s navigation task: the shipped planner (configs/policy/planner.yaml) on two held-out
+    # layouts with short shortest paths under a tight step cap, and the random baseline on the same seeds
+    out = tmp_path / "nav"
+    args = ["eval", "tasks=[navigation]", "navigation.episodes=2", "navigation.seed=1008"]
+    assert main([*args, "env.kwargs.max_steps=16", "navigation.baselines=[random]", f"out={out}"]) == 0
+    nav = json.loads((out / "metrics.json").read_text())["navigation"]
+    random = nav["baselines"]["random"]
+    assert (
+        nav["policy"] == "planner" and nav["failed"] == 0 and nav["success_rate"] == 1.0 and nav["spl"] > 0.5
+    )
+    assert random["n_episodes"] == 2 and random["success_rate"] < 1.0 and random["spl"] < nav["spl"]
