@@ -1,4 +1,5 @@
-"""Policies by name, for the CLI and configs: `make_policy("oracle", env, seed=0, **kwargs)`.
+"""Policies by name, for the CLI and configs: `make_policy("oracle", env, seed=0, **kwargs)`, with the policy's
+yaml preset (configs/policy/<name>.yaml) as defaults under `kwargs`.
 
 Each entry maps a name to `"module:attribute"` of a factory called as `factory(env, seed=seed, **kwargs)`
 (the policy classes' `from_env` classmethods). Modules are imported only when the policy is made. Other
@@ -13,7 +14,7 @@ from typing import Any
 from worldbagel.errors import bad_argument
 from worldbagel.policies.base import Policy
 
-__all__ = ["POLICIES", "make_policy", "register_policy"]
+__all__ = ["POLICIES", "make_policy", "preset_kwargs", "register_policy"]
 
 POLICIES: dict[str, str] = {
     "random": "worldbagel.policies.random_policy:RandomPolicy.from_env",
@@ -41,4 +42,18 @@ def make_policy(name: str, env: Any, seed: int | None = None, **kwargs: Any) -> 
     factory: Any = importlib.import_module(module)
     for part in attr.split("."):
         factory = getattr(factory, part)
-    return factory(env, seed=seed, **kwargs)
+    return factory(env, seed=seed, **{**preset_kwargs(name), **kwargs})
+
+
+def preset_kwargs(name: str) -> dict[str, Any]:
+    """The `kwargs` of the policy's yaml preset (configs/policy/<name>.yaml), {} when it has none: what
+    `worldbagel rollout policy=<name>` uses, so `make_policy(name, env)` builds the same policy; keyword
+    arguments given to `make_policy` win over them."""
+    from importlib import resources
+
+    from omegaconf import OmegaConf
+
+    path = resources.files("worldbagel.configs") / "policy" / f"{name}.yaml"
+    if not path.is_file():
+        return {}
+    return dict(OmegaConf.to_container(OmegaConf.load(str(path)), resolve=True).get("kwargs") or {})

@@ -334,3 +334,23 @@ def test_unabsorbed_last_step_predicts_what_predict_batch_predicts(tiny_pipe, fr
     a = planner_mod.predict_unabsorbed([root.fork(), root.fork()], [0, 1], torch.Generator().manual_seed(5))
     b = wm_mod.predict_batch([root.fork(), root.fork()], 1, [[0], [1]], torch.Generator().manual_seed(5))
     assert all(np.array_equal(x, y[0]) for x, y in zip(a, b))
+
+
+def test_make_policy_builds_what_the_cli_builds(tiny_dir):
+    from worldbagel.policies.registry import preset_kwargs
+    from worldbagel.world_model_loader import generation_config
+
+    # configs/policy/planner.yaml's kwargs are make_policy's defaults: maze scorer, step cost, `fast` sampler
+    assert preset_kwargs("planner")["scorers"] == ["auto"] and preset_kwargs("nope") == {}
+    env = make_env("WorldBagel/GridWorld-v0")
+    tiny = {"name": "tiny", "path": str(tiny_dir)}
+    planner = make_policy("planner", env, seed=0, model=tiny)
+    assert isinstance(planner.scorers[0][0], GridWorldDistanceScorer) and planner.step_cost == 0.01
+    assert planner.world_model.config.sampler == generation_config("fast")
+    # keyword arguments win over the preset
+    bare = make_policy(
+        "planner", env, seed=0, model=tiny, scorers=[], step_cost=0.0, sampler={"num_steps": 3}
+    )
+    assert bare.scorers == [] and bare.step_cost == 0.0 and bare.world_model.config.sampler.num_steps == 3
+    # a baseline that needs kwargs (scripted) gets its yaml's action list
+    assert make_policy("scripted", env, seed=0).act(None, {}) == 1  # "move right"
