@@ -210,6 +210,12 @@ def main() -> None:
         action="store_true",
         help="plan.outcomes=false: do not train (or use) the outcome text said before each predicted frame",
     )
+    ap.add_argument(
+        "--success-repeat",
+        type=int,
+        default=1,
+        help="plan.success_repeat: windows that end on the goal appear this many times per epoch",
+    )
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--eval-episodes", type=int, default=10)
     ap.add_argument("--eval-steps", type=int, default=8)
@@ -286,6 +292,7 @@ def main() -> None:
                 f"train.ema_decay={args.ema_decay}",
                 "plan.context_frames=1",
                 f"plan.outcomes={str(not args.no_outcomes).lower()}",
+                f"plan.success_repeat={args.success_repeat}",
             ]
         )
     folder = model_folder(wm_out)

@@ -79,6 +79,19 @@ def test_windows_context_horizon_skip():
         PlanConfig(target_mode="joint")
 
 
+def test_successful_arrivals_repeat_per_epoch():
+    won = episode(steps=4)
+    won.metadata["success"] = True
+    cfg = PlanConfig(context_frames=1, success_repeat=3)
+    plans = episode_plans(0, won, cfg)
+    # 4 windows; the one whose target is the last frame (the goal reached) three times
+    assert [p.targets for p in plans] == [[1], [2], [3], [4], [4], [4]]
+    assert len(episode_plans(0, episode(steps=4), cfg)) == 4  # not a success: nothing repeats
+    assert len(episode_plans(0, won, PlanConfig(context_frames=1))) == 4  # default 1
+    with pytest.raises(ConfigError, match="success_repeat"):
+        PlanConfig(success_repeat=0)
+
+
 def test_chain_plan_items_follow_the_documented_order():
     ep = episode()
     plan = episode_plans(0, ep, PlanConfig(context_frames=2, horizon=2))[0]

@@ -70,9 +70,12 @@ class PlanConfig:
     says the outcome before it draws the frame (`WorldModelConfig.outcome_text`)."""
     action_separator: str = ", "
     """Joins the action texts of the k env steps between two frames."""
+    success_repeat: int = 1
+    """Windows whose last target is the final frame of a successful episode (the goal reached: one window per
+    episode, ~1 % of them) appear this many times per epoch, so the rare arrival is learned like the rest."""
 
     def __post_init__(self) -> None:
-        for name in ("context_frames", "horizon", "frame_skip", "window_stride"):
+        for name in ("context_frames", "horizon", "frame_skip", "window_stride", "success_repeat"):
             if int(getattr(self, name)) < 1:
                 raise bad_argument(f"plan.{name}", getattr(self, name), "must be an integer >= 1")
         if self.min_context_frames is not None and not 1 <= self.min_context_frames <= self.context_frames:
@@ -285,7 +288,9 @@ def episode_plans(episode_index: int, episode: Any, cfg: PlanConfig) -> list[Seq
             "an episode needs one action text per step (T texts for T+1 frames)",
         )
     instruction, texts = episode_texts(episode)
-    return [
-        make_plan(episode_index, ctx, tgt, actions, cfg, instruction, texts)
-        for ctx, tgt in windows(num_frames, cfg)
-    ]
+    success = bool((getattr(episode, "metadata", None) or {}).get("success"))
+    plans = []
+    for ctx, tgt in windows(num_frames, cfg):
+        plan = make_plan(episode_index, ctx, tgt, actions, cfg, instruction, texts)
+        plans += [plan] * (cfg.success_repeat if success and tgt[-1] == num_frames - 1 else 1)
+    return plans
