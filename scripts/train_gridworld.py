@@ -107,8 +107,8 @@ def held_out_check(
     folder: Path, episodes: int, steps: int, sampling_steps: int, outcomes: bool = True
 ) -> dict:
     """Next-frame symbolic accuracy (teacher forced, and after `steps` open-loop steps along the true actions),
-    answer accuracy and (with `outcomes`) the accuracy of the outcome text said before each frame, on
-    eval-split layouts."""
+    of the move onto the goal (arrival, one per episode), answer accuracy and (with `outcomes`) the accuracy of
+    the outcome text said before each frame, on eval-split layouts."""
     pipe = BagelPipeline.from_pretrained(
         folder, vae_transform=ImageTransform(64, 64, 8), vit_transform=ImageTransform(56, 56, 14)
     )
@@ -157,10 +157,22 @@ def held_out_check(
         wm.reset(first, instruction="reach the green goal")
         imagined = wm.imagine(actions, generator=gen)  # open loop along the true actions
         open_ok += _state(imagined[-1]) == truths[-1]
+    arrival_ok = arrivals = 0
+    for ep in range(episodes):  # the last move of a shortest path: onto the goal (rare in random play)
+        obs, info = env.reset(seed=20_000 + ep)
+        while info["distance"] > 1:
+            obs, *_, info = env.step(env.unwrapped.optimal_action())
+        action = env.unwrapped.optimal_action()
+        wm.reset(obs, instruction="reach the green goal")
+        pred = wm.predict(1, [action], generator=gen)[0]
+        _, _, _, _, info = env.step(action)
+        arrival_ok += _state(pred) == (tuple(info["agent"]), int(info["heading"]), tuple(info["goal"]))
+        arrivals += 1
     return {
         "next_frame_symbolic_accuracy": frames_ok / max(frames_n, 1),
         "copy_last_frame_accuracy": copy_ok / max(frames_n, 1),
         f"open_loop_{steps}_symbolic_accuracy": open_ok / max(episodes, 1),
+        "arrival_symbolic_accuracy": arrival_ok / max(arrivals, 1),
         "answer_exact_match": answers_ok / max(answers_n, 1),
         "outcome_text_accuracy": outcome_ok / max(frames_n, 1) if outcomes else None,
         "frames": frames_n,
