@@ -80,6 +80,21 @@ def test_rarity_weights_lift_rare_colours():
     plain = float(weighted_reconstruction(x_hat, x, "l1", "none"))
     weighted = float(weighted_reconstruction(x_hat, x, "l1", "rarity"))
     assert plain == pytest.approx(2.0 / 200) and weighted > 40 * plain
+    # radius 1: the 3x3 floor around the rare pixel weighs as much as the pixel (painting a halo costs)
+    spread = rarity_weights(x, radius=1)
+    assert float(spread.mean()) == pytest.approx(1.0)
+    ring = spread[0, 0, 3:6, 3:6]
+    assert torch.allclose(ring, ring[1, 1].expand(3, 3)) and float(ring[1, 1]) > 10 * float(
+        spread[0, 0, 0, 0]
+    )
+    assert float(spread[0, 0, 2, 2]) == pytest.approx(float(spread[0, 0, 0, 0]))  # outside the radius
+    halo = x.clone()
+    halo[0, :, 3, 3] = 1.0  # a hallucinated pixel next to the rare one
+    assert float(weighted_reconstruction(halo, x, "l1", "rarity", radius=1)) > 10 * float(
+        weighted_reconstruction(halo, x, "l1", "rarity")
+    )
+    with pytest.raises(ConfigError, match="rarity_radius"):
+        VAETrainConfig(rarity_radius=-1)
 
 
 def test_train_vae_cli_then_finetune_with_it(tmp_path, capsys):
@@ -136,3 +151,24 @@ def test_train_vae_cli_then_finetune_with_it(tmp_path, capsys):
         x = torch.from_numpy(np.zeros((1, 3, 64, 64), np.float32))
         z = loaded.vae.encode(x)
     assert z.shape == (1, 16, 8, 8)
+
+
+def test_success_repeat_adds_the_final_frames_of_successful_episodes(tmp_path):
+    from worldbagel.commands.train_vae import collect_frames
+    from worldbagel.data.episode_writer import EpisodeWriter
+
+    data = tmp_path / "data"
+    for i, won in enumerate((True, False)):
+        with EpisodeWriter(data, f"e{i}", env_id="Toy-v0") as wr:
+            wr.start(np.full((8, 8, 3), 10 * i, np.uint8), {})
+            for t in range(3):  # frame t + 1 has value 10 * i + t + 1
+                last = t == 2
+                info = {"success": won and last}
+                wr.add_step(0, np.full((8, 8, 3), 10 * i + t + 1, np.uint8), 0.0, won and last, False, info)
+            wr.finish()
+    base = collect_frames(str(data), None, None)
+    assert len(base) == 8
+    more = collect_frames(str(data), None, None, success_repeat=2)
+    assert len(more) == 10 and [int(f[0, 0, 0]) for f in more[8:]] == [3, 3]  # e0's last frame, twice
+    with pytest.raises(ConfigError, match="success_repeat"):
+        collect_frames(str(data), None, None, success_repeat=-1)

@@ -154,6 +154,10 @@ class TrainVAEConfig:
     extra_data: list[str] = field(default_factory=list)
     """More trajectory folders whose frames are ALL used on top of `data`'s (not capped by max_frames), e.g.
     rare situations the autoencoder should see more often (gridworld: the agent standing on the goal)."""
+    success_repeat: int = 0
+    """The final frame of every successful episode of `data` (the goal reached) is added this many times on top
+    of the spread frames. A rare *appearance* (gridworld: the agent drawn over the goal, whose 1-pixel ring a
+    64 px autoencoder drops when it sees ~1 % such frames) gets its share; 0 adds none."""
     vae: VAEConfig = field(default_factory=lambda: VAEConfig(ch=32, ch_mult=[1, 2, 2, 2], num_res_blocks=1))
     """Architecture (FLUX layout; downsample must be 2**(len(ch_mult)-1), widths divisible by 32)."""
     train: VAETrainConfig = field(default_factory=VAETrainConfig)

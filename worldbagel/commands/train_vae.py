@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -10,11 +12,18 @@ from rich.table import Table
 from worldbagel.config import TrainVAEConfig
 from worldbagel.errors import bad_argument
 
+logger = logging.getLogger(__name__)
 
-def collect_frames(root: str, splits: list[str] | None, max_frames: int | None) -> list[np.ndarray]:
-    """Frames of a trajectory folder, at most `max_frames`, spread evenly over all of them."""
+
+def collect_frames(
+    root: str, splits: list[str] | None, max_frames: int | None, success_repeat: int = 0
+) -> list[np.ndarray]:
+    """Frames of a trajectory folder, at most `max_frames`, spread evenly over all of them, then the final
+    frame of every successful episode `success_repeat` more times."""
     from worldbagel.data.trajectory import TrajectoryDataset
 
+    if not isinstance(success_repeat, int) or success_repeat < 0:
+        raise bad_argument("success_repeat", success_repeat, "use a whole number >= 0 (0 adds no frames)")
     dataset = TrajectoryDataset(root, splits=splits)
     counts = [ep.length + 1 for ep in dataset]
     total = sum(counts)
@@ -30,13 +39,19 @@ def collect_frames(root: str, splits: list[str] | None, max_frames: int | None) 
         wanted = [t for t in range(n) if offset + t in keep]
         frames.extend(ep.load_frame(t) for t in wanted)
         offset += n
+    if success_repeat:
+        arrivals = [
+            ep.load_frame(n - 1) for ep, n in zip(dataset, counts) if (ep.metadata or {}).get("success")
+        ]
+        logger.info("adding %d final frames of successful episodes x %d", len(arrivals), success_repeat)
+        frames += arrivals * success_repeat
     return frames
 
 
 def run(cfg: TrainVAEConfig, console: Console) -> int:
     from worldbagel.train.vae_trainer import frames_tensor, reconstruction_loss, save_trained_vae, train_vae
 
-    frames = collect_frames(cfg.data, cfg.splits, cfg.max_frames)
+    frames = collect_frames(cfg.data, cfg.splits, cfg.max_frames, cfg.success_repeat)
     for extra in cfg.extra_data:
         frames += collect_frames(extra, cfg.splits, None)
     sources = ", ".join([cfg.data, *cfg.extra_data])

@@ -174,6 +174,10 @@ class VAETrainConfig:
     recon_weighting: str = "none"
     """none, or rarity: weight each pixel by 1 / (how often its exact colour occurs in the batch), normalised
     to mean 1, so small rare objects (a gridworld agent and goal cover ~1 % of the pixels) are not ignored."""
+    rarity_radius: int = 0
+    """With `rarity` weighting, each pixel takes the largest weight within this many pixels (a max filter):
+    the floor around a rare object counts like the object, so the decoder cannot cheaply paint a rare colour
+    there (a gridworld goal ring hallucinated around every agent once agent-on-goal frames are common)."""
     kl_weight: float = 1e-4
     """Weight of the KL term (per latent element) against the per-pixel reconstruction loss."""
     image_size: int = 64
@@ -192,6 +196,8 @@ class VAETrainConfig:
             raise bad_argument("recon", self.recon, "use l1 or mse")
         if self.recon_weighting not in ("none", "rarity"):
             raise bad_argument("recon_weighting", self.recon_weighting, "use none or rarity")
+        if not isinstance(self.rarity_radius, int) or self.rarity_radius < 0:
+            raise bad_argument("rarity_radius", self.rarity_radius, "use a whole number of pixels >= 0")
         for name in ("steps", "batch_size", "image_size", "log_every"):
             if int(getattr(self, name)) < 1:
                 raise bad_argument(name, getattr(self, name), "must be an integer >= 1")

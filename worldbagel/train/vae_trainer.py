@@ -52,25 +52,30 @@ def reconstruction_loss(vae: FluxVAE, x: torch.Tensor, kind: str = "l1") -> torc
 
 
 @torch.no_grad()
-def rarity_weights(x: torch.Tensor) -> torch.Tensor:
+def rarity_weights(x: torch.Tensor, radius: int = 0) -> torch.Tensor:
     """[B, 1, H, W] per-pixel weights 1 / count of the pixel's exact (8-bit) colour in the batch, mean 1.
 
     x: [B, 3, H, W] in [-1, 1]. Flat-coloured domains (gridworld) get their rare small objects weighted up;
-    photographs, where almost every colour is rare, get nearly uniform weights.
+    photographs, where almost every colour is rare, get nearly uniform weights. radius > 0 spreads each
+    weight to the (2 radius + 1)^2 pixels around it (max filter) before normalising.
     """
     b, _, h, w = x.shape
     q = ((x.clamp(-1, 1) + 1) * 127.5).round().long()  # [B, 3, H, W] 0..255
     key = (q[:, 0] * 65536 + q[:, 1] * 256 + q[:, 2]).flatten()  # [B*H*W]
     _, inverse, counts = torch.unique(key, return_inverse=True, return_counts=True)
-    weights = (1.0 / counts.float())[inverse]
-    return (weights / weights.mean()).view(b, 1, h, w)
+    weights = (1.0 / counts.float())[inverse].view(b, 1, h, w)
+    if radius:
+        weights = F.max_pool2d(weights, 2 * radius + 1, stride=1, padding=radius)
+    return weights / weights.mean()
 
 
-def weighted_reconstruction(x_hat: torch.Tensor, x: torch.Tensor, kind: str, weighting: str) -> torch.Tensor:
+def weighted_reconstruction(
+    x_hat: torch.Tensor, x: torch.Tensor, kind: str, weighting: str, radius: int = 0
+) -> torch.Tensor:
     """Mean per-element l1/mse between x_hat and x, pixels weighted by `weighting` (none | rarity)."""
     err = (x_hat - x).abs() if kind == "l1" else (x_hat - x).pow(2)
     if weighting == "rarity":
-        err = err * rarity_weights(x)
+        err = err * rarity_weights(x, radius)
     return err.mean()
 
 
@@ -114,7 +119,7 @@ def train_vae(
         eps = torch.randn(mean.shape, generator=gen).to(device)
         z = mean + torch.exp(0.5 * logvar) * eps
         x_hat = vae.ae.decoder(z)
-        rec = weighted_reconstruction(x_hat, x, cfg.recon, cfg.recon_weighting)
+        rec = weighted_reconstruction(x_hat, x, cfg.recon, cfg.recon_weighting, cfg.rarity_radius)
         kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).mean()
         loss = rec + cfg.kl_weight * kl
         opt.zero_grad(set_to_none=True)
