@@ -165,3 +165,34 @@ def shortest_path_actions(walls: np.ndarray, start: Sequence[int], goal: Sequenc
         actions.append(action)
         cell = (cell[0] + MOVES[action][0], cell[1] + MOVES[action][1])
     return actions
+
+
+def wall_follower_trace(
+    walls: np.ndarray, start: Sequence[int], goal: Sequence[int], heading: int
+) -> list[tuple[int, tuple[int, int]]]:
+    """The right-hand wall follower's walk from `start` to `goal`, as (branch, cell) per move.
+
+    Every rule is local: from the current cell, facing the direction of the last move (`heading` before the
+    first), take the first open move among turn right, straight, turn left, back. In a perfect maze this walk
+    tours each branch depth-first and reaches every cell. `branch` is the move that last left `start`, so the
+    goal is reached inside the excursion whose branch is the first move of the unique shortest path:
+    `trace[-1][0] == shortest_path_actions(walls, start, goal)[0]`. Empty when start == goal. At most
+    2 * (cells - 1) moves (each passage once each way).
+    """
+    rows, cols = cells_shape(walls)
+    cell = _check_cell("start", start, rows, cols)
+    goal = _check_cell("goal", goal, rows, cols)
+    if heading not in range(4):
+        raise bad_argument("heading", heading, "use 0 up, 1 right, 2 down or 3 left")
+    trace: list[tuple[int, tuple[int, int]]] = []
+    branch = -1
+    while cell != goal:
+        if len(trace) > 2 * rows * cols:
+            raise bad_argument("goal", goal, f"it cannot be reached from start={tuple(start)}")
+        move = next((heading + turn) % 4 for turn in (1, 0, 3, 2) if can_move(walls, cell, (heading + turn) % 4))
+        if cell == tuple(start):
+            branch = move
+        heading = move
+        cell = (cell[0] + MOVES[move][0], cell[1] + MOVES[move][1])
+        trace.append((branch, cell))
+    return trace

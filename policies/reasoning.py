@@ -6,7 +6,8 @@ by default
     "Which action should the agent take next? Answer with one of: move up, move right, move down, move left."
 
 (`NEXT_ACTION_QUESTION` filled with the codec's vocabulary; an `instruction` from the constructor or the
-info opens the history). With `think=True` the official thinking system prompt precedes the question and
+info opens the history). With `think=True` the model's thinking system text (`WorldModelConfig.think_prompt`,
+else the official VLM one) precedes the question and
 only the text after `</think>` is parsed. All envs of a vector env are asked together: their forked
 histories go through ONE `generate_text_batch` call.
 
@@ -42,7 +43,7 @@ from worldbagel.actions import NEXT_ACTION_QUESTION, ActionCodec, next_action_qu
 from worldbagel.errors import InvalidAction, bad_argument
 from worldbagel.inference.context import extend_batch
 from worldbagel.inference.generate import generate_text_batch, score_text_batch
-from worldbagel.inference.pipeline import VLM_THINK_SYSTEM_PROMPT, split_think
+from worldbagel.inference.pipeline import split_think
 from worldbagel.policies.world_model_policy import HistorySlot, WorldModelPolicy
 from worldbagel.world_model import WorldModel
 
@@ -132,7 +133,7 @@ class ReasoningPolicy(WorldModelPolicy):
         if not (isinstance(temperature, (int, float)) and temperature >= 0):
             raise bad_argument("temperature", temperature, "use 0 (most likely action) or a positive number")
         self.choose, self.temperature = choose, float(temperature)
-        self.max_new_tokens = int(max_new_tokens or (256 if think else 16))
+        self.max_new_tokens = int(max_new_tokens or (512 if think else 16))
         if self.max_new_tokens < 1:
             raise bad_argument("max_new_tokens", max_new_tokens, "use an int >= 1")
         self.instruction = instruction
@@ -200,8 +201,8 @@ class ReasoningPolicy(WorldModelPolicy):
     def _questions(self, worlds: list[WorldModel]) -> list:
         """Forks of the histories with the question appended (after the think prompt), one packed prefill."""
         contexts = [w.context.fork() for w in worlds]
-        texts = [VLM_THINK_SYSTEM_PROMPT, self.question] if self.think else [self.question]
-        extend_batch(contexts, [[c.text_segment(t) for t in texts] for c in contexts])
+        texts = [[w.think_prompt, self.question] if self.think else [self.question] for w in worlds]
+        extend_batch(contexts, [[c.text_segment(t) for t in ts] for c, ts in zip(contexts, texts)])
         return contexts
 
     def ask(self, worlds: list[WorldModel]) -> list[tuple[str, str]]:

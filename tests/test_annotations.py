@@ -10,13 +10,16 @@ from worldbagel.actions import DiscreteActionCodec, next_action_question
 from worldbagel.cli import main
 from worldbagel.data.annotations import (
     GOAL_QUESTION,
+    GRIDWORLD_THINK_PROMPT,
     GridWorldAnnotator,
     make_annotator,
     outcome_text,
     relative_offset_text,
 )
 from worldbagel.data.trajectory import TrajectoryDataset
+from worldbagel.envs.maze import wall_follower_trace
 from worldbagel.errors import ConfigError
+from worldbagel.inference.pipeline import split_think
 
 
 def test_outcome_text():
@@ -36,20 +39,39 @@ def test_annotations_follow_the_oracle_along_an_episode():
     ACTION_QUESTION = next_action_question(DiscreteActionCodec(env.unwrapped.action_names))
     first = ann(env, obs, info)
     assert first["instruction"] == "reach the green goal"
-    done = False
+    done, forms = False, []
     while not done:
         notes = ann(env, obs, info)
-        qa = {p["q"]: p["a"] for p in notes["qa"]}
+        assert notes == ann(env, obs, info)  # the think/plain draw is a function of the state
+        qa = {p["q"]: p for p in notes["qa"]}
+        assert len(notes["qa"]) == 2  # the goal question, then ONE form of the action question
         action = env.unwrapped.optimal_action()
-        assert qa[ACTION_QUESTION] == env.unwrapped.action_names[action]
-        assert qa[GOAL_QUESTION] == relative_offset_text(info["agent"], info["goal"])
-        assert (
-            notes["thought"].endswith(qa[ACTION_QUESTION]) and f"{info['distance']} moves" in notes["thought"]
-        )
+        pair = qa[ACTION_QUESTION]
+        forms.append("system" in pair)
+        if "system" in pair:  # think mode: the wall follower's walk, then the same answer
+            assert pair["system"] == GRIDWORLD_THINK_PROMPT
+            thought, answer = split_think(pair["a"])
+            trace = wall_follower_trace(env.unwrapped.walls, info["agent"], info["goal"], info["heading"])
+            r, c = info["agent"]
+            gr, gc = info["goal"]
+            assert thought == f"{r},{c} to {gr},{gc}: " + "".join(f"{'urdl'[b]}{i}{j}" for b, (i, j) in trace)
+            assert thought[-3] == "urdl"[action]  # the last branch letter is the answer
+        else:
+            answer = pair["a"]
+        assert answer == env.unwrapped.action_names[action]
+        assert qa[GOAL_QUESTION]["a"] == relative_offset_text(info["agent"], info["goal"])
+        assert "thought" not in notes
         obs, _, terminated, truncated, info = env.step(action)
         done = terminated or truncated
         assert "instruction" not in ann(env, obs, info) or done
     assert info["success"]
+    assert any(forms) and not all(forms)  # about half the steps think
+    plain = GridWorldAnnotator(thoughts=False)(env, *env.reset(seed=5))
+    assert all("system" not in p for p in plain["qa"])
+    thinking = GridWorldAnnotator(questions=False, think_share=1.0)(env, *env.reset(seed=5))
+    assert [p.get("system") for p in thinking["qa"]] == [GRIDWORLD_THINK_PROMPT]
+    with pytest.raises(ConfigError, match="think_share"):
+        GridWorldAnnotator(think_share=1.5)
 
 
 def test_collect_writes_annotations(tmp_path):
@@ -62,7 +84,14 @@ def test_collect_writes_annotations(tmp_path):
     assert first["instruction"] == "reach the green goal"
     question = "Which action should the agent take next? Answer with one of: move up, move right, move down, move left."
     assert [p["q"] for p in first["qa"]] == [GOAL_QUESTION, question]  # what ReasoningPolicy asks
-    assert first["thought"].startswith("<think> goal ") and first["thought"].endswith(ep.action_texts[0])
+    answer = first["qa"][1]["a"]
+    assert answer == ep.action_texts[0] or (
+        answer.startswith("<think> ") and answer.endswith(ep.action_texts[0])
+    )
+    # think-mode pairs keep their system text on disk (the training sequence and the eval ask with it)
+    pairs = [p for e in TrajectoryDataset(out) for ann in e.annotations for p in ann["qa"]]
+    assert {p.get("system") for p in pairs} == {None, GRIDWORLD_THINK_PROMPT}
+    assert all(p["a"].startswith("<think> ") for p in pairs if p.get("system"))
     # every step's outcome describes the frame the action led to (agent cell and heading after it)
     for t in range(ep.length):
         info = ep.infos[t + 1]

@@ -16,7 +16,14 @@ from worldbagel.envs.grid_frames import (
     classify,
     decode_frame,
 )
-from worldbagel.envs.maze import MOVES, bfs_distances, can_move, generate_maze, shortest_path_actions
+from worldbagel.envs.maze import (
+    MOVES,
+    bfs_distances,
+    can_move,
+    generate_maze,
+    shortest_path_actions,
+    wall_follower_trace,
+)
 from worldbagel.errors import ConfigError, InvalidAction
 
 
@@ -50,6 +57,38 @@ def test_shortest_path_is_optimal_and_valid():
             assert can_move(walls, cell, a)
             cell = (cell[0] + MOVES[a][0], cell[1] + MOVES[a][1])
         assert cell == goal
+
+
+def test_wall_follower_walks_open_passages_to_the_goal_inside_the_shortest_paths_first_branch():
+    rng = np.random.default_rng(3)
+    lengths = []
+    for _ in range(200):
+        walls = generate_maze((6, 8), rng)
+        start, goal = tuple(map(int, rng.integers((6, 8)))), tuple(map(int, rng.integers((6, 8))))
+        heading = int(rng.integers(4))
+        trace = wall_follower_trace(walls, start, goal, heading)
+        if start == goal:
+            assert trace == []
+            continue
+        cell, last_left = start, None
+        for branch, nxt in trace:  # every move goes through an open passage to a neighbour
+            move = MOVES.index((nxt[0] - cell[0], nxt[1] - cell[1]))
+            assert can_move(walls, cell, move)
+            last_left = move if cell == start else last_left
+            assert branch == last_left  # the branch is the move that last left the start
+            cell = nxt
+        assert cell == goal and goal not in [c for _, c in trace[:-1]]
+        assert trace[-1][0] == shortest_path_actions(walls, start, goal)[0]
+        assert len(trace) <= 2 * (6 * 8 - 1)
+        lengths.append(len(trace))
+    # the right hand first: at (0, 1), open left, right and down, facing right the walk turns right (down)
+    walls = np.ones((5, 7), dtype=bool)
+    walls[1::2, 1::2] = False
+    walls[1, 2] = walls[1, 4] = walls[2, 3] = False  # (0,0)-(0,1)-(0,2) and (0,1)-(1,1)
+    assert wall_follower_trace(walls, (0, 1), (1, 1), heading=1)[0] == (2, (1, 1))
+    assert wall_follower_trace(walls, (0, 1), (0, 2), heading=3)[0] == (3, (0, 0))  # up is shut: straight on
+    with pytest.raises(ConfigError, match="heading"):
+        wall_follower_trace(walls, (0, 0), (0, 1), heading=4)
 
 
 def test_following_bfs_in_env_reaches_goal_in_distance_moves():

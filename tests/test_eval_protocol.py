@@ -304,7 +304,7 @@ def test_text_questions_are_asked_about_their_frame(tiny_pipe, grid_episodes):
             for t in range(ep.length)
         ],
     )
-    assert [(t, q) for _, t, q, _ in collect_questions([annotated])] == [
+    assert [(t, q) for _, t, q, _, _ in collect_questions([annotated])] == [
         (1, "where is the goal?"),
         (3, "where is the goal?"),
     ]
@@ -312,6 +312,27 @@ def test_text_questions_are_asked_about_their_frame(tiny_pipe, grid_episodes):
     assert out["n"] == 2 and 0.0 <= out["accuracy"] <= 1.0 and len(out["examples"]) == 2
     assert out["accuracy"] == np.mean([e["correct"] for e in out["examples"]])
     assert evaluate_text(_wm(tiny_pipe), grid_episodes) is None
+
+
+def test_think_mode_questions_are_asked_with_their_system_text_and_scored_after_the_thought(
+    tiny_pipe, grid_episodes, monkeypatch
+):
+    ep = grid_episodes[0]
+    pair = {"q": "next?", "a": "<think> 0,0 to 0,1: r01 </think> move right", "system": "Think: walls."}
+    annotated = Episode.from_arrays(
+        ep.id, ep.frames, ep.actions, ep.action_texts, annotations=[{"qa": [pair]}] + [{}] * (ep.length - 1)
+    )
+    asked = []
+
+    def reason(self, question, think=False, max_new_tokens=128, **kw):
+        asked.append((self.think_prompt, question, think, max_new_tokens))
+        return "move right"
+
+    monkeypatch.setattr(WorldModel, "reason", reason)
+    out = evaluate_text(_wm(tiny_pipe), [annotated], max_think_tokens=300)
+    assert asked == [("Think: walls.", "next?", True, 300)]
+    assert out["accuracy"] == 1.0 and out["examples"][0]["answer"] == "move right"
+    assert out["examples"][0]["think"] is True
 
 
 def test_annotated_env_episodes_open_histories_with_the_instruction_and_feed_the_text_task(tiny_pipe):

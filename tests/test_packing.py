@@ -120,6 +120,23 @@ def test_chain_plan_items_follow_the_documented_order():
     assert [i.text for i in skip.items if i.role == "action"] == ["act0, act1"]
 
 
+def test_a_think_mode_pair_puts_its_system_text_before_the_question():
+    ep = episode(steps=2, annotate=False)
+    ep.annotations[0]["qa"] = [
+        {"q": "where?", "a": "here"},
+        {"q": "next?", "a": "<think> t </think> a", "system": "S"},
+    ]
+    plan = episode_plans(0, ep, PlanConfig(context_frames=1, vit=False))[0]
+    got = [(i.role, i.text, i.loss) for i in plan.items if i.kind == "text"]
+    assert got[:5] == [
+        ("question", "where?", False),
+        ("answer", "here", True),
+        ("question", "S", False),  # as WorldModel.reason(think=True) puts the think prompt first
+        ("question", "next?", False),
+        ("answer", "<think> t </think> a", True),
+    ]
+
+
 def test_outcomes_sit_between_the_action_and_the_frame_they_describe():
     ep = episode(steps=4, annotate=False)
     for t, ann in enumerate(ep.annotations):

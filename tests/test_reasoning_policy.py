@@ -90,6 +90,16 @@ def test_think_mode_prompts_and_parses_after_think(tiny_pipe, frame, monkeypatch
     assert asked.startswith("reach the green cell") and VLM_THINK_SYSTEM_PROMPT.split("\n")[0] in asked
 
 
+def test_think_mode_uses_the_models_own_think_prompt(tiny_pipe, frame, monkeypatch):
+    stub = _Answers("<think> 0,0 to 0,1: r01 </think> move right")
+    monkeypatch.setattr(reasoning_mod, "generate_text_batch", stub)
+    wm = _wm(tiny_pipe)
+    wm.config.think_prompt = "Think: follow the wall."
+    policy = ReasoningPolicy(wm, think=True)
+    assert policy.act(frame, {}) == 1 and policy.max_new_tokens == 512
+    assert stub.calls[0][0] == f"Think: follow the wall. | {policy.question}"  # not the VLM prompt
+
+
 def test_vector_envs_ask_all_questions_in_one_batch(tiny_pipe, frame, monkeypatch):
     stub = _Answers("move down")
     monkeypatch.setattr(reasoning_mod, "generate_text_batch", stub)

@@ -60,6 +60,9 @@ class WorldModelConfig:
     the history (for models trained with `plan.outcomes` on `outcome` annotations)."""
     outcome_max_tokens: int = 32
     """Longest outcome text (tokens)."""
+    think_prompt: str | None = None
+    """The system text think mode puts before a question (`reason(..., think=True)`, `ReasoningPolicy`): the
+    one the model was trained with. None: the official VLM thinking prompt (the BAGEL release)."""
 
     def check(self) -> None:
         if self.max_history_frames < 1:
@@ -202,9 +205,14 @@ class WorldModel:
     # ------------------------------------------------------------------ text
     def reason(self, question: str, think: bool = False, max_new_tokens: int = 128, **sampling) -> str:
         """Answer a question about the history (greedy unless sampling options are given). With think, the
-        official VLM thinking system prompt is used and only the answer after </think> is returned
+        thinking system text (`think_prompt`) comes first and only the answer after </think> is returned
         (`reason_full` returns both)."""
         return self.reason_full(question, think, max_new_tokens, **sampling)[1]
+
+    @property
+    def think_prompt(self) -> str:
+        """The system text of think mode (`config.think_prompt`, else the official VLM one)."""
+        return self.config.think_prompt or VLM_THINK_SYSTEM_PROMPT
 
     def reason_full(
         self, question: str, think: bool = False, max_new_tokens: int = 128, **sampling
@@ -212,7 +220,7 @@ class WorldModel:
         """(thought, answer) for a question; thought is '' without think."""
         ctx = self.context.fork()
         if think:
-            ctx.add_text(VLM_THINK_SYSTEM_PROMPT)
+            ctx.add_text(self.think_prompt)
         ctx.add_text(question)
         out = generate_text_batch([ctx], max_new_tokens=max_new_tokens, **sampling)[0]
         return split_think(out.text) if think else ("", out.text.strip())

@@ -11,8 +11,15 @@ GridWorld answers come from the symbolic state (the env's BFS oracle), never fro
     instruction  "reach the green goal"                                    (first step only)
     Q "where is the goal?"          A "2 up 3 right" / "here"              (relative cell offset)
     Q next_action_question(codec)   A "move right"                         (first move of a shortest path)
-    thought  "<think> goal 2 up 3 right, 7 moves away </think> move right"
+    S GRIDWORLD_THINK_PROMPT, Q the same question (think mode, instead of the plain form on `think_share` of
+      the steps)                    A "<think> 3,4 to 5,6: r35r45d55l54 ... </think> move right"
     outcome  "at 3,5 facing right"                                       (the frame the action led to)
+
+The thought is the right-hand wall follower's walk from the agent to the goal (`maze.wall_follower_trace`), a
+move per 3 characters: the branch (u/r/d/l, the move that last left the agent's cell) and the cell reached.
+Every character follows from local facts (the last two cells, the walls of one cell, the start and goal
+cells), so a small model can write it, and the answer is the last branch letter: the first move of the
+unique shortest path, which a 4-layer model cannot find in one forward (~60 % plain-answer accuracy).
 
 The outcome is written after the action and before the frame it describes; the world model learns to say
 where the agent ends up (a cross-entropy target) and then draws that frame conditioned on its own words
@@ -25,11 +32,17 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
+
 from worldbagel.actions import DiscreteActionCodec, next_action_question
 from worldbagel.errors import bad_argument
 
 GRIDWORLD_INSTRUCTION = "reach the green goal"
 GOAL_QUESTION = "Where is the goal?"
+GRIDWORLD_THINK_PROMPT = "Think: follow the right-hand wall to the goal."
+"""The system text of think mode for the gridworld model (configs/model/gridworld.yaml world.think_prompt)."""
+BRANCH_LETTERS = "urdl"
+"""Trace letters of moves 0 up, 1 right, 2 down, 3 left."""
 
 
 def outcome_text(agent: tuple[int, int], heading_name: str) -> str:
@@ -48,14 +61,38 @@ def relative_offset_text(agent: tuple[int, int], goal: tuple[int, int]) -> str:
     return " ".join(parts) or "here"
 
 
+def trace_thought(
+    walls: Any, agent: tuple[int, int], goal: tuple[int, int], heading: int, answer: str
+) -> str:
+    """'<think> 3,4 to 5,6: r35r45 ... </think> move right': the wall follower's walk, then the answer."""
+    from worldbagel.envs.maze import wall_follower_trace
+
+    steps = "".join(
+        f"{BRANCH_LETTERS[b]}{r}{c}" for b, (r, c) in wall_follower_trace(walls, agent, goal, heading)
+    )
+    return f"<think> {agent[0]},{agent[1]} to {goal[0]},{goal[1]}: {steps} </think> {answer}"
+
+
 class GridWorldAnnotator:
-    """Questions, answers and thoughts for GridWorld steps, computed from the env's symbolic state."""
+    """Questions, answers and thoughts for GridWorld steps, computed from the env's symbolic state.
+
+    `think_share` of the steps (drawn per state, reproducibly) ask the next-action question in think mode
+    (system text `GRIDWORLD_THINK_PROMPT`, the answer preceded by the wall-follower thought) instead of the
+    plain form: never both at one frame, or the thought's answer could be copied from the plain one."""
 
     def __init__(
-        self, questions: bool = True, thoughts: bool = True, instruction: bool = True, outcomes: bool = True
+        self,
+        questions: bool = True,
+        thoughts: bool = True,
+        instruction: bool = True,
+        outcomes: bool = True,
+        think_share: float = 0.5,
     ):
         self.questions, self.thoughts, self.instruction = questions, thoughts, instruction
         self.outcomes = outcomes
+        if not 0.0 <= think_share <= 1.0:
+            raise bad_argument("think_share", think_share, "use a share of steps in [0, 1]")
+        self.think_share = float(think_share) if thoughts else 0.0
 
     def __call__(self, env: Any, obs: Any, info: Mapping[str, Any]) -> dict[str, Any]:
         base = getattr(env, "unwrapped", env)
@@ -67,13 +104,18 @@ class GridWorldAnnotator:
         if self.instruction and int(info.get("steps", 0)) == 0:
             out["instruction"] = GRIDWORLD_INSTRUCTION
         action_text = base.action_names[int(base.optimal_action())]
-        if self.questions:
-            question = next_action_question(DiscreteActionCodec(base.action_names))
-            out["qa"] = [{"q": GOAL_QUESTION, "a": where}, {"q": question, "a": action_text}]
-        if self.thoughts:
-            out["thought"] = (
-                f"<think> goal {where}, {int(info['distance'])} moves away </think> {action_text}"
-            )
+        question = next_action_question(DiscreteActionCodec(base.action_names))
+        draw = np.random.default_rng(
+            [int(info.get("layout_seed", 0)), int(info.get("steps", 0)), *agent, *goal]
+        )
+        qa = [{"q": GOAL_QUESTION, "a": where}] if self.questions else []
+        if self.think_share and agent != goal and draw.random() < self.think_share:
+            thought = trace_thought(base.walls, agent, goal, int(info["heading"]), action_text)
+            qa.append({"q": question, "a": thought, "system": GRIDWORLD_THINK_PROMPT})
+        elif self.questions:
+            qa.append({"q": question, "a": action_text})
+        if qa:
+            out["qa"] = qa
         return out
 
     def outcome(self, env: Any, obs: Any, info: Mapping[str, Any]) -> str | None:

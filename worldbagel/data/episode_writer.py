@@ -162,7 +162,15 @@ class EpisodeWriter:
         if instruction is not None:
             step["instruction"] = str(instruction)
         if qa:
-            step["qa"] = [{"q": str(p["q"]), "a": str(p["a"])} for p in qa]
+            # "system": think mode's system text, asked before the question (worldbagel.data.annotations)
+            step["qa"] = [
+                {
+                    "q": str(p["q"]),
+                    "a": str(p["a"]),
+                    **({"system": str(p["system"])} if p.get("system") else {}),
+                }
+                for p in qa
+            ]
         if thought is not None:
             step["thought"] = str(thought)
         if outcome is not None:

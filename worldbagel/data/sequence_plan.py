@@ -183,7 +183,8 @@ def episode_texts(episode: Any) -> tuple[str | None, dict[int, list[tuple[str, s
     """(instruction, {frame index: [(role, text), ...]}) from an episode's per-step annotations.
 
     `episode.annotations[t]` (worldbagel.data.trajectory) may hold "instruction" (the first one found is
-    the episode's), "qa" (a list of {"q", "a"} about the observation at step t, i.e. frame t), "thought"
+    the episode's), "qa" (a list of {"q", "a"} about the observation at step t, i.e. frame t, optionally with
+    the "system" text of think mode, placed before the question), "thought"
     (the reasoning before the action at step t) and "outcome" (the observation the action led to: filed
     under frame t + 1 with role "outcome"). Missing annotations mean no such text.
     """
@@ -196,6 +197,8 @@ def episode_texts(episode: Any) -> tuple[str | None, dict[int, list[tuple[str, s
             instruction = str(ann["instruction"])
         for pair in ann.get("qa") or []:
             if pair.get("q") and pair.get("a"):
+                if pair.get("system"):  # think mode's system text, as `WorldModel.reason` puts it first
+                    per_frame.setdefault(t, []).append(("question", str(pair["system"])))
                 per_frame.setdefault(t, []).extend([("question", str(pair["q"])), ("answer", str(pair["a"]))])
         if ann.get("thought"):
             per_frame.setdefault(t, []).append(("thought", str(ann["thought"])))
