@@ -108,7 +108,7 @@ def _state(frame: np.ndarray) -> tuple | None:
 
 
 def held_out_check(
-    folder: Path, episodes: int, steps: int, sampling_steps: int, outcomes: bool = True, think: bool = True
+    folder: Path, episodes: int, steps: int, sampling_steps: int, outcomes: bool = True, think: bool = False
 ) -> dict:
     """Next-frame symbolic accuracy (teacher forced, and after `steps` open-loop steps along the true actions),
     of the move onto the goal (arrival, one per episode), answer accuracy and (with `outcomes`) the accuracy of
@@ -205,6 +205,12 @@ def main() -> None:
     ap.add_argument("--oracle-episodes", type=int, default=200, help="shortest-path episodes")
     ap.add_argument("--vae-steps", type=int, default=600)
     ap.add_argument("--vae-frames", type=int, default=4000)
+    ap.add_argument(
+        "--annotate",
+        default="gridworld",
+        choices=("gridworld", "gridworld-think"),
+        help="collect's annotator; gridworld-think asks half the action questions with the wall-follower thought",
+    )
     ap.add_argument("--vae-rarity-radius", type=int, default=2, help="train-vae train.rarity_radius (pixels)")
     ap.add_argument(
         "--vae-success-repeat",
@@ -272,7 +278,7 @@ def main() -> None:
                     f"policy={policy}",
                     f"episodes={total}",
                     f"out={data}",
-                    "annotate=gridworld",
+                    f"annotate={args.annotate}",
                 ]
             )
         if not (vae / "ae.safetensors").is_file():
@@ -339,7 +345,12 @@ def main() -> None:
         )
     folder = model_folder(wm_out)
     metrics = held_out_check(
-        folder, args.eval_episodes, args.eval_steps, args.sampling_steps, outcomes=not args.no_outcomes
+        folder,
+        args.eval_episodes,
+        args.eval_steps,
+        args.sampling_steps,
+        outcomes=not args.no_outcomes,
+        think=args.annotate == "gridworld-think",
     )
     (out / "held_out.json").write_text(json.dumps(metrics, indent=1) + "\n")
     print(json.dumps(metrics, indent=1))

@@ -35,7 +35,7 @@ def test_relative_offset_text():
 def test_annotations_follow_the_oracle_along_an_episode():
     env = gym.make("WorldBagel/GridWorld-v0")
     obs, info = env.reset(seed=5)
-    ann = GridWorldAnnotator()
+    ann = make_annotator("gridworld-think")
     ACTION_QUESTION = next_action_question(DiscreteActionCodec(env.unwrapped.action_names))
     first = ann(env, obs, info)
     assert first["instruction"] == "reach the green goal"
@@ -60,14 +60,17 @@ def test_annotations_follow_the_oracle_along_an_episode():
             answer = pair["a"]
         assert answer == env.unwrapped.action_names[action]
         assert qa[GOAL_QUESTION]["a"] == relative_offset_text(info["agent"], info["goal"])
-        assert "thought" not in notes
+        assert "thought" not in notes  # no summary thought: it would hand the think answer over
+        summary = GridWorldAnnotator()(env, obs, info)  # the default: plain answers and the summary thought
+        assert all("system" not in p for p in summary["qa"])
+        assert summary["thought"] == (
+            f"<think> goal {qa[GOAL_QUESTION]['a']}, {info['distance']} moves away </think> {answer}"
+        )
         obs, _, terminated, truncated, info = env.step(action)
         done = terminated or truncated
         assert "instruction" not in ann(env, obs, info) or done
     assert info["success"]
     assert any(forms) and not all(forms)  # about half the steps think
-    plain = GridWorldAnnotator(thoughts=False)(env, *env.reset(seed=5))
-    assert all("system" not in p for p in plain["qa"])
     thinking = GridWorldAnnotator(questions=False, think_share=1.0)(env, *env.reset(seed=5))
     assert [p.get("system") for p in thinking["qa"]] == [GRIDWORLD_THINK_PROMPT]
     with pytest.raises(ConfigError, match="think_share"):
@@ -84,12 +87,20 @@ def test_collect_writes_annotations(tmp_path):
     assert first["instruction"] == "reach the green goal"
     question = "Which action should the agent take next? Answer with one of: move up, move right, move down, move left."
     assert [p["q"] for p in first["qa"]] == [GOAL_QUESTION, question]  # what ReasoningPolicy asks
-    answer = first["qa"][1]["a"]
-    assert answer == ep.action_texts[0] or (
-        answer.startswith("<think> ") and answer.endswith(ep.action_texts[0])
-    )
+    assert first["qa"][1]["a"] == ep.action_texts[0]
+    assert first["thought"].startswith("<think> goal ") and first["thought"].endswith(ep.action_texts[0])
     # think-mode pairs keep their system text on disk (the training sequence and the eval ask with it)
-    pairs = [p for e in TrajectoryDataset(out) for ann in e.annotations for p in ann["qa"]]
+    think = tmp_path / "think"
+    args = [
+        "collect",
+        "env=gridworld",
+        "policy=oracle",
+        "episodes=2",
+        f"out={think}",
+        "annotate=gridworld-think",
+    ]
+    assert main(args) == 0
+    pairs = [p for e in TrajectoryDataset(think) for ann in e.annotations for p in ann["qa"]]
     assert {p.get("system") for p in pairs} == {None, GRIDWORLD_THINK_PROMPT}
     assert all(p["a"].startswith("<think> ") for p in pairs if p.get("system"))
     # every step's outcome describes the frame the action led to (agent cell and heading after it)

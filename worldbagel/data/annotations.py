@@ -11,15 +11,19 @@ GridWorld answers come from the symbolic state (the env's BFS oracle), never fro
     instruction  "reach the green goal"                                    (first step only)
     Q "where is the goal?"          A "2 up 3 right" / "here"              (relative cell offset)
     Q next_action_question(codec)   A "move right"                         (first move of a shortest path)
-    S GRIDWORLD_THINK_PROMPT, Q the same question (think mode, instead of the plain form on `think_share` of
-      the steps)                    A "<think> 3,4 to 5,6: r35r45d55l54 ... </think> move right"
+    thought  "<think> goal 2 up 3 right, 7 moves away </think> move right"          (`thoughts`, default)
     outcome  "at 3,5 facing right"                                       (the frame the action led to)
 
-The thought is the right-hand wall follower's walk from the agent to the goal (`maze.wall_follower_trace`), a
+`annotate=gridworld-think` (no summary thought, `think_share=0.5`) asks the action question in think mode on
+half the steps instead of the plain form:
+    S GRIDWORLD_THINK_PROMPT, Q the same question  A "<think> 3,4 to 5,6: r35r45d55l54 ... </think> move right"
+
+That thought is the right-hand wall follower's walk from the agent to the goal (`maze.wall_follower_trace`), a
 move per 3 characters: the branch (u/r/d/l, the move that last left the agent's cell) and the cell reached.
 Every character follows from local facts (the last two cells, the walls of one cell, the start and goal
 cells), so a small model can write it, and the answer is the last branch letter: the first move of the
 unique shortest path, which a 4-layer model cannot find in one forward (~60 % plain-answer accuracy).
+Run M (docs/training.md) trained on it; the walk's steps were not learned well enough to help yet.
 
 The outcome is written after the action and before the frame it describes; the world model learns to say
 where the agent ends up (a cross-entropy target) and then draws that frame conditioned on its own words
@@ -76,9 +80,10 @@ def trace_thought(
 class GridWorldAnnotator:
     """Questions, answers and thoughts for GridWorld steps, computed from the env's symbolic state.
 
-    `think_share` of the steps (drawn per state, reproducibly) ask the next-action question in think mode
-    (system text `GRIDWORLD_THINK_PROMPT`, the answer preceded by the wall-follower thought) instead of the
-    plain form: never both at one frame, or the thought's answer could be copied from the plain one."""
+    `thoughts` writes the summary thought (goal offset and distance, then the move). `think_share` of the steps
+    (drawn per state, reproducibly) ask the next-action question in think mode (system text
+    `GRIDWORLD_THINK_PROMPT`, the answer preceded by the wall-follower walk) instead of the plain form: never
+    both at one frame, or the thought's answer could be copied from the plain one."""
 
     def __init__(
         self,
@@ -86,13 +91,13 @@ class GridWorldAnnotator:
         thoughts: bool = True,
         instruction: bool = True,
         outcomes: bool = True,
-        think_share: float = 0.5,
+        think_share: float = 0.0,
     ):
         self.questions, self.thoughts, self.instruction = questions, thoughts, instruction
         self.outcomes = outcomes
         if not 0.0 <= think_share <= 1.0:
             raise bad_argument("think_share", think_share, "use a share of steps in [0, 1]")
-        self.think_share = float(think_share) if thoughts else 0.0
+        self.think_share = float(think_share)
 
     def __call__(self, env: Any, obs: Any, info: Mapping[str, Any]) -> dict[str, Any]:
         base = getattr(env, "unwrapped", env)
@@ -116,6 +121,10 @@ class GridWorldAnnotator:
             qa.append({"q": question, "a": action_text})
         if qa:
             out["qa"] = qa
+        if self.thoughts:
+            out["thought"] = (
+                f"<think> goal {where}, {int(info['distance'])} moves away </think> {action_text}"
+            )
         return out
 
     def outcome(self, env: Any, obs: Any, info: Mapping[str, Any]) -> str | None:
@@ -129,6 +138,7 @@ class GridWorldAnnotator:
 
 ANNOTATORS: dict[str, Callable[[], Callable[[Any, Any, Mapping[str, Any]], Mapping[str, Any]]]] = {
     "gridworld": GridWorldAnnotator,
+    "gridworld-think": lambda: GridWorldAnnotator(thoughts=False, think_share=0.5),
 }
 
 
