@@ -203,7 +203,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("runs/gridworld"))
     ap.add_argument("--episodes", type=int, default=400, help="random-policy episodes")
     ap.add_argument("--oracle-episodes", type=int, default=200, help="shortest-path episodes")
-    ap.add_argument("--vae-steps", type=int, default=600)
+    ap.add_argument("--vae-steps", type=int, default=1000)
     ap.add_argument("--vae-frames", type=int, default=4000)
     ap.add_argument(
         "--annotate",
