@@ -120,7 +120,6 @@ def test_bad_arguments_are_named(tiny_pipe, frame):
 
 
 def test_model_world_defaults_apply_unless_overridden(tiny_dir):
-    from worldbagel.data.annotations import GRIDWORLD_THINK_PROMPT
     from worldbagel.world_model_loader import load_world_model, model_config
 
     # the gridworld preset keeps one history frame (configs/model/gridworld.yaml: the model's own default)
@@ -129,8 +128,14 @@ def test_model_world_defaults_apply_unless_overridden(tiny_dir):
         "window_slack": 0,
         "outcome_text": True,
         "reencode": "latents",
-        "think_prompt": GRIDWORLD_THINK_PROMPT,  # the system text its thoughts were trained after
     }
+    # a model trained with annotate=gridworld-think names its think-mode system text (default: the VLM one)
+    assert (
+        load_world_model(
+            {"name": "tiny", "path": str(tiny_dir), "world": {"think_prompt": "Think: walls."}}, codec=CODEC
+        ).think_prompt
+        == "Think: walls."
+    )
     model = {"name": "tiny", "path": str(tiny_dir), "world": {"max_history_frames": 2}}
     assert load_world_model(model, codec=CODEC).config.max_history_frames == 2
     assert (
