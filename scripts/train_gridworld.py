@@ -4,12 +4,13 @@
     python scripts/train_gridworld.py --out runs/gw --episodes 400 --vae-steps 600 --steps 14000 --preset scratch-deep
 
 The defaults are run J's recipe (docs/training.md): ~40 minutes from nothing on 2 quiet CPU cores. Its
-autoencoder loses the goal ring under the agent; `--vae-success-repeat 2 --vae-rarity-radius 2 --vae-steps 1000`
-keeps it (runs L and N), but neither world model trained on it met every frame bar yet.
+autoencoder loses the goal ring under the agent; a second `train-vae` stage (`--decoder-steps`) retrains the
+decoder alone on agent-on-goal frames, which keeps the latents (and so the world model's training) unchanged.
 
 1. `worldbagel collect` random-policy and shortest-path (oracle) GridWorld episodes on training layouts,
    annotated with questions, answers and thoughts from the symbolic state (worldbagel/data/annotations.py);
-2. `worldbagel train-vae` a small FLUX-layout autoencoder on their frames;
+2. `worldbagel train-vae` a small FLUX-layout autoencoder on their frames, then its decoder alone again with
+   the agent-on-goal frames repeated (`init=... train.freeze_encoder=true`);
 3. `worldbagel finetune` a from-scratch BAGEL-architecture preset on frame/action/text sequences;
 4. a quick held-out check: next-frame symbolic accuracy (frames decoded by the env's frame decoder) and
    exact-match answers on layouts never trained on;
@@ -217,6 +218,12 @@ def main() -> None:
         choices=("gridworld", "gridworld-think"),
         help="collect's annotator; gridworld-think asks half the action questions with the wall-follower thought",
     )
+    ap.add_argument(
+        "--decoder-steps",
+        type=int,
+        default=500,
+        help="then retrain the autoencoder's decoder alone on agent-on-goal frames (0: skip)",
+    )
     ap.add_argument("--vae-rarity-radius", type=int, default=0, help="train-vae train.rarity_radius (pixels)")
     ap.add_argument(
         "--vae-success-repeat",
@@ -272,7 +279,7 @@ def main() -> None:
     ap.add_argument("--skip-train", action="store_true", help="only evaluate (and install) an existing run")
     args = ap.parse_args()
     out = args.out
-    data, vae, wm_out = out / "data", out / "vae", out / "wm"
+    data, vae, ring, wm_out = out / "data", out / "vae", out / "vae_ring", out / "wm"
     if not args.skip_train:
         # random-policy episodes (every kind of move, wall bumps), then shortest-path episodes on other
         # layouts (they end with the agent stepping onto the goal, which random episodes rarely show)
@@ -305,6 +312,26 @@ def main() -> None:
                     "vae.downsample=4",
                 ]
             )
+        if args.decoder_steps and not (ring / "ae.safetensors").is_file():
+            # the decoder alone learns the agent-on-goal frames (goal ring kept, no halo): the encoder, the latents
+            # and everything the world model learns from them stay run J's
+            step(
+                [
+                    "train-vae",
+                    f"data={data}",
+                    f"out={ring}",
+                    f"init={vae}",
+                    "train.freeze_encoder=true",
+                    f"max_frames={args.vae_frames}",
+                    f"train.steps={args.decoder_steps}",
+                    "train.lr=3e-4",
+                    "train.recon_weighting=rarity",
+                    "train.rarity_radius=2",
+                    "success_repeat=2",
+                ]
+            )
+        if args.decoder_steps:
+            vae = ring
         vae_ok, agent_ok, ring_ok = vae_acceptance(vae)
         print(f"  VAE round trips that decode to the true state (held-out layouts): {vae_ok:.1%}")
         print(f"  ... agent-on-goal frames whose agent survives the round trip: {agent_ok:.1%}")

@@ -172,3 +172,28 @@ def test_success_repeat_adds_the_final_frames_of_successful_episodes(tmp_path):
     assert len(more) == 10 and [int(f[0, 0, 0]) for f in more[8:]] == [3, 3]  # e0's last frame, twice
     with pytest.raises(ConfigError, match="success_repeat"):
         collect_frames(str(data), None, None, success_repeat=-1)
+
+
+def test_freeze_encoder_trains_only_the_decoder_and_keeps_the_latents(frames):
+    from worldbagel.model.vae import FluxVAE
+    from worldbagel.train.vae_trainer import frames_tensor, train_vae
+
+    torch.manual_seed(0)
+    start = FluxVAE.from_config(VAEConfig(**vars(VAE)))
+    start.config.shift_factor, start.config.scale_factor = 0.1, 2.0
+    before = {k: v.clone() for k, v in start.ae.state_dict().items()}
+    x = frames_tensor(frames[:4], 32)
+    with torch.no_grad():
+        z0 = start.encode(x)
+    cfg = VAETrainConfig(steps=3, batch_size=4, lr=1e-3, image_size=32, freeze_encoder=True)
+    vae, _ = train_vae(frames, start.config, cfg, init=start)
+    after = vae.ae.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("decoder.") for k in changed)  # the decoder learned, nothing else
+    with torch.no_grad():
+        assert torch.equal(
+            vae.encode(x), z0
+        )  # same latents, same calibration: a world model on them still fits
+    assert (vae.config.shift_factor, vae.config.scale_factor) == (0.1, 2.0)
+    with pytest.raises(ConfigError, match="freeze_encoder"):
+        train_vae(frames, VAEConfig(**vars(VAE)), cfg)

@@ -154,6 +154,9 @@ class TrainVAEConfig:
     extra_data: list[str] = field(default_factory=list)
     """More trajectory folders whose frames are ALL used on top of `data`'s (not capped by max_frames), e.g.
     rare situations the autoencoder should see more often (gridworld: the agent standing on the goal)."""
+    init: str | None = None
+    """An autoencoder folder (ae.safetensors + vae_config.json) to start from instead of a fresh one (its config
+    replaces `vae`); with `train.freeze_encoder=true` only its decoder trains."""
     success_repeat: int = 0
     """The final frame of every successful episode of `data` (the goal reached) is added this many times on top
     of the spread frames. A rare *appearance* (gridworld: the agent drawn over the goal, whose 1-pixel ring a

@@ -69,7 +69,12 @@ def run(cfg: TrainVAEConfig, console: Console) -> int:
         def on_step(m: dict) -> None:
             progress.update(task, completed=m["step"], stats=f"recon {m['recon']:.4f} kl {m['kl']:.3f}")
 
-        vae, logs = train_vae(frames, cfg.vae, cfg.train, on_step)
+        init = None
+        if cfg.init:
+            from worldbagel.model.vae import load_vae
+
+            init = load_vae(cfg.init)
+        vae, logs = train_vae(frames, init.config if init else cfg.vae, cfg.train, on_step, init=init)
     save_trained_vae(vae, cfg.out, logs)
     x = frames_tensor(frames[: min(len(frames), 64)], cfg.train.image_size).to(vae.device)
     table = Table(title="train-vae")

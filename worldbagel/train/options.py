@@ -178,6 +178,9 @@ class VAETrainConfig:
     """With `rarity` weighting, each pixel takes the largest weight within this many pixels (a max filter):
     the floor around a rare object counts like the object, so the decoder cannot cheaply paint a rare colour
     there (a gridworld goal ring hallucinated around every agent once agent-on-goal frames are common)."""
+    freeze_encoder: bool = False
+    """Train the decoder only (with `init`): the latents, and so any world model trained on them, stay exactly
+    as they were; the latent calibration is kept too."""
     kl_weight: float = 1e-4
     """Weight of the KL term (per latent element) against the per-pixel reconstruction loss."""
     image_size: int = 64

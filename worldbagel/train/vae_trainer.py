@@ -94,8 +94,9 @@ def train_vae(
     vae_config: VAEConfig,
     cfg: VAETrainConfig,
     on_step: Callable[[dict], None] | None = None,
+    init: FluxVAE | None = None,
 ) -> tuple[FluxVAE, list[dict]]:
-    """Train a fresh autoencoder on `frames`; returns it and the logged metrics."""
+    """Train a fresh autoencoder (or `init`) on `frames`; returns it and the logged metrics."""
     torch.manual_seed(cfg.seed)
     device = torch.device(cfg.device)
     x_all = frames_tensor(frames, cfg.image_size)
@@ -103,8 +104,16 @@ def train_vae(
         raise bad_argument(
             "image_size", cfg.image_size, f"sides must be multiples of {vae_config.downsample}"
         )
-    vae = FluxVAE.from_config(vae_config).to(device).train()
-    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    if cfg.freeze_encoder and init is None:
+        raise bad_argument(
+            "train.freeze_encoder", True, "start from a trained autoencoder: pass init=<folder>"
+        )
+    vae = (init if init is not None else FluxVAE.from_config(vae_config)).to(device).train()
+    if cfg.freeze_encoder:  # everything before the latents stays: only the decoder side learns
+        for name, param in vae.ae.named_parameters():
+            param.requires_grad_(name.startswith(("decoder.", "post_quant_conv.")))
+    trainable = [q for q in vae.parameters() if q.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
     warmup = max(1, cfg.steps // 20)
     gen = torch.Generator().manual_seed(cfg.seed)
     n = len(x_all)
@@ -114,7 +123,8 @@ def train_vae(
             g["lr"] = cfg.lr * min(1.0, (step + 1) / warmup)
         idx = torch.randint(0, n, (min(cfg.batch_size, n),), generator=gen)
         x = x_all[idx].to(device)
-        mean, logvar = vae.moments(x)  # [B, Cz, H/d, W/d]
+        with torch.set_grad_enabled(not cfg.freeze_encoder):
+            mean, logvar = vae.moments(x)  # [B, Cz, H/d, W/d]
         logvar = logvar.clamp(-30.0, 20.0)
         eps = torch.randn(mean.shape, generator=gen).to(device)
         z = mean + torch.exp(0.5 * logvar) * eps
@@ -124,7 +134,7 @@ def train_vae(
         loss = rec + cfg.kl_weight * kl
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         opt.step()
         if not torch.isfinite(loss):
             raise bad_argument(
@@ -137,7 +147,7 @@ def train_vae(
             if on_step is not None:
                 on_step(m)
     vae.eval()
-    if cfg.calibrate:
+    if cfg.calibrate and not cfg.freeze_encoder:  # a frozen encoder keeps its latents and their calibration
         shift, scale = calibrate(vae, x_all.to(device))
         logger.info("calibrated latents: shift_factor %.4f, scale_factor %.4f", shift, scale)
     return vae, logs
