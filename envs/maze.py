@@ -189,7 +189,9 @@ def wall_follower_trace(
     while cell != goal:
         if len(trace) > 2 * rows * cols:
             raise bad_argument("goal", goal, f"it cannot be reached from start={tuple(start)}")
-        move = next((heading + turn) % 4 for turn in (1, 0, 3, 2) if can_move(walls, cell, (heading + turn) % 4))
+        move = next(
+            (heading + turn) % 4 for turn in (1, 0, 3, 2) if can_move(walls, cell, (heading + turn) % 4)
+        )
         if cell == tuple(start):
             branch = move
         heading = move
