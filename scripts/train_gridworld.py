@@ -98,14 +98,14 @@ def vae_acceptance(vae_dir: Path, episodes: int = 20, steps: int = 5) -> tuple[f
         (got := decode_frame(r)) is not None and got == decode_frame(f)
         for r, f in zip(round_trip(frames), frames)
     ]
-    on_goal = list(zip(round_trip(on_goal), on_goal))
-    agent_ok = [
-        (got := decode_frame(r, require_goal=False)) is not None
-        and (got["agent"], got["heading"]) == (decode_frame(f)["agent"], decode_frame(f)["heading"])
-        for r, f in on_goal
-    ]
-    # the whole state, goal ring included: a lost ring makes every imagined arrival undecodable (run J: 0 / 40)
-    ring_ok = [decode_frame(r) is not None and decode_frame(r) == decode_frame(f) for r, f in on_goal]
+    agent_ok, ring_ok = [], []
+    for r, f in zip(round_trip(on_goal), on_goal):
+        want, got = decode_frame(f), decode_frame(r, require_goal=False)
+        agent_ok.append(
+            got is not None and (got["agent"], got["heading"]) == (want["agent"], want["heading"])
+        )
+        # the whole state, goal ring included: a lost ring makes every imagined arrival undecodable (run J: 0 / 40)
+        ring_ok.append(got == want)
     return float(np.mean(ok)), float(np.mean(agent_ok)), float(np.mean(ring_ok))
 
 
@@ -149,11 +149,12 @@ def held_out_check(
         first, actions, truths = obs, [], []
         wm.reset(obs, instruction="reach the green goal")
         for _ in range(steps):
-            answer = wm.reason(GOAL_QUESTION, max_new_tokens=24)
-            goal_ok += answer == relative_offset_text(info["agent"], info["goal"])
-            answers_ok += answer == relative_offset_text(info["agent"], info["goal"])
+            goal_right = wm.reason(GOAL_QUESTION, max_new_tokens=24) == relative_offset_text(
+                info["agent"], info["goal"]
+            )
+            goal_ok += goal_right
             best = env.unwrapped.action_names[env.unwrapped.optimal_action()]
-            answers_ok += wm.reason(next_action_question(codec), max_new_tokens=24) == best
+            answers_ok += goal_right + (wm.reason(next_action_question(codec), max_new_tokens=24) == best)
             answers_n += 2
             if think:  # the same question in think mode: the wall-follower thought, then the answer
                 thought, said = wm.reason_full(next_action_question(codec), think=True, max_new_tokens=512)

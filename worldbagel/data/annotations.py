@@ -110,11 +110,8 @@ class GridWorldAnnotator:
             out["instruction"] = GRIDWORLD_INSTRUCTION
         action_text = base.action_names[int(base.optimal_action())]
         question = next_action_question(DiscreteActionCodec(base.action_names))
-        draw = np.random.default_rng(
-            [int(info.get("layout_seed", 0)), int(info.get("steps", 0)), *agent, *goal]
-        )
         qa = [{"q": GOAL_QUESTION, "a": where}] if self.questions else []
-        if self.think_share and agent != goal and draw.random() < self.think_share:
+        if self._thinks(info, agent, goal):
             thought = trace_thought(base.walls, agent, goal, int(info["heading"]), action_text)
             qa.append({"q": question, "a": thought, "system": GRIDWORLD_THINK_PROMPT})
         elif self.questions:
@@ -126,6 +123,13 @@ class GridWorldAnnotator:
                 f"<think> goal {where}, {int(info['distance'])} moves away </think> {action_text}"
             )
         return out
+
+    def _thinks(self, info: Mapping[str, Any], agent: tuple[int, int], goal: tuple[int, int]) -> bool:
+        """Whether this state's action question is asked in think mode: a draw seeded by the state itself."""
+        if not self.think_share or agent == goal:
+            return False
+        seed = [int(info.get("layout_seed", 0)), int(info.get("steps", 0)), *agent, *goal]
+        return bool(np.random.default_rng(seed).random() < self.think_share)
 
     def outcome(self, env: Any, obs: Any, info: Mapping[str, Any]) -> str | None:
         """The text of the observation an action led to (None with outcomes=False)."""
