@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import gymnasium as gym
+import numpy as np
 import pytest
 
 import worldbagel.envs  # noqa: F401  (registers the envs)
 from worldbagel.actions import DiscreteActionCodec, next_action_question
 from worldbagel.cli import main
 from worldbagel.data.annotations import (
+    CELL_CHARS,
     GOAL_QUESTION,
     GRIDWORLD_THINK_PROMPT,
+    MOVE_CHARS,
+    OPEN_CHARS,
     GridWorldAnnotator,
     make_annotator,
     outcome_text,
     relative_offset_text,
+    walk_thought,
 )
 from worldbagel.data.trajectory import TrajectoryDataset
-from worldbagel.envs.maze import wall_follower_trace
 from worldbagel.errors import ConfigError
 from worldbagel.inference.pipeline import split_think
 
@@ -39,25 +43,22 @@ def test_annotations_follow_the_oracle_along_an_episode():
     ACTION_QUESTION = next_action_question(DiscreteActionCodec(env.unwrapped.action_names))
     first = ann(env, obs, info)
     assert first["instruction"] == "reach the green goal"
-    done, forms = False, []
+    done = False
     while not done:
         notes = ann(env, obs, info)
-        assert notes == ann(env, obs, info)  # the think/plain draw is a function of the state
         qa = {p["q"]: p for p in notes["qa"]}
         assert len(notes["qa"]) == 2  # the goal question, then ONE form of the action question
         action = env.unwrapped.optimal_action()
         pair = qa[ACTION_QUESTION]
-        forms.append("system" in pair)
-        if "system" in pair:  # think mode: the wall follower's walk, then the same answer
-            assert pair["system"] == GRIDWORLD_THINK_PROMPT
-            thought, answer = split_think(pair["a"])
-            trace = wall_follower_trace(env.unwrapped.walls, info["agent"], info["goal"], info["heading"])
-            r, c = info["agent"]
-            gr, gc = info["goal"]
-            assert thought == f"{r},{c} to {gr},{gc}: " + "".join(f"{'urdl'[b]}{i}{j}" for b, (i, j) in trace)
-            assert thought[-3] == "urdl"[action]  # the last branch letter is the answer
-        else:
-            answer = pair["a"]
+        # gridworld-think: every action question in think mode: the walk from the goal, then the answer
+        assert pair["system"] == GRIDWORLD_THINK_PROMPT
+        thought, answer = split_think(pair["a"])
+        agent, goal = tuple(info["agent"]), tuple(info["goal"])
+        assert pair["a"] == walk_thought(env.unwrapped.walls, agent, goal, answer)
+        stop, walk = thought.split(" ")
+        assert stop == CELL_CHARS[agent[0] * 8 + agent[1]] and walk[0] == CELL_CHARS[goal[0] * 8 + goal[1]]
+        assert walk[-1] == stop  # the walk ends on the agent's cell ...
+        assert MOVE_CHARS[(action + 2) % 4] == walk[-2]  # ... arriving against the answer's direction
         assert answer == env.unwrapped.action_names[action]
         assert qa[GOAL_QUESTION]["a"] == relative_offset_text(info["agent"], info["goal"])
         assert "thought" not in notes  # no summary thought: it would hand the think answer over
@@ -70,11 +71,28 @@ def test_annotations_follow_the_oracle_along_an_episode():
         done = terminated or truncated
         assert "instruction" not in ann(env, obs, info) or done
     assert info["success"]
-    assert any(forms) and not all(forms)  # about half the steps think
+    half = GridWorldAnnotator(thoughts=False, think_share=0.5)
+    forms = ["system" in half(env, *env.reset(seed=s))["qa"][1] for s in range(40)]
+    assert any(forms) and not all(forms)  # about half the states think, a draw seeded by the state
+    assert forms == ["system" in half(env, *env.reset(seed=s))["qa"][1] for s in range(40)]
     thinking = GridWorldAnnotator(questions=False, think_share=1.0)(env, *env.reset(seed=5))
     assert [p.get("system") for p in thinking["qa"]] == [GRIDWORLD_THINK_PROMPT]
     with pytest.raises(ConfigError, match="think_share"):
         GridWorldAnnotator(think_share=1.5)
+
+
+def test_the_walk_thought_names_cells_and_open_sides_and_ends_on_the_agent():
+    # a 2x2 maze open everywhere except between (0, 0) and (1, 0): a U from (0, 0) to (1, 0)
+    walls = np.ones((5, 5), bool)
+    for r, c in ((1, 1), (1, 3), (3, 1), (3, 3), (1, 2), (2, 3), (3, 2)):
+        walls[r, c] = False
+    # from the goal (0, 0) facing up: only right is open -> (0, 1) (open: down, left); facing right, its right
+    # is down -> (1, 1) (open: up, left); facing down, its right is left -> (1, 0) = the agent
+    thought = walk_thought(walls, agent=(1, 0), goal=(0, 0), answer="move right")
+    sides = {cell: OPEN_CHARS[bits] for cell, bits in {(0, 0): 2, (0, 1): 4 + 8, (1, 1): 1 + 8}.items()}
+    assert thought == (f"<think> C A{sides[0, 0]}>B{sides[0, 1]}vD{sides[1, 1]}<C </think> move right")
+    with pytest.raises(ConfigError, match="walls"):
+        walk_thought(np.zeros((19, 19), bool), (0, 0), (0, 1), "move left")  # 81 cells have no names
 
 
 def test_collect_writes_annotations(tmp_path):

@@ -131,10 +131,46 @@ def test_a_think_mode_pair_puts_its_system_text_before_the_question():
     assert got[:5] == [
         ("question", "where?", False),
         ("answer", "here", True),
-        ("question", "S", False),  # as WorldModel.reason(think=True) puts the think prompt first
+        ("system", "S", False),  # as WorldModel.reason(think=True) puts the think prompt first
         ("question", "next?", False),
         ("answer", "<think> t </think> a", True),
     ]
+
+
+def test_think_samples_take_think_questions_out_of_the_windows():
+    ep = episode(steps=3, annotate=False)
+    ep.annotations[0]["instruction"] = "go"
+    ep.annotations[1]["qa"] = [
+        {"q": "where?", "a": "here"},
+        {"q": "next?", "a": "<think> t </think> a", "system": "S"},
+    ]
+    cfg = PlanConfig(context_frames=1, think_samples=True)
+    plans = episode_plans(0, ep, cfg)
+    windows_, think = plans[:3], plans[3:]
+    assert [p.targets for p in windows_] == [[1], [2], [3]]
+    texts = [(i.role, i.text) for i in windows_[1].items if i.kind == "text"]
+    assert ("question", "where?") in texts and ("answer", "here") in texts  # plain Q&A stay
+    assert not any(t in ("S", "next?", "<think> t </think> a") for _, t in texts)
+    assert len(think) == 1 and think[0].targets == [] and think[0].context == [1]
+    got = [(i.kind, i.role, i.frame, i.text, i.loss, i.cfg) for i in think[0].items]
+    assert got == [
+        ("text", "instruction", None, "go", False, True),
+        ("vae", "context", 1, None, False, False),  # never dropped: the walk is read from this frame
+        ("vit", "context", 1, None, False, False),
+        ("text", "system", None, "S", False, False),
+        ("text", "question", None, "next?", False, False),
+        ("text", "answer", None, "<think> t </think> a", True, False),
+    ]
+    # annotation dropout drops a window's notes, never a think sample's (its texts are all it has)
+    drop = DropoutConfig(text=0.0, vit=0.0, vae=0.0, annotations=1.0)
+    assert not any(draw_dropout(think[0], drop, np.random.default_rng(0)))
+    assert any(draw_dropout(windows_[1], drop, np.random.default_rng(0)))
+    # the plan packs and trains like any other: CE on the answer only, no noisy rows
+    batch = build([think[0]])
+    assert batch.num_mse == 0 and batch.num_ce == len(encode("<think> t </think> a")) + 1
+    # without the option the think triple stays in its window, system text first
+    inline = episode_plans(0, ep, PlanConfig(context_frames=1))
+    assert len(inline) == 3 and ("system", "S") in [(i.role, i.text) for i in inline[1].items]
 
 
 def test_outcomes_sit_between_the_action_and_the_frame_they_describe():

@@ -14,16 +14,17 @@ GridWorld answers come from the symbolic state (the env's BFS oracle), never fro
     thought  "<think> goal 2 up 3 right, 7 moves away </think> move right"          (`thoughts`, default)
     outcome  "at 3,5 facing right"                                       (the frame the action led to)
 
-`annotate=gridworld-think` (no summary thought, `think_share=0.5`) asks the action question in think mode on
-half the steps instead of the plain form:
-    S GRIDWORLD_THINK_PROMPT, Q the same question  A "<think> 3,4 to 5,6: r35r45d55l54 ... </think> move right"
+`annotate=gridworld-think` (no summary thought, `think_share=1.0`) asks every action question in think mode:
+    S GRIDWORLD_THINK_PROMPT, Q the same question  A "<think> K B#>C)vK </think> move up"
 
-That thought is the right-hand wall follower's walk from the agent to the goal (`maze.wall_follower_trace`), a
-move per 3 characters: the branch (u/r/d/l, the move that last left the agent's cell) and the cell reached.
-Every character follows from local facts (the last two cells, the walls of one cell, the start and goal
-cells), so a small model can write it, and the answer is the last branch letter: the first move of the
-unique shortest path, which a 4-layer model cannot find in one forward (~60 % plain-answer accuracy).
-Run M (docs/training.md) trained on it; the walk's steps were not learned well enough to help yet.
+That thought (`walk_thought`) is the right-hand wall follower's walk from the GOAL to the agent, a move per 3
+characters: the move (^ > v <), the cell reached (one character per cell, `CELL_CHARS`) and its open sides (one
+character, `OPEN_CHARS`). Every character follows from local facts (the two characters before it, the walls of
+one named cell, the agent's cell), so a small model can write it, and the answer is the opposite of the last
+move: the first move of the unique shortest path, which a 4-layer model does not find in one forward (~60 %
+plain-answer accuracy, about what "the open move closest to the goal" scores). Train it with
+`plan.think_samples=true`: each think question becomes a sample of its own, so the long thought never sits
+between a context frame and the frame predicted from it (run M, docs/training.md).
 
 The outcome is written after the action and before the frame it describes; the world model learns to say
 where the agent ends up (a cross-entropy target) and then draws that frame conditioned on its own words
@@ -44,9 +45,9 @@ from worldbagel.errors import bad_argument
 GRIDWORLD_INSTRUCTION = "reach the green goal"
 GOAL_QUESTION = "Where is the goal?"
 GRIDWORLD_THINK_PROMPT = "Think: follow the right-hand wall to the goal."
-"""The system text of think mode for the gridworld model (configs/model/gridworld.yaml world.think_prompt)."""
-BRANCH_LETTERS = "urdl"
-"""Trace letters of moves 0 up, 1 right, 2 down, 3 left."""
+"""The system text of think mode for the gridworld model (configs/model/gridworld.yaml world.think_prompt). It
+names the mode more than it describes it (the walk starts at the goal): the shipped model was trained with
+exactly these words, so they stay (a reworded prompt trained from scratch did not learn the walk, think run T3)."""
 
 
 def outcome_text(agent: tuple[int, int], heading_name: str) -> str:
@@ -65,16 +66,44 @@ def relative_offset_text(agent: tuple[int, int], goal: tuple[int, int]) -> str:
     return " ".join(parts) or "here"
 
 
-def trace_thought(
-    walls: Any, agent: tuple[int, int], goal: tuple[int, int], heading: int, answer: str
-) -> str:
-    """'<think> 3,4 to 5,6: r35r45 ... </think> move right': the wall follower's walk, then the answer."""
-    from worldbagel.envs.maze import wall_follower_trace
+CELL_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuwxyz0123456789@$&"
+"""One character per maze cell, row-major (cell (r, c) of a maze with `cols` columns is CELL_CHARS[r * cols + c]):
+a cell named by ONE token is found in the frame by one attention lookup; two coordinate digits need two."""
+MOVE_CHARS = "^>v<"
+"""Walk characters of moves 0 up, 1 right, 2 down, 3 left."""
+OPEN_CHARS = "!#%()*+-./:;=?[]"
+"""A cell's open sides as one character: OPEN_CHARS[up + 2 right + 4 down + 8 left] (1 = open)."""
 
-    steps = "".join(
-        f"{BRANCH_LETTERS[b]}{r}{c}" for b, (r, c) in wall_follower_trace(walls, agent, goal, heading)
-    )
-    return f"<think> {agent[0]},{agent[1]} to {goal[0]},{goal[1]}: {steps} </think> {answer}"
+
+def walk_thought(walls: Any, agent: tuple[int, int], goal: tuple[int, int], answer: str) -> str:
+    """'<think> K B#>C)vK </think> move up': the right-hand wall follower's walk from the GOAL to the agent.
+
+    After `<think> ` comes the agent's cell (where the walk stops), a space, the goal's cell and its open
+    sides, then per move: the move, the cell reached and that cell's open sides (the agent's cell ends the walk
+    without them). The walk starts facing up and takes the first open move among turn right, straight, turn
+    left, back (`maze.wall_follower_trace`), so every character follows from the two before it, the open sides
+    of one named cell (read from the frame) or the agent's cell. In a perfect maze it reaches the agent first
+    along the unique path, so its LAST move arrives from the agent's next cell on the shortest path: the
+    answer is the opposite of the last move character.
+    """
+    from worldbagel.envs.maze import MOVES, can_move, cells_shape, wall_follower_trace
+
+    rows, cols = cells_shape(walls)
+    if rows * cols > len(CELL_CHARS):
+        raise bad_argument(
+            "walls", f"a {rows}x{cols} maze", f"the walk names at most {len(CELL_CHARS)} cells"
+        )
+
+    def name(cell: tuple[int, int], with_sides: bool = True) -> str:
+        sides = sum(1 << m for m in range(4) if can_move(walls, cell, m))
+        return CELL_CHARS[cell[0] * cols + cell[1]] + (OPEN_CHARS[sides] if with_sides else "")
+
+    walk, prev = [], tuple(goal)
+    for _, cell in wall_follower_trace(walls, goal, agent, heading=0):
+        move = MOVES.index((cell[0] - prev[0], cell[1] - prev[1]))
+        walk.append(MOVE_CHARS[move] + name(cell, with_sides=cell != tuple(agent)))
+        prev = cell
+    return f"<think> {name(agent, False)} {name(goal)}{''.join(walk)} </think> {answer}"
 
 
 class GridWorldAnnotator:
@@ -112,7 +141,7 @@ class GridWorldAnnotator:
         question = next_action_question(DiscreteActionCodec(base.action_names))
         qa = [{"q": GOAL_QUESTION, "a": where}] if self.questions else []
         if self._thinks(info, agent, goal):
-            thought = trace_thought(base.walls, agent, goal, int(info["heading"]), action_text)
+            thought = walk_thought(base.walls, agent, goal, action_text)
             qa.append({"q": question, "a": thought, "system": GRIDWORLD_THINK_PROMPT})
         elif self.questions:
             qa.append({"q": question, "a": action_text})
@@ -142,7 +171,7 @@ class GridWorldAnnotator:
 
 ANNOTATORS: dict[str, Callable[[], Callable[[Any, Any, Mapping[str, Any]], Mapping[str, Any]]]] = {
     "gridworld": GridWorldAnnotator,
-    "gridworld-think": lambda: GridWorldAnnotator(thoughts=False, think_share=0.5),
+    "gridworld-think": lambda: GridWorldAnnotator(thoughts=False, think_share=1.0),
 }
 
 

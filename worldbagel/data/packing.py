@@ -156,7 +156,7 @@ def pack_by_budget(lengths: Sequence[int], cfg: PackingConfig) -> list[list[int]
 
 
 # ------------------------------------------------------------------------------------------------ dropout
-ANNOTATION_ROLES = ("question", "answer", "thought")
+ANNOTATION_ROLES = ("system", "question", "answer", "thought")
 
 
 def draw_dropout(plan: SequencePlan, cfg: DropoutConfig, rng: np.random.Generator) -> list[bool]:
@@ -164,6 +164,8 @@ def draw_dropout(plan: SequencePlan, cfg: DropoutConfig, rng: np.random.Generato
     probs = {"text": cfg.text, "vit": cfg.vit, "vae": cfg.vae}
     # one extra draw per sample, only when enabled (keeps the draws of runs without it unchanged)
     drop_notes = cfg.annotations > 0 and rng.random() < cfg.annotations
+    # ... and never in a sample without a frame target (a think sample): its texts are all it has
+    drop_notes = drop_notes and bool(plan.targets)
     out = []
     for item in plan.items:
         u = rng.random()

@@ -70,6 +70,11 @@ class PlanConfig:
     says the outcome before it draws the frame (`WorldModelConfig.outcome_text`)."""
     action_separator: str = ", "
     """Joins the action texts of the k env steps between two frames."""
+    think_samples: bool = False
+    """Think-mode questions (a Q&A with a system text, e.g. `annotate=gridworld-think`) leave the windows and
+    become samples of their own: [instruction, clean VAE + ViT of the frame, system, question, answer]. A long
+    thought then never sits between a context frame and the frame predicted from it (run M: it broke the
+    frame copy), and every think question is trained, not only those of windows that keep their annotations."""
     success_repeat: int = 1
     """Windows whose last target is the final frame of a successful episode (the goal reached: one window per
     episode, ~1 % of them) appear this many times per epoch, so the rare arrival is learned like the rest."""
@@ -185,7 +190,7 @@ def episode_texts(episode: Any) -> tuple[str | None, dict[int, list[tuple[str, s
     `episode.annotations[t]` (worldbagel.data.trajectory) may hold "instruction" (the first one found is
     the episode's), "qa" (a list of {"q", "a"} about the observation at step t, i.e. frame t, optionally with
     the "system" text of think mode, placed before the question), "thought"
-    (the reasoning before the action at step t) and "outcome" (the observation the action led to: filed
+    (the reasoning before the action at step t; role "system" for the think-mode system text) and "outcome" (the observation the action led to: filed
     under frame t + 1 with role "outcome"). Missing annotations mean no such text.
     """
     instruction = None
@@ -198,7 +203,7 @@ def episode_texts(episode: Any) -> tuple[str | None, dict[int, list[tuple[str, s
         for pair in ann.get("qa") or []:
             if pair.get("q") and pair.get("a"):
                 if pair.get("system"):  # think mode's system text, as `WorldModel.reason` puts it first
-                    per_frame.setdefault(t, []).append(("question", str(pair["system"])))
+                    per_frame.setdefault(t, []).append(("system", str(pair["system"])))
                 per_frame.setdefault(t, []).extend([("question", str(pair["q"])), ("answer", str(pair["a"]))])
         if ann.get("thought"):
             per_frame.setdefault(t, []).append(("thought", str(ann["thought"])))
@@ -253,7 +258,10 @@ def make_plan(
         items.append(PlanItem("vae", role, frame=f, cfg=True))
         if cfg.vit:
             items.append(PlanItem("vit", role, frame=f, cfg=True))
-        for trole, text in texts.get(f, []):
+        frame_texts = texts.get(f, [])
+        if cfg.think_samples:
+            frame_texts = _without_think(frame_texts)
+        for trole, text in frame_texts:
             if trole != "outcome":
                 items.append(PlanItem("text", trole, text=text, loss=trole in ("answer", "thought")))
         if with_action:
@@ -280,6 +288,49 @@ def make_plan(
     return SequencePlan(episode_index, list(context), list(targets), items)
 
 
+def _without_think(texts: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """A frame's texts without its think-mode triples (system, question, answer)."""
+    out, skip = [], 0
+    for trole, text in texts:
+        if trole == "system":
+            skip = 3
+        if skip:
+            skip -= 1
+            continue
+        out.append((trole, text))
+    return out
+
+
+def think_plans(
+    episode_index: int,
+    texts: dict[int, list[tuple[str, str]]],
+    cfg: PlanConfig,
+    instruction: str | None = None,
+) -> list[SequencePlan]:
+    """One sample per think-mode question (`PlanConfig.think_samples`): the frame, then system, question and
+    answer (CE on the answer: the thought and the action after it)."""
+    plans = []
+    for f in sorted(texts):
+        frame_texts = texts[f]
+        for i, (trole, _) in enumerate(frame_texts):
+            if trole != "system" or i + 2 >= len(frame_texts):
+                continue
+            items = []
+            if cfg.instruction and instruction:
+                items.append(PlanItem("text", "instruction", text=instruction, cfg=True))
+            items.append(PlanItem("vae", "context", frame=f))
+            if cfg.vit:
+                items.append(PlanItem("vit", "context", frame=f))
+            (_, system), (_, question), (_, answer) = frame_texts[i : i + 3]
+            items += [
+                PlanItem("text", "system", text=system),
+                PlanItem("text", "question", text=question),
+                PlanItem("text", "answer", text=answer, loss=True),
+            ]
+            plans.append(SequencePlan(episode_index, [f], [], items))
+    return plans
+
+
 def episode_plans(episode_index: int, episode: Any, cfg: PlanConfig) -> list[SequencePlan]:
     """Every window's plan of one episode (`episode.frames` [T+1, H, W, 3], `episode.action_texts` [T])."""
     actions = list(episode.action_texts)
@@ -296,4 +347,6 @@ def episode_plans(episode_index: int, episode: Any, cfg: PlanConfig) -> list[Seq
     for ctx, tgt in windows(num_frames, cfg):
         plan = make_plan(episode_index, ctx, tgt, actions, cfg, instruction, texts)
         plans += [plan] * (cfg.success_repeat if success and tgt[-1] == num_frames - 1 else 1)
+    if cfg.think_samples and cfg.text_targets:
+        plans += think_plans(episode_index, texts, cfg, instruction)
     return plans
