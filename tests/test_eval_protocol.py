@@ -318,9 +318,18 @@ def test_think_mode_questions_are_asked_with_their_system_text_and_scored_after_
     tiny_pipe, grid_episodes, monkeypatch
 ):
     ep = grid_episodes[0]
-    pair = {"q": "next?", "a": "<think> 0,0 to 0,1: r01 </think> move right", "system": "Think: walls."}
+    pair = {
+        "q": "next? Say a move.",
+        "a": "<think> 0,0 to 0,1: r01 </think> move right",
+        "system": "Think: walls.",
+    }
+    plain = {"q": "where?", "a": "here"}
     annotated = Episode.from_arrays(
-        ep.id, ep.frames, ep.actions, ep.action_texts, annotations=[{"qa": [pair]}] + [{}] * (ep.length - 1)
+        ep.id,
+        ep.frames,
+        ep.actions,
+        ep.action_texts,
+        annotations=[{"qa": [pair, plain]}] + [{}] * (ep.length - 1),
     )
     asked = []
 
@@ -330,9 +339,17 @@ def test_think_mode_questions_are_asked_with_their_system_text_and_scored_after_
 
     monkeypatch.setattr(WorldModel, "reason", reason)
     out = evaluate_text(_wm(tiny_pipe), [annotated], max_think_tokens=300)
-    assert asked == [("Think: walls.", "next?", True, 300)]
-    assert out["accuracy"] == 1.0 and out["examples"][0]["answer"] == "move right"
+    assert asked[0] == ("Think: walls.", "next? Say a move.", True, 300) and asked[1][1:3] == (
+        "where?",
+        False,
+    )
+    assert out["accuracy"] == 0.5 and out["examples"][0]["answer"] == "move right"
     assert out["examples"][0]["think"] is True
+    # the accuracy of each question apart (named by its first sentence), its think form named so
+    assert out["by_question"] == {
+        "next? (think)": {"accuracy": 1.0, "correct": 1, "n": 1},
+        "where?": {"accuracy": 0.0, "correct": 0, "n": 1},
+    }
 
 
 def test_annotated_env_episodes_open_histories_with_the_instruction_and_feed_the_text_task(tiny_pipe):

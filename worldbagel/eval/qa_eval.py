@@ -53,7 +53,7 @@ def evaluate_text(
     if not questions:
         return None
     chosen = [questions[i] for i in evenly_spaced(len(questions), max_questions)]
-    preds, truths, examples = [], [], []
+    preds, truths, examples, asked = [], [], [], []
     for n, (ep, t, q, a, system) in enumerate(chosen):
         start = max(0, t - context + 1)
         # a question annotated in think mode is asked with its own system text; its thought is not scored
@@ -70,6 +70,8 @@ def evaluate_text(
         a = split_think(a)[1] if system else a
         preds.append(answer)
         truths.append(a)
+        label = q[: q.index("?") + 1] if "?" in q else q  # its first sentence names it in tables
+        asked.append(f"{label} (think)" if thinks else label)
         if len(examples) < 5:
             examples.append(
                 {
@@ -85,5 +87,12 @@ def evaluate_text(
         if progress is not None:
             progress(n + 1, len(chosen))
     out = dict(qa_accuracy(preds, truths))
+    # per question (its think form apart): a mixed accuracy hides which question fails
+    out["by_question"] = {
+        name: qa_accuracy(
+            [p for p, k in zip(preds, asked) if k == name], [t for t, k in zip(truths, asked) if k == name]
+        )
+        for name in dict.fromkeys(asked)
+    }
     out["examples"] = examples
     return out

@@ -10,7 +10,7 @@ metrics.json layout (schema_version 1; every section is optional, see docs/metri
                           "higher_is_better": {metric: bool}},
      "navigation": {...},                                `navigation_summary()`
      "trajectory": {"ate": float, "align": str, "rpe": {...}, ...},
-     "text": {"accuracy": float, "correct": int, "n": int},
+     "text": {"accuracy": float, "correct": int, "n": int, "by_question": {question: {...}}, "examples": [...]},
      "symbolic": {...}}                                  `SymbolicAccuracy.as_dict()`
 
 Numbers are plain JSON numbers; non-finite values (inf, nan) are written as null. Printing the
@@ -184,7 +184,7 @@ def horizon_table(
         else list(dict.fromkeys(m for per in modes.values() for m in per))
     )
     table = Table(title=title, title_justify="left")
-    table.add_column("metric", style="cyan", no_wrap=True)
+    table.add_column("metric", style="cyan", no_wrap=True, max_width=72, overflow="ellipsis")
     table.add_column("mode", no_wrap=True)
     for k in horizons:
         table.add_column(f"k={k}", justify="right", no_wrap=True)
@@ -212,8 +212,8 @@ def scalar_table(section: Mapping, title: str) -> Table:
     """Two-column table (metric, value) of a flat section such as navigation or text; nested dicts are
     flattened with dotted keys."""
     table = Table(title=title, title_justify="left")
-    table.add_column("metric", style="cyan", no_wrap=True)
-    table.add_column("value", justify="right")
+    table.add_column("metric", style="cyan", no_wrap=True, max_width=72, overflow="ellipsis")
+    table.add_column("value", justify="right", no_wrap=True, min_width=10)
 
     def rows(prefix: str, value) -> None:
         if isinstance(value, Mapping):
