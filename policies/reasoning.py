@@ -8,7 +8,8 @@ by default
 (`NEXT_ACTION_QUESTION` filled with the codec's vocabulary; an `instruction` from the constructor or the
 info opens the history). With `think=True` the model's thinking system text (`WorldModelConfig.think_prompt`,
 else the official VLM one) precedes the question and
-only the text after `</think>` is parsed. All envs of a vector env are asked together: their forked
+only the text after `</think>` is parsed. `think=None` (default) thinks when the world model has its own
+`think_prompt` (a model trained to think, as the shipped gridworld model is) and does not score. All envs of a vector env are asked together: their forked
 histories go through ONE `generate_text_batch` call.
 
 Parsing (`parse_action`): the whole answer through `codec.decode`; failing that, for codecs with a
@@ -98,7 +99,7 @@ class ReasoningPolicy(WorldModelPolicy):
         world_model: WorldModel,
         action_space: gym.Space | None = None,
         question: str | None = None,
-        think: bool = False,
+        think: bool | None = None,
         fallback: Any = "random",
         max_new_tokens: int | None = None,
         instruction: str | None = None,
@@ -120,6 +121,8 @@ class ReasoningPolicy(WorldModelPolicy):
             action_space = gym.spaces.Discrete(len(self.codec.vocabulary))
         self.action_space = action_space
         self.question = question or next_action_question(self.codec)
+        if think is None:  # a model trained to think does, unless its action phrases are scored
+            think = bool(world_model.config.think_prompt) and choose != "score"
         self.think = bool(think)
         if choose not in ("generate", "score"):
             raise bad_argument("choose", choose, "use 'generate' (parse the answer text) or 'score'")

@@ -11,6 +11,7 @@ import pytest
 
 import worldbagel.policies.reasoning as reasoning_mod
 from worldbagel.actions import ContinuousActionCodec, DiscreteActionCodec, NavActionCodec
+from worldbagel.data.annotations import GOAL_QUESTION
 from worldbagel.envs import make_env
 from worldbagel.errors import ConfigError, InvalidAction
 from worldbagel.inference.generate import GenerationConfig, TextOutput
@@ -98,6 +99,10 @@ def test_think_mode_uses_the_models_own_think_prompt(tiny_pipe, frame, monkeypat
     policy = ReasoningPolicy(wm, think=True)
     assert policy.act(frame, {}) == 1 and policy.max_new_tokens == 512
     assert stub.calls[0][0] == f"Think: follow the wall. | {policy.question}"  # not the VLM prompt
+    # think=None (the default): a model with its own think prompt thinks, unless its phrases are scored
+    assert ReasoningPolicy(wm).think and not ReasoningPolicy(wm, think=False).think
+    assert not ReasoningPolicy(wm, choose="score").think
+    assert not ReasoningPolicy(_wm(tiny_pipe)).think  # no think prompt of its own: answers plainly
 
 
 def test_vector_envs_ask_all_questions_in_one_batch(tiny_pipe, frame, monkeypatch):
@@ -163,7 +168,8 @@ def test_scores_are_the_log_likelihood_of_saying_each_text(frame):
     pipe = _shipped_pipe()
     wm = _wm(pipe).reset(frame, instruction="reach the green goal")
     ctx = wm.context.fork()
-    ctx.add_text(next_action_question(CODEC))
+    # the goal question has a short plain answer (the shipped model thinks before it answers the next move)
+    ctx.add_text(GOAL_QUESTION)
     said = generate_text(ctx.fork(), max_new_tokens=16, return_logits=True)
     assert said.stopped and pipe.tokenizer.encode(said.text) == said.ids
     # teacher forcing the greedy answer reproduces the log-probabilities the decoder saw, <|im_end|> included
@@ -173,11 +179,9 @@ def test_scores_are_the_log_likelihood_of_saying_each_text(frame):
     scores = score_text_batch([ctx, ctx.fork()], [said.text, "move nowhere", *CODEC.vocabulary])
     assert scores.shape == (2, 6) and torch.equal(scores[0], scores[1])
     torch.testing.assert_close(scores[0, 0], want.float(), atol=1e-3, rtol=1e-4)
-    # the greedy answer is at least as likely as any other action phrase; the context is left untouched
+    # the greedy answer is at least as likely as any other phrase; the context is left untouched
     assert scores[0, 0] >= scores[0, 2:].max() - 1e-4 and scores[0, 1] < scores[0, 0]
-    assert (
-        ctx.num_tokens == wm.context.num_tokens + len(pipe.tokenizer.encode(next_action_question(CODEC))) + 2
-    )
+    assert ctx.num_tokens == wm.context.num_tokens + len(pipe.tokenizer.encode(GOAL_QUESTION)) + 2
 
 
 def test_score_mode_reads_the_models_action_distribution(frame):
