@@ -1,20 +1,26 @@
 """Train the gridworld world model shipped with worldbagel, with the project's own commands.
 
-    python scripts/train_gridworld.py --out runs/gridworld [--install]     # the shipped model's recipe (run J)
+    python scripts/train_gridworld.py --out runs/gridworld [--install]     # the shipped model's recipe
     python scripts/train_gridworld.py --out runs/gw --episodes 400 --vae-steps 600 --steps 14000 --preset scratch-deep
 
-The defaults are run J's recipe (docs/training.md): ~40 minutes from nothing on 2 quiet CPU cores. Its
-autoencoder loses the goal ring under the agent; a second `train-vae` stage (`--decoder-steps`) retrains the
-decoder alone on agent-on-goal frames, which keeps the latents (and so the world model's training) unchanged.
+The defaults are run J's recipe (docs/training.md), then two later stages. Run J's autoencoder loses the goal
+ring under the agent; a second `train-vae` stage (`--decoder-steps`) retrains the decoder alone on agent-on-goal
+frames, which keeps the latents (and so the world model's training) unchanged. A last stage of three
+`finetune` phases (`--think-phases`, think runs T1, T4, T5) teaches the finished world model to answer the
+next-move question by thinking: it writes the right-hand wall follower's walk from the goal to the agent
+(`annotate=gridworld-think`, `plan.think_samples=true`) while its frame samples keep the world model as it was.
+Run J takes ~40 minutes on 2 quiet cores, the decoder ~3.5, the think stage ~30 (docs/training.md).
 
 1. `worldbagel collect` random-policy and shortest-path (oracle) GridWorld episodes on training layouts,
    annotated with questions, answers and thoughts from the symbolic state (worldbagel/data/annotations.py);
 2. `worldbagel train-vae` a small FLUX-layout autoencoder on their frames, then its decoder alone again with
    the agent-on-goal frames repeated (`init=... train.freeze_encoder=true`);
 3. `worldbagel finetune` a from-scratch BAGEL-architecture preset on frame/action/text sequences;
-4. a quick held-out check: next-frame symbolic accuracy (frames decoded by the env's frame decoder) and
-   exact-match answers on layouts never trained on;
-5. `--install` copies the model folder to worldbagel/assets/gridworld (what `model=gridworld` loads).
+4. `worldbagel collect` the same kind of episodes annotated in think mode, and `worldbagel finetune` the model
+   of step 3 on them (think questions as samples of their own, frame windows beside them);
+5. a quick held-out check: next-frame symbolic accuracy (frames decoded by the env's frame decoder) and
+   exact-match answers (the next-move question in think mode) on layouts never trained on;
+6. `--install` copies the model folder to worldbagel/assets/gridworld (what `model=gridworld` loads).
 
 Every step resumes: re-running continues the collection, and `--resume` continues the fine-tune.
 """
@@ -206,6 +212,65 @@ def held_out_check(
     }
 
 
+THINK_PHASES = (("more", 3000, 5e-4), ("more", 2500, 3e-4), ("mix", 1500, 2e-4))
+"""The think stage's fine-tunes, each from the last one's model: (data, steps, peak lr). `more`: stage 3's random
+episodes and 600 shortest-path ones (more states to think about); `mix`: stage 3's own mix (400 + 200), which
+puts back the wall check next to the goal that the shortest-path-heavy data had worn down (think runs T1, T4,
+T5, docs/training.md)."""
+
+
+def think_stage(args: argparse.Namespace, world_model: Path, out: Path) -> Path:
+    """Fine-tune the finished world model on think-mode next-move questions (the walk from the goal); returns
+    the folder of the last phase."""
+    data = {"more": out / "data_more", "mix": out / "data_mix"}
+    for name, oracle in (("mix", args.oracle_episodes), ("more", args.think_oracle_episodes)):
+        for policy, total in (("random", args.episodes), ("oracle", args.episodes + oracle)):
+            step(
+                [
+                    "collect",
+                    "env=gridworld",
+                    f"policy={policy}",
+                    f"episodes={total}",
+                    f"out={data[name]}",
+                    "annotate=gridworld-think",
+                ]
+            )
+    phases = THINK_PHASES[: args.think_phases]
+    for i, (name, steps, lr) in enumerate(phases):
+        phase_out = out / f"phase{i + 1}"
+        step(
+            [
+                "finetune",
+                "model=tiny",
+                f"model.path={world_model}",
+                "model.vae_image_size=[64,64,8]",
+                "model.vit_image_size=[56,56,14]",
+                "sample_posterior=false",
+                # each think question is a sample of its own (frame, system text, question, walk, answer); the
+                # frame windows beside them keep the world model (run M put the walk inside them: frames broke)
+                "plan.think_samples=true",
+                f"dropout.annotations={args.annotation_dropout}",
+                "dropout.vae=0.0",
+                f"train.mse_change_weight={args.change_weight}",
+                f"train.train_pos_embed={str(not args.frozen_pos_embed).lower()}",
+                f"data={data[name]}",
+                f"out={phase_out}",
+                f"train.steps={steps}",
+                f"train.optim.lr={lr}",
+                "train.optim.warmup_steps=100",
+                "train.optim.schedule=cosine",
+                f"train.resume={str(args.resume).lower()}",
+                "train.save_every=250",
+                f"train.timestep_shift={args.shift}",
+                f"train.ema_decay={args.ema_decay}",
+                "plan.context_frames=1",
+                f"plan.outcomes={str(not args.no_outcomes).lower()}",
+            ]
+        )
+        world_model = model_folder(phase_out)
+    return world_model
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("runs/gridworld"))
@@ -213,12 +278,6 @@ def main() -> None:
     ap.add_argument("--oracle-episodes", type=int, default=200, help="shortest-path episodes")
     ap.add_argument("--vae-steps", type=int, default=600)
     ap.add_argument("--vae-frames", type=int, default=4000)
-    ap.add_argument(
-        "--annotate",
-        default="gridworld",
-        choices=("gridworld", "gridworld-think"),
-        help="collect's annotator; gridworld-think asks half the action questions with the wall-follower thought",
-    )
     ap.add_argument(
         "--decoder-steps",
         type=int,
@@ -272,6 +331,18 @@ def main() -> None:
         default=1,
         help="plan.success_repeat: windows that end on the goal appear this many times per epoch",
     )
+    ap.add_argument(
+        "--think-phases",
+        type=int,
+        default=len(THINK_PHASES),
+        help="then fine-tune on think-mode next-move questions in this many of THINK_PHASES (0: skip)",
+    )
+    ap.add_argument(
+        "--think-oracle-episodes",
+        type=int,
+        default=600,
+        help="shortest-path episodes of the think stage's `more` data (beside --episodes random ones)",
+    )
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--eval-episodes", type=int, default=10)
     ap.add_argument("--eval-steps", type=int, default=8)
@@ -281,6 +352,7 @@ def main() -> None:
     args = ap.parse_args()
     out = args.out
     data, vae, ring, wm_out = out / "data", out / "vae", out / "vae_ring", out / "wm"
+    think_out = out / "wm_think"
     if not args.skip_train:
         # random-policy episodes (every kind of move, wall bumps), then shortest-path episodes on other
         # layouts (they end with the agent stepping onto the goal, which random episodes rarely show)
@@ -292,7 +364,7 @@ def main() -> None:
                     f"policy={policy}",
                     f"episodes={total}",
                     f"out={data}",
-                    f"annotate={args.annotate}",
+                    "annotate=gridworld",
                 ]
             )
         if not (vae / "ae.safetensors").is_file():
@@ -381,13 +453,17 @@ def main() -> None:
             ]
         )
     folder = model_folder(wm_out)
+    if args.think_phases and not args.skip_train:
+        folder = think_stage(args, folder, think_out)
+    elif args.think_phases:
+        folder = model_folder(think_out / f"phase{args.think_phases}")
     metrics = held_out_check(
         folder,
         args.eval_episodes,
         args.eval_steps,
         args.sampling_steps,
         outcomes=not args.no_outcomes,
-        think=args.annotate == "gridworld-think",
+        think=bool(args.think_phases),
     )
     (out / "held_out.json").write_text(json.dumps(metrics, indent=1) + "\n")
     print(json.dumps(metrics, indent=1))
