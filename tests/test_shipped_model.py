@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from worldbagel.actions import DiscreteActionCodec, next_action_question
-from worldbagel.data.annotations import GOAL_QUESTION, relative_offset_text
+from worldbagel.data.annotations import CELL_CHARS, GOAL_QUESTION, relative_offset_text
 from worldbagel.envs import make_env
 from worldbagel.envs.grid_frames import decode_frame
 from worldbagel.envs.gridworld import GridWorldEnv
@@ -94,18 +94,33 @@ def test_open_loop_imagination_follows_the_actions(wm):
     assert sum(d == t for d, t in zip(decoded, truth)) >= 3, (decoded, truth)
 
 
-def test_answers_where_the_goal_is(wm):
+def test_answers_where_the_goal_is_and_thinks_out_the_next_move(wm):
     env = make_env("WorldBagel/GridWorld-v0", split="eval")
-    right = 0
-    for ep in range(5):
+    goal_right = move_right = 0
+    for ep in range(8):
         obs, info = env.reset(seed=40_000 + ep)
         wm.reset(obs, instruction=INSTRUCTION)
-        right += wm.reason(GOAL_QUESTION, max_new_tokens=24) == relative_offset_text(
+        goal_right += wm.reason(GOAL_QUESTION, max_new_tokens=24) == relative_offset_text(
             info["agent"], info["goal"]
         )
-    assert right >= 4
-    answer = wm.reason(next_action_question(CODEC), max_new_tokens=24)
-    assert CODEC.decode(answer) in range(4), answer  # the next-action answer parses as an action (or raises)
+        # think mode (its own think prompt): the walk from the goal, then the first move of the shortest path
+        thought, answer = wm.reason_full(next_action_question(CODEC), think=True, max_new_tokens=512)
+        move_right += answer == env.unwrapped.action_names[env.unwrapped.optimal_action()]
+        assert thought.split(" ")[0] in CELL_CHARS, thought  # the agent's cell, then the walk
+    assert goal_right >= 7 and move_right >= 6, (goal_right, move_right)
+
+
+def test_reasoning_policy_reaches_held_out_goals(tmp_path):
+    from worldbagel.cli import main
+
+    # `worldbagel eval`'s navigation task with the reasoning policy (configs/policy/reasoning.yaml: it thinks
+    # with the shipped model's own think prompt) on the planner test's two held-out layouts
+    out = tmp_path / "nav"
+    args = ["eval", "tasks=[navigation]", "policy=reasoning", "navigation.episodes=2", "navigation.seed=1008"]
+    assert main([*args, "env.kwargs.max_steps=16", "navigation.baselines=[random]", f"out={out}"]) == 0
+    nav = json.loads((out / "metrics.json").read_text())["navigation"]
+    assert nav["policy"] == "reasoning" and nav["success_rate"] == 1.0 and nav["spl"] > 0.5, nav
+    assert nav["baselines"]["random"]["spl"] < nav["spl"]
 
 
 def test_planner_beats_random_on_held_out_layouts(tmp_path):

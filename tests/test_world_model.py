@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from worldbagel.actions import DiscreteActionCodec
+from worldbagel.data.annotations import GRIDWORLD_THINK_PROMPT
 from worldbagel.errors import ConfigError
 from worldbagel.inference.generate import GenerationConfig
 from worldbagel.world_model import WorldModel, WorldModelConfig, predict_batch
@@ -123,7 +124,9 @@ def test_model_world_defaults_apply_unless_overridden(tiny_dir):
     from worldbagel.world_model_loader import load_world_model, model_config
 
     # the gridworld preset keeps one history frame (configs/model/gridworld.yaml: the model's own default)
+    # and names the think-mode system text it was trained with
     assert model_config("gridworld").world == {
+        "think_prompt": GRIDWORLD_THINK_PROMPT,
         "max_history_frames": 1,
         "window_slack": 0,
         "outcome_text": True,
