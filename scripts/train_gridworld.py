@@ -212,6 +212,22 @@ def held_out_check(
     }
 
 
+def schedule_overrides(args: argparse.Namespace, steps: int, lr: float) -> list[str]:
+    """The schedule, checkpoint and plan overrides every `finetune` of the recipe shares."""
+    return [
+        f"train.steps={steps}",
+        f"train.optim.lr={lr}",
+        "train.optim.warmup_steps=100",
+        "train.optim.schedule=cosine",
+        f"train.resume={str(args.resume).lower()}",
+        "train.save_every=250",
+        f"train.timestep_shift={args.shift}",
+        f"train.ema_decay={args.ema_decay}",
+        "plan.context_frames=1",
+        f"plan.outcomes={str(not args.no_outcomes).lower()}",
+    ]
+
+
 THINK_PHASES = (("more", 3000, 5e-4), ("more", 2500, 3e-4), ("mix", 1500, 2e-4))
 """The think stage's fine-tunes, each from the last one's model: (data, steps, peak lr). `more`: stage 3's random
 episodes and 600 shortest-path ones (more states to think about); `mix`: stage 3's own mix (400 + 200), which
@@ -255,16 +271,7 @@ def think_stage(args: argparse.Namespace, world_model: Path, out: Path) -> Path:
                 f"train.train_pos_embed={str(not args.frozen_pos_embed).lower()}",
                 f"data={data[name]}",
                 f"out={phase_out}",
-                f"train.steps={steps}",
-                f"train.optim.lr={lr}",
-                "train.optim.warmup_steps=100",
-                "train.optim.schedule=cosine",
-                f"train.resume={str(args.resume).lower()}",
-                "train.save_every=250",
-                f"train.timestep_shift={args.shift}",
-                f"train.ema_decay={args.ema_decay}",
-                "plan.context_frames=1",
-                f"plan.outcomes={str(not args.no_outcomes).lower()}",
+                *schedule_overrides(args, steps, lr),
             ]
         )
         world_model = model_folder(phase_out)
@@ -439,16 +446,7 @@ def main() -> None:
                 f"data={data}",
                 f"vae={vae}",
                 f"out={wm_out}",
-                f"train.steps={args.steps}",
-                f"train.optim.lr={args.lr}",
-                "train.optim.warmup_steps=100",
-                "train.optim.schedule=cosine",
-                f"train.resume={str(args.resume).lower()}",
-                "train.save_every=250",
-                f"train.timestep_shift={args.shift}",
-                f"train.ema_decay={args.ema_decay}",
-                "plan.context_frames=1",
-                f"plan.outcomes={str(not args.no_outcomes).lower()}",
+                *schedule_overrides(args, args.steps, args.lr),
                 f"plan.success_repeat={args.success_repeat}",
             ]
         )

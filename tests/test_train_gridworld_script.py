@@ -1,0 +1,65 @@
+"""scripts/train_gridworld.py's think stage wires the project's commands together (a few steps each)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+from importlib import resources
+from pathlib import Path
+
+import pytest
+
+from worldbagel.data.annotations import GRIDWORLD_THINK_PROMPT
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "train_gridworld.py"
+SHIPPED = Path(str(resources.files("worldbagel"))) / "assets" / "gridworld"
+
+
+@pytest.fixture(scope="module")
+def script():
+    spec = importlib.util.spec_from_file_location("train_gridworld", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_think_stage_collects_think_data_and_chains_its_phases(script, tmp_path, monkeypatch):
+    if not (SHIPPED / "ema.safetensors").is_file():
+        pytest.skip("the shipped gridworld model is not built yet")
+    # the shipped recipe: three phases, the last on stage 3's own mix of episodes
+    assert [name for name, _, _ in script.THINK_PHASES] == ["more", "more", "mix"]
+    monkeypatch.setattr(script, "THINK_PHASES", (("more", 2, 5e-4), ("mix", 2, 2e-4)))
+    args = argparse.Namespace(
+        episodes=2,
+        oracle_episodes=1,
+        think_oracle_episodes=2,
+        think_phases=2,
+        annotation_dropout=0.5,
+        change_weight=2.0,
+        frozen_pos_embed=False,
+        resume=False,
+        shift=3.0,
+        ema_decay=0.998,
+        no_outcomes=False,
+    )
+    calls = []
+    run = script.step
+    monkeypatch.setattr(script, "step", lambda cli_args: (calls.append(cli_args), run(cli_args)))
+    last = script.think_stage(args, SHIPPED, tmp_path)
+    assert last == tmp_path / "phase2" and (last / "ema.safetensors").is_file()
+    # each phase started from the one before it, on its own data, and trained its own steps
+    tunes = [dict(a.split("=", 1) for a in c[1:]) for c in calls if c[0] == "finetune"]
+    assert [(t["model.path"], t["data"]) for t in tunes] == [
+        (str(SHIPPED), str(tmp_path / "data_more")),
+        (str(tmp_path / "phase1"), str(tmp_path / "data_mix")),
+    ]
+    assert all(t["plan.think_samples"] == "true" for t in tunes)
+    for phase in ("phase1", "phase2"):
+        steps = [json.loads(line)["step"] for line in (tmp_path / phase / "metrics.jsonl").open()]
+        assert steps == [1, 2]
+    # `mix`: 2 random + 1 shortest-path episodes, `more`: 2 + 2; every action question asked in think mode
+    counts = {name: len(list((tmp_path / f"data_{name}").glob("ep-*"))) for name in ("mix", "more")}
+    assert counts == {"mix": 3, "more": 4}
+    first = (next(iter(sorted((tmp_path / "data_mix").glob("ep-*")))) / "steps.jsonl").read_text()
+    assert GRIDWORLD_THINK_PROMPT in first and "</think> move" in first
