@@ -7,9 +7,9 @@ by default
 
 (`NEXT_ACTION_QUESTION` filled with the codec's vocabulary; an `instruction` from the constructor or the
 info opens the history). With `think=True` the model's thinking system text (`WorldModelConfig.think_prompt`,
-else the official VLM one) precedes the question and
-only the text after `</think>` is parsed. `think=None` (default) thinks when the world model has its own
-`think_prompt` (a model trained to think, as the shipped gridworld model is) and does not score. All envs of a vector env are asked together: their forked
+else the official VLM one) precedes the question and only the text after `</think>` is parsed. `think=None`
+(default) thinks when the world model has its own `think_prompt` (a model trained to think, as the shipped
+gridworld model is) and the policy does not score. All envs of a vector env are asked together: their forked
 histories go through ONE `generate_text_batch` call.
 
 Parsing (`parse_action`): the whole answer through `codec.decode`; failing that, for codecs with a

@@ -26,6 +26,9 @@ The plan of one window (context frames f_0 .. f_{K-1} spaced by the frame skip k
         frames: a single `full` split spanning all of them, one timestep, rope advancing by k between frames
         and not after the last (spec 6.5)
 
+With `think_samples`, a frame's think-mode triple (system text, question, answer) leaves the windows and becomes
+a sample of its own: [instruction, clean VAE(f) + ViT(f) (never dropped), system, question, answer (CE)], no target.
+
 An action spanning k > 1 env steps is the k action texts joined by `action_separator`. Items dropped by CFG
 dropout: a text adds nothing; an image adds no tokens but still advances the rope by 1 (spec 6.2).
 """
@@ -189,9 +192,9 @@ def episode_texts(episode: Any) -> tuple[str | None, dict[int, list[tuple[str, s
 
     `episode.annotations[t]` (worldbagel.data.trajectory) may hold "instruction" (the first one found is
     the episode's), "qa" (a list of {"q", "a"} about the observation at step t, i.e. frame t, optionally with
-    the "system" text of think mode, placed before the question), "thought"
-    (the reasoning before the action at step t; role "system" for the think-mode system text) and "outcome" (the observation the action led to: filed
-    under frame t + 1 with role "outcome"). Missing annotations mean no such text.
+    the "system" text of think mode, placed before the question with role "system"), "thought" (the reasoning
+    before the action at step t) and "outcome" (the observation the action led to: filed under frame t + 1 with
+    role "outcome"). Missing annotations mean no such text.
     """
     instruction = None
     per_frame: dict[int, list[tuple[str, str]]] = {}
