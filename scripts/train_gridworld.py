@@ -212,6 +212,21 @@ def held_out_check(
     }
 
 
+def collect_episodes(out: Path, random_episodes: int, oracle_episodes: int, annotate: str) -> None:
+    """`worldbagel collect` random-policy episodes, then shortest-path ones, into one folder (resumes)."""
+    for policy, total in (("random", random_episodes), ("oracle", random_episodes + oracle_episodes)):
+        step(
+            [
+                "collect",
+                "env=gridworld",
+                f"policy={policy}",
+                f"episodes={total}",
+                f"out={out}",
+                f"annotate={annotate}",
+            ]
+        )
+
+
 def schedule_overrides(args: argparse.Namespace, steps: int, lr: float) -> list[str]:
     """The schedule, checkpoint and plan overrides every `finetune` of the recipe shares."""
     return [
@@ -239,18 +254,8 @@ def think_stage(args: argparse.Namespace, world_model: Path, out: Path) -> Path:
     """Fine-tune the finished world model on think-mode next-move questions (the walk from the goal); returns
     the folder of the last phase."""
     data = {"more": out / "data_more", "mix": out / "data_mix"}
-    for name, oracle in (("mix", args.oracle_episodes), ("more", args.think_oracle_episodes)):
-        for policy, total in (("random", args.episodes), ("oracle", args.episodes + oracle)):
-            step(
-                [
-                    "collect",
-                    "env=gridworld",
-                    f"policy={policy}",
-                    f"episodes={total}",
-                    f"out={data[name]}",
-                    "annotate=gridworld-think",
-                ]
-            )
+    collect_episodes(data["mix"], args.episodes, args.oracle_episodes, "gridworld-think")
+    collect_episodes(data["more"], args.episodes, args.think_oracle_episodes, "gridworld-think")
     phases = THINK_PHASES[: args.think_phases]
     for i, (name, steps, lr) in enumerate(phases):
         phase_out = out / f"phase{i + 1}"
@@ -363,17 +368,7 @@ def main() -> None:
     if not args.skip_train:
         # random-policy episodes (every kind of move, wall bumps), then shortest-path episodes on other
         # layouts (they end with the agent stepping onto the goal, which random episodes rarely show)
-        for policy, total in (("random", args.episodes), ("oracle", args.episodes + args.oracle_episodes)):
-            step(
-                [
-                    "collect",
-                    "env=gridworld",
-                    f"policy={policy}",
-                    f"episodes={total}",
-                    f"out={data}",
-                    "annotate=gridworld",
-                ]
-            )
+        collect_episodes(data, args.episodes, args.oracle_episodes, "gridworld")
         if not (vae / "ae.safetensors").is_file():
             step(
                 [

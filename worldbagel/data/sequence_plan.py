@@ -263,7 +263,7 @@ def make_plan(
             items.append(PlanItem("vit", role, frame=f, cfg=True))
         frame_texts = texts.get(f, [])
         if cfg.think_samples:
-            frame_texts = _without_think(frame_texts)
+            frame_texts = _split_think(frame_texts)[0]
         for trole, text in frame_texts:
             if trole != "outcome":
                 items.append(PlanItem("text", trole, text=text, loss=trole in ("answer", "thought")))
@@ -291,17 +291,17 @@ def make_plan(
     return SequencePlan(episode_index, list(context), list(targets), items)
 
 
-def _without_think(texts: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """A frame's texts without its think-mode triples (system, question, answer)."""
-    out, skip = [], 0
-    for trole, text in texts:
-        if trole == "system":
-            skip = 3
-        if skip:
-            skip -= 1
-            continue
-        out.append((trole, text))
-    return out
+def _split_think(texts: list[tuple[str, str]]) -> tuple[list[tuple[str, str]], list[tuple[str, str, str]]]:
+    """A frame's texts without its think-mode triples, and those (system, question, answer) triples."""
+    rest, triples, i = [], [], 0
+    while i < len(texts):
+        if texts[i][0] == "system" and i + 2 < len(texts):
+            triples.append(tuple(text for _, text in texts[i : i + 3]))
+            i += 3
+        else:
+            rest.append(texts[i])
+            i += 1
+    return rest, triples
 
 
 def think_plans(
@@ -314,17 +314,13 @@ def think_plans(
     answer (CE on the answer: the thought and the action after it)."""
     plans = []
     for f in sorted(texts):
-        frame_texts = texts[f]
-        for i, (trole, _) in enumerate(frame_texts):
-            if trole != "system" or i + 2 >= len(frame_texts):
-                continue
+        for system, question, answer in _split_think(texts[f])[1]:
             items = []
             if cfg.instruction and instruction:
                 items.append(PlanItem("text", "instruction", text=instruction, cfg=True))
             items.append(PlanItem("vae", "context", frame=f))
             if cfg.vit:
                 items.append(PlanItem("vit", "context", frame=f))
-            (_, system), (_, question), (_, answer) = frame_texts[i : i + 3]
             items += [
                 PlanItem("text", "system", text=system),
                 PlanItem("text", "question", text=question),

@@ -88,11 +88,10 @@ def evaluate_text(
             progress(n + 1, len(chosen))
     out = dict(qa_accuracy(preds, truths))
     # per question (its think form apart): a mixed accuracy hides which question fails
-    out["by_question"] = {
-        name: qa_accuracy(
-            [p for p, k in zip(preds, asked) if k == name], [t for t, k in zip(truths, asked) if k == name]
-        )
-        for name in dict.fromkeys(asked)
-    }
+    groups: dict[str, tuple[list, list]] = {}
+    for p, t, name in zip(preds, truths, asked):
+        groups.setdefault(name, ([], []))[0].append(p)
+        groups[name][1].append(t)
+    out["by_question"] = {name: qa_accuracy(p, t) for name, (p, t) in groups.items()}
     out["examples"] = examples
     return out
