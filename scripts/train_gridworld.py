@@ -362,6 +362,8 @@ def main() -> None:
     ap.add_argument("--install", action="store_true", help="copy the model to worldbagel/assets/gridworld")
     ap.add_argument("--skip-train", action="store_true", help="only evaluate (and install) an existing run")
     args = ap.parse_args()
+    if not 0 <= args.think_phases <= len(THINK_PHASES):
+        ap.error(f"--think-phases {args.think_phases}: use 0 (skip the think stage) to {len(THINK_PHASES)}")
     out = args.out
     data, vae, ring, wm_out = out / "data", out / "vae", out / "vae_ring", out / "wm"
     think_out = out / "wm_think"
