@@ -238,6 +238,9 @@ def schedule_overrides(args: argparse.Namespace, steps: int, lr: float) -> list[
         "train.save_every=250",
         f"train.timestep_shift={args.shift}",
         f"train.ema_decay={args.ema_decay}",
+        # one latent cache for every fine-tune: the think stage's frames are mostly stage 3's (same collection
+        # seeds), so they are encoded once
+        f"latent_cache={args.out / 'latent_cache'}",
         "plan.context_frames=1",
         f"plan.outcomes={str(not args.no_outcomes).lower()}",
     ]

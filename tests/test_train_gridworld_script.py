@@ -42,6 +42,7 @@ def test_the_think_stage_collects_think_data_and_chains_its_phases(script, tmp_p
         shift=3.0,
         ema_decay=0.998,
         no_outcomes=False,
+        out=tmp_path,
     )
     calls = []
     run = script.step
@@ -55,6 +56,8 @@ def test_the_think_stage_collects_think_data_and_chains_its_phases(script, tmp_p
         (str(tmp_path / "phase1"), str(tmp_path / "data_mix")),
     ]
     assert all(t["plan.think_samples"] == "true" for t in tunes)
+    # one latent cache: the second phase re-encodes only the frames the first one never saw
+    assert {t["latent_cache"] for t in tunes} == {str(tmp_path / "latent_cache")}
     for phase in ("phase1", "phase2"):
         steps = [json.loads(line)["step"] for line in (tmp_path / phase / "metrics.jsonl").open()]
         assert steps == [1, 2]

@@ -35,24 +35,49 @@ LAYER_VARIANTS = ("Qwen2MoTDecoderLayer", "Qwen2MoEDecoderLayer", "Qwen2DecoderL
 PastKV = Sequence[tuple[torch.Tensor, torch.Tensor]]
 
 
+class _RowPermute(torch.autograd.Function):
+    """x.index_select(0, order) for a permutation `order`; backward gathers with its inverse (an index_select
+    too, where autograd's own backward of a gather is a scatter-add)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, order: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(inverse)
+        return x.index_select(0, order)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        (inverse,) = ctx.saved_tensors
+        return grad.index_select(0, inverse), None, None
+
+
 @dataclass
 class Routing:
-    """Which rows of the packed sequence go to which expert."""
+    """Which rows of the packed sequence go to which expert.
+
+    Inside the decoder the residual stream is kept in *expert order* (`to_experts`): understanding rows first,
+    generation rows after, each in packed order. Each expert's weights then apply to one contiguous slice, and
+    only attention, which needs each sample's tokens in sequence, sees the packed order (`to_packed`).
+    """
 
     gen_idx: torch.Tensor
     """Long indexes of generation-expert (VAE) rows."""
     und_idx: torch.Tensor
     """Long indexes of understanding-expert (text + ViT) rows."""
     n: int
+    order: torch.Tensor
+    """Packed row of each expert-order row: cat(und_idx, gen_idx)."""
+    inverse: torch.Tensor
+    """Expert-order row of each packed row (the inverse permutation)."""
 
     @classmethod
     def from_mask(cls, gen_mask: torch.Tensor) -> Routing:
         gen_mask = gen_mask.bool()
-        return cls(
-            gen_idx=gen_mask.nonzero().squeeze(1),
-            und_idx=(~gen_mask).nonzero().squeeze(1),
-            n=gen_mask.numel(),
-        )
+        gen_idx = gen_mask.nonzero().squeeze(1)
+        und_idx = (~gen_mask).nonzero().squeeze(1)
+        order = torch.cat([und_idx, gen_idx])
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(order.numel(), device=order.device)
+        return cls(gen_idx=gen_idx, und_idx=und_idx, n=gen_mask.numel(), order=order, inverse=inverse)
 
     @property
     def all_und(self) -> bool:
@@ -62,32 +87,53 @@ class Routing:
     def all_gen(self) -> bool:
         return self.und_idx.numel() == 0
 
-    def apply(
+    @property
+    def n_und(self) -> int:
+        return self.und_idx.numel()
+
+    def to_experts(self, x: torch.Tensor) -> torch.Tensor:
+        """Packed order [N, ...] -> expert order [N, ...]."""
+        if self.all_und or self.all_gen:
+            return x
+        return _RowPermute.apply(x, self.order, self.inverse)
+
+    def to_packed(self, x: torch.Tensor) -> torch.Tensor:
+        """Expert order [N, ...] -> packed order [N, ...]."""
+        if self.all_und or self.all_gen:
+            return x
+        return _RowPermute.apply(x, self.inverse, self.order)
+
+    def run(
         self,
         x: torch.Tensor,
-        f_und: Callable[[torch.Tensor], torch.Tensor],
-        f_gen: Callable[[torch.Tensor], torch.Tensor] | None,
+        f_und: Callable[..., torch.Tensor],
+        f_gen: Callable[..., torch.Tensor] | None,
+        *extra: torch.Tensor,
+        detach_und: bool = False,
     ) -> torch.Tensor:
-        """Apply f_und to und rows and f_gen to gen rows of x [N, ...]; f_gen None means shared weights."""
+        """Rows of x [N, ...] in expert order through their expert: f_und(und rows, *extra und rows), f_gen
+        likewise (None: shared weights, f_und on all rows). `detach_und` cuts the gradient of the und rows'
+        outputs (freeze_und training: the understanding expert and its tokens stay as they are)."""
         if f_gen is None or self.all_und:
-            return f_und(x)
+            y = f_und(x, *extra)
+            return self.detach_und(y) if detach_und else y
         if self.all_gen:
-            return f_gen(x)
-        yu = f_und(x[self.und_idx])
-        yg = f_gen(x[self.gen_idx])
-        out = yu.new_empty((self.n, *yu.shape[1:]))
-        out[self.und_idx] = yu
-        out[self.gen_idx] = yg.to(yu.dtype)
-        return out
+            return f_gen(x, *extra)
+        nu = self.n_und
+        yu = f_und(x[:nu], *(e[:nu] for e in extra))
+        yg = f_gen(x[nu:], *(e[nu:] for e in extra))
+        if detach_und:
+            yu = yu.detach()
+        return torch.cat([yu, yg.to(yu.dtype)])
 
     def detach_und(self, x: torch.Tensor) -> torch.Tensor:
-        """Detach understanding rows (freeze_und training): gen rows keep their gradient."""
+        """Detach the und rows of x [N, ...] in expert order (freeze_und training): gen rows keep their gradient."""
         if self.all_gen:
             return x
-        keep = torch.zeros(self.n, dtype=torch.bool, device=x.device)
-        keep[self.gen_idx] = True
-        shape = (self.n,) + (1,) * (x.dim() - 1)
-        return torch.where(keep.view(shape), x, x.detach())
+        if self.all_und:
+            return x.detach()
+        nu = self.n_und
+        return torch.cat([x[:nu].detach(), x[nu:]])
 
 
 class Qwen2RMSNorm(nn.Module):
@@ -117,7 +163,24 @@ class Qwen2MLP(nn.Module):
             raise ValueError(f"unsupported hidden_act={act!r}; BAGEL's Qwen2 uses 'silu'")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = fused_linear(x, [self.gate_proj, self.up_proj])
+        return self.down_proj(F.silu(gate) * up)
+
+
+def fused_linear(x: torch.Tensor, projections: Sequence[nn.Module]) -> list[torch.Tensor]:
+    """[p(x) for p in projections] with one matmul when every projection is a plain nn.Linear (weights
+    stacked; on CPU the small model's step is bound by per-op cost). Wrapped ones (LoRA) run their own forward."""
+    if not all(type(p) is nn.Linear for p in projections):
+        return [p(x) for p in projections]
+    weight = torch.cat([p.weight for p in projections])  # [sum(out), in]
+    biases = [p.bias for p in projections]
+    bias = None
+    if any(b is not None for b in biases):
+        bias = torch.cat(
+            [b if b is not None else p.weight.new_zeros(p.out_features) for p, b in zip(projections, biases)]
+        )
+    y = F.linear(x, weight, bias)  # [n, sum(out)]
+    return list(y.split([p.out_features for p in projections], dim=-1))
 
 
 class Qwen2RotaryEmbedding(nn.Module):
@@ -177,37 +240,39 @@ class PackedAttentionMoT(nn.Module):
             self.add_module(f"q_norm{s}", norm())
             self.add_module(f"k_norm{s}", norm())
 
-    def _proj(self, x: torch.Tensor, routing: Routing, name: str, heads: int) -> torch.Tensor:
-        gen = getattr(self, f"{name}_moe_gen") if self.split else None
-        y = routing.apply(x, getattr(self, name), gen)
-        return y.view(x.shape[0], heads, self.head_dim)  # [N, heads, D]
+    def _part(self, name: str, gen: bool) -> nn.Module:
+        return getattr(self, f"{name}_moe_gen" if gen and self.split else name)
+
+    def qkv(self, h: torch.Tensor, gen: bool) -> torch.Tensor:
+        """One expert's rows: normed hidden h [n, H] -> queries, keys (qk-normed) and values side by side,
+        [n, (Hq + 2 Hkv) * D]."""
+        n, d = h.shape[0], self.head_dim
+        q, k, v = fused_linear(h, [self._part(name, gen) for name in ("q_proj", "k_proj", "v_proj")])
+        q = self._part("q_norm", gen)(q.reshape(n, self.num_heads, d))  # [n, Hq, D]
+        k = self._part("k_norm", gen)(k.reshape(n, self.num_kv_heads, d))  # [n, Hkv, D]
+        return torch.cat([q.flatten(1), k.flatten(1), v], dim=-1)  # v [n, Hkv*D]
+
+    def out(self, attn: torch.Tensor, gen: bool) -> torch.Tensor:
+        """One expert's rows of the attention output [n, Hq*D] -> o_proj [n, H]."""
+        return self._part("o_proj", gen)(attn)
 
     def forward(
         self,
-        x: torch.Tensor,
+        qkv: torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
-        routing: Routing,
         layouts: list[SampleLayout],
         past: list[tuple[torch.Tensor, torch.Tensor] | None],
-        detach_und: bool = False,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """x [N, H] -> (out [N, H], (k, v) of the new tokens [N, Hkv, D], k normed and rotated)."""
-        q = self._proj(x, routing, "q_proj", self.num_heads)
-        k = self._proj(x, routing, "k_proj", self.num_kv_heads)
-        v = self._proj(x, routing, "v_proj", self.num_kv_heads)
-        q_gen = self.q_norm_moe_gen if self.split else None
-        k_gen = self.k_norm_moe_gen if self.split else None
-        q = routing.apply(q, self.q_norm, q_gen)
-        k = routing.apply(k, self.k_norm, k_gen)
-        if detach_und:
-            q, k, v = routing.detach_und(q), routing.detach_und(k), routing.detach_und(v)
-        q = apply_rope(q, cos, sin)
-        k = apply_rope(k, cos, sin)
-        attn = attend_packed(q, k, v, layouts, past, scale=1.0 / math.sqrt(self.head_dim))  # [N, Hq, D]
-        attn = attn.reshape(x.shape[0], self.num_heads * self.head_dim)  # [N, Hq*D]
-        o_gen = self.o_proj_moe_gen if self.split else None
-        return routing.apply(attn, self.o_proj, o_gen), (k, v)
+        """Attention over the packed order: qkv [N, (Hq + 2 Hkv) * D] (`qkv` rows, packed) -> (attention output
+        [N, Hq*D] before o_proj, (k, v) of the new tokens [N, Hkv, D], k normed and rotated)."""
+        n, d = qkv.shape[0], self.head_dim
+        q, k, v = qkv.split([self.num_heads * d, self.num_kv_heads * d, self.num_kv_heads * d], dim=-1)
+        q = apply_rope(q.view(n, self.num_heads, d), cos, sin)  # [N, Hq, D]
+        k = apply_rope(k.view(n, self.num_kv_heads, d), cos, sin)  # [N, Hkv, D]
+        v = v.reshape(n, self.num_kv_heads, d).contiguous()  # its own storage: caches keep k, v, not qkv
+        attn = attend_packed(q, k, v, layouts, past, scale=1.0 / math.sqrt(d))  # [N, Hq, D]
+        return attn.reshape(n, self.num_heads * d), (k, v)  # [N, Hq*D]
 
 
 class Qwen2MoTDecoderLayer(nn.Module):
@@ -230,6 +295,20 @@ class Qwen2MoTDecoderLayer(nn.Module):
             self.input_layernorm_moe_gen = Qwen2RMSNorm(h, eps)
             self.post_attention_layernorm_moe_gen = Qwen2RMSNorm(h, eps)
 
+    def _head(self, x: torch.Tensor, gen: bool) -> torch.Tensor:
+        """One expert's rows [n, H] -> input norm -> q, k, v [n, (Hq + 2 Hkv) * D]."""
+        norm = self.input_layernorm_moe_gen if gen and self.split_all else self.input_layernorm
+        return self.self_attn.qkv(norm(x), gen)
+
+    def _tail(self, x: torch.Tensor, attn: torch.Tensor, gen: bool) -> torch.Tensor:
+        """One expert's rows: residual + o_proj(attention), then residual + MLP(post-attention norm)."""
+        x = x + self.self_attn.out(attn, gen)
+        norm = (
+            self.post_attention_layernorm_moe_gen if gen and self.split_all else self.post_attention_layernorm
+        )
+        mlp = self.mlp_moe_gen if gen and self.split_mlp else self.mlp
+        return x + mlp(norm(x))
+
     def forward(
         self,
         x: torch.Tensor,
@@ -240,18 +319,15 @@ class Qwen2MoTDecoderLayer(nn.Module):
         past: list[tuple[torch.Tensor, torch.Tensor] | None],
         detach_und: bool = False,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        norm_gen = self.input_layernorm_moe_gen if self.split_all else None
-        h = routing.apply(x, self.input_layernorm, norm_gen)
-        attn, kv = self.self_attn(h, cos, sin, routing, layouts, past, detach_und)
-        if detach_und:
-            attn = routing.detach_und(attn)
-        x = x + attn
-        norm_gen = self.post_attention_layernorm_moe_gen if self.split_all else None
-        h = routing.apply(x, self.post_attention_layernorm, norm_gen)
-        mlp = routing.apply(h, self.mlp, self.mlp_moe_gen if self.split_mlp else None)
-        if detach_und:
-            mlp = routing.detach_und(mlp)
-        return x + mlp, kv
+        """x [N, H] in expert order (`Routing.to_experts`) -> (x [N, H] in expert order, (k, v) [N, Hkv, D] of
+        the new tokens in packed order). cos/sin [N, D] are in packed order."""
+        head_gen = (lambda h: self._head(h, True)) if self.split_all else None
+        qkv = routing.run(x, lambda h: self._head(h, False), head_gen, detach_und=detach_und)
+        attn, kv = self.self_attn(routing.to_packed(qkv), cos, sin, layouts, past)  # packed order
+        attn = routing.to_experts(attn)  # [N, Hq*D], expert order
+        tail_gen = (lambda h, a: self._tail(h, a, True)) if self.split_mlp else None
+        x = routing.run(x, lambda h, a: self._tail(h, a, False), tail_gen, attn, detach_und=detach_und)
+        return x, kv
 
 
 class Qwen2Model(nn.Module):
@@ -293,20 +369,18 @@ class Qwen2Model(nn.Module):
             )
         past = past if past is not None else [None] * len(layouts)
         cos, sin = self.rotary_emb(position_ids, hidden.dtype)
-        if detach_und:
-            hidden = routing.detach_und(hidden)
         new_kv = [] if return_kv else None
-        x = hidden
+        x = routing.to_experts(hidden)  # [N, H], expert order until the final norm
+        if detach_und:
+            x = routing.detach_und(x)
         for i, layer in enumerate(self.layers):
             layer_past = [p[i] if p is not None else None for p in past]
             x, kv = layer(x, cos, sin, routing, layouts, layer_past, detach_und)
             if new_kv is not None:
                 new_kv.append(kv)
         norm_gen = self.norm_moe_gen if self.config.use_moe else None
-        out = routing.apply(x, self.norm, norm_gen)
-        if detach_und:
-            out = routing.detach_und(out)
-        return out, new_kv
+        out = routing.run(x, self.norm, norm_gen, detach_und=detach_und)
+        return routing.to_packed(out), new_kv
 
 
 class Qwen2ForCausalLM(nn.Module):

@@ -17,10 +17,11 @@ class EMA:
 
     @torch.no_grad()
     def update(self, named_params: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """ema <- decay * ema + (1 - decay) * param."""
-        for name, p in named_params:
-            if name in self.shadow:
-                self.shadow[name].mul_(self.decay).add_(p.detach(), alpha=1.0 - self.decay)
+        """ema <- decay * ema + (1 - decay) * param, i.e. ema += (1 - decay) * (param - ema), one foreach op."""
+        pairs = [(self.shadow[name], p.detach()) for name, p in named_params if name in self.shadow]
+        if pairs:
+            shadows, params = zip(*pairs)
+            torch._foreach_lerp_(list(shadows), list(params), 1.0 - self.decay)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return dict(self.shadow)

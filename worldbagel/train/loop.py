@@ -126,8 +126,10 @@ class Trainer:
         self.model = model.train()
         self.params = [p for _, p in self._named_trainable()]
         o = cfg.optim
+        # one fused kernel for all parameters (~2x faster than foreach on CPU); FSDP's DTensors keep foreach
+        kernel = {"foreach": True} if self.env.distributed else {"fused": True}
         self.optimizer = torch.optim.AdamW(
-            self.params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay, foreach=True
+            self.params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay, **kernel
         )
         self.ema = EMA(self._named_trainable(), cfg.ema_decay) if cfg.ema_decay > 0 else None
         if self.ema is not None and cfg.steps * (1.0 - cfg.ema_decay) < 3.0:
