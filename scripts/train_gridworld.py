@@ -9,7 +9,9 @@ frames, which keeps the latents (and so the world model's training) unchanged. A
 `finetune` phases (`--think-phases`, think runs T1, T4, T5) teaches the finished world model to answer the
 next-move question by thinking: it writes the right-hand wall follower's walk from the goal to the agent
 (`annotate=gridworld-think`, `plan.think_samples=true`) while its frame samples keep the world model as it was.
-Run J takes ~40 minutes on 2 quiet cores, the decoder ~3.5, the think stage ~30 (docs/training.md).
+From nothing the whole recipe took 53 minutes on 2 cores (run R, docs/training.md: autoencoders 7, stage 3
+28, think stage 18). Whether the think stage learns to read each cell's open sides is luck: T1 did, run R's
+phase 1 (same recipe, its own stage 3) stayed on the plateau, and the shipped model is T1's line (T5).
 
 1. `worldbagel collect` random-policy and shortest-path (oracle) GridWorld episodes on training layouts,
    annotated with questions, answers and thoughts from the symbolic state (worldbagel/data/annotations.py);
@@ -31,6 +33,7 @@ import argparse
 import json
 import shutil
 import time
+from collections import Counter
 from pathlib import Path
 
 import gymnasium as gym
@@ -45,6 +48,8 @@ from worldbagel.data.annotations import (
     GRIDWORLD_THINK_PROMPT,
     GridWorldAnnotator,
     relative_offset_text,
+    walk_first_error,
+    walk_thought,
 )
 from worldbagel.envs.grid_frames import decode_frame
 from worldbagel.inference.generate import GenerationConfig
@@ -149,6 +154,7 @@ def held_out_check(
     frames_ok = frames_n = answers_ok = answers_n = copy_ok = open_ok = outcome_ok = think_ok = think_n = 0
     goal_ok = 0
     lengths: list[int] = []
+    first_errors: Counter[str] = Counter()  # where each thought first leaves the true walk
     gen = torch.Generator().manual_seed(0)
     for ep in range(episodes):
         obs, info = env.reset(seed=10_000 + ep)
@@ -167,6 +173,8 @@ def held_out_check(
                 think_ok += said == best
                 think_n += 1
                 lengths.append(len(thought))
+                truth = walk_thought(env.unwrapped.walls, tuple(info["agent"]), tuple(info["goal"]), best)
+                first_errors[walk_first_error(thought, truth)] += 1
             action = int(rng.integers(4))
             prev = obs
             obs, _, term, trunc, info = env.step(action)
@@ -203,6 +211,8 @@ def held_out_check(
         "answer_exact_match": answers_ok / max(answers_n, 1),
         "think_next_action_accuracy": think_ok / think_n if think_n else None,
         "think_mean_thought_chars": float(np.mean(lengths)) if lengths else None,
+        # "none": the whole walk right; "open sides": a cell's walls misread (run R's plateau), ...
+        "think_first_error": dict(first_errors.most_common()) if think_n else None,
         # the goal question plain, the next-action question in think mode (how the model is meant to answer it)
         "answer_exact_match_think": (goal_ok + think_ok) / (answers_n / 2 + think_n) if think_n else None,
         "outcome_text_accuracy": outcome_ok / max(frames_n, 1) if outcomes else None,

@@ -19,6 +19,7 @@ from worldbagel.data.annotations import (
     make_annotator,
     outcome_text,
     relative_offset_text,
+    walk_first_error,
     walk_thought,
 )
 from worldbagel.data.trajectory import TrajectoryDataset
@@ -93,6 +94,20 @@ def test_the_walk_thought_names_cells_and_open_sides_and_ends_on_the_agent():
     assert thought == (f"<think> C A{sides[0, 0]}>B{sides[0, 1]}vD{sides[1, 1]}<C </think> move right")
     with pytest.raises(ConfigError, match="walls"):
         walk_thought(np.zeros((19, 19), bool), (0, 0), (0, 1), "move left")  # 81 cells have no names
+
+    # the diagnostic of a generated thought: the field of its first character that leaves the walk
+    body = split_think(thought)[0]  # "C A#>B.vD=<C"-like: agent, goal + sides, then (move, cell, sides) x 3
+    assert walk_first_error(body, thought) == "none"
+    assert walk_first_error(body[:-2], thought) == "length"
+
+    def wrong(i: int) -> str:
+        return body[:i] + ("?" if body[i] != "?" else "!") + body[i + 1 :]
+
+    fields = [walk_first_error(wrong(i), thought) for i in range(len(body))]
+    assert fields[:4] == ["agent cell", "space", "goal cell", "goal open sides"]
+    assert fields[4:] == ["move", "cell", "open sides"] * 2 + ["move", "cell"]
+    with pytest.raises(ConfigError, match="walk"):
+        walk_first_error(body, "move right")
 
 
 def test_collect_writes_annotations(tmp_path):

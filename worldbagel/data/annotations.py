@@ -175,6 +175,26 @@ ANNOTATORS: dict[str, Callable[[], Callable[[Any, Any, Mapping[str, Any]], Mappi
 }
 
 
+WALK_FIELDS = ("agent cell", "space", "goal cell", "goal open sides", "move", "cell", "open sides")
+"""The fields of a walk's characters: the first four, then (move, cell, open sides) per move."""
+
+
+def walk_first_error(thought: str, walk: str) -> str:
+    """Where a generated thought (the text inside its think block) first leaves the true `walk_thought` text
+    `walk`: "none" when they are equal, "length" when one stops early or runs on, else the field (`WALK_FIELDS`)
+    of the first different character. A diagnostic: which step of the walk a model has not learned."""
+    start, end = walk.find("<think>"), walk.find("</think>")
+    if not 0 <= start < end:
+        raise bad_argument(
+            "walk", walk[:60], "pass the text of `walk_thought` (a <think> ... </think> block)"
+        )
+    truth, got = walk[start + len("<think>") : end].strip(), thought.strip()
+    k = next((i for i, (a, b) in enumerate(zip(got, truth)) if a != b), None)
+    if k is None:
+        return "none" if len(got) == len(truth) else "length"
+    return WALK_FIELDS[k] if k < 4 else WALK_FIELDS[4 + (k - 4) % 3]
+
+
 def make_annotator(name: str | None):
     """The annotator registered as `name` (None -> no annotations)."""
     if name is None:

@@ -153,8 +153,8 @@ _backend = "auto"
 
 
 def set_attention_backend(name: str) -> None:
-    """Choose the LLM attention kernel: `sdpa` (per-sample masked SDPA; CPU default, supports backward
-    everywhere), `flex` (one FlexAttention call over the whole pack; compiled on CUDA, eager and
+    """Choose the LLM attention kernel: `sdpa` (per sample: on CPU an additive-mask `baddbmm`, on CUDA masked
+    SDPA; the CPU default, supports backward everywhere), `flex` (one FlexAttention call over the whole pack; compiled on CUDA, eager and
     forward-only on CPU), or `auto` (flex on CUDA, sdpa on CPU)."""
     global _backend
     if name not in BACKENDS:
@@ -194,7 +194,8 @@ def attend_packed_sdpa(
     q [N, Hq, D]; k_new/v_new [N, Hkv, D] (the new tokens' keys/values, already normed and rotated);
     past[i] = (k [Lp_i, Hkv, D], v [Lp_i, Hkv, D]) or None; returns [N, Hq, D].
     Samples are processed one by one (a per-sample loop was the fastest CPU variant measured here and keeps
-    the dense mask at Lq x Lk per sample instead of N x N).
+    the dense mask at Lq x Lk per sample instead of N x N). On CPU each sample's mask is an additive bias built
+    once and shared by every layer (`SampleLayout.bias`); on CUDA the boolean mask goes to torch's SDPA.
     """
     outs = []
     start = 0
