@@ -94,7 +94,7 @@ def _reference_layer(layer: Qwen2MoTDecoderLayer, x, gen, cos, sin, layouts):
     at = layer.self_attn
     split, split_mlp = layer.split_all, layer.split_mlp
 
-    def pick(name_und, module_und, module_gen, h):
+    def pick(module_und, module_gen, h):
         if module_gen is None:
             return module_und(h)
         return torch.where(gen.view(-1, *[1] * (h.dim() - 1)), module_gen(h), module_und(h))
@@ -103,16 +103,16 @@ def _reference_layer(layer: Qwen2MoTDecoderLayer, x, gen, cos, sin, layouts):
         return getattr(owner, name), (getattr(owner, f"{name}_moe_gen") if has_twin else None)
 
     n, d = x.shape[0], at.head_dim
-    h = pick("in", *twin(layer, "input_layernorm", split), x)
-    q = pick("q", *twin(at, "q_proj", split), h).view(n, at.num_heads, d)
-    k = pick("k", *twin(at, "k_proj", split), h).view(n, at.num_kv_heads, d)
-    v = pick("v", *twin(at, "v_proj", split), h).view(n, at.num_kv_heads, d)
-    q = apply_rope(pick("qn", *twin(at, "q_norm", split), q), cos, sin)
-    k = apply_rope(pick("kn", *twin(at, "k_norm", split), k), cos, sin)
+    h = pick(*twin(layer, "input_layernorm", split), x)
+    q = pick(*twin(at, "q_proj", split), h).view(n, at.num_heads, d)
+    k = pick(*twin(at, "k_proj", split), h).view(n, at.num_kv_heads, d)
+    v = pick(*twin(at, "v_proj", split), h).view(n, at.num_kv_heads, d)
+    q = apply_rope(pick(*twin(at, "q_norm", split), q), cos, sin)
+    k = apply_rope(pick(*twin(at, "k_norm", split), k), cos, sin)
     attn = _reference_attention(q, k, v, layouts).reshape(n, -1)
-    x = x + pick("o", *twin(at, "o_proj", split), attn)
-    h = pick("post", *twin(layer, "post_attention_layernorm", split), x)
-    return x + pick("mlp", *twin(layer, "mlp", split_mlp), h)
+    x = x + pick(*twin(at, "o_proj", split), attn)
+    h = pick(*twin(layer, "post_attention_layernorm", split), x)
+    return x + pick(*twin(layer, "mlp", split_mlp), h)
 
 
 @pytest.mark.parametrize("variant", ["Qwen2MoTDecoderLayer", "Qwen2MoEDecoderLayer", "Qwen2DecoderLayer"])

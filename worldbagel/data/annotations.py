@@ -183,12 +183,13 @@ def walk_first_error(thought: str, walk: str) -> str:
     """Where a generated thought (the text inside its think block) first leaves the true `walk_thought` text
     `walk`: "none" when they are equal, "length" when one stops early or runs on, else the field (`WALK_FIELDS`)
     of the first different character. A diagnostic: which step of the walk a model has not learned."""
-    start, end = walk.find("<think>"), walk.find("</think>")
-    if not 0 <= start < end:
+    from worldbagel.inference.pipeline import split_think  # the one parser of think blocks
+
+    truth, got = split_think(walk)[0], thought.strip()
+    if not truth:
         raise bad_argument(
             "walk", walk[:60], "pass the text of `walk_thought` (a <think> ... </think> block)"
         )
-    truth, got = walk[start + len("<think>") : end].strip(), thought.strip()
     k = next((i for i, (a, b) in enumerate(zip(got, truth)) if a != b), None)
     if k is None:
         return "none" if len(got) == len(truth) else "length"

@@ -261,10 +261,7 @@ def make_plan(
         items.append(PlanItem("vae", role, frame=f, cfg=True))
         if cfg.vit:
             items.append(PlanItem("vit", role, frame=f, cfg=True))
-        frame_texts = texts.get(f, [])
-        if cfg.think_samples:
-            frame_texts = _split_think(frame_texts)[0]
-        for trole, text in frame_texts:
+        for trole, text in texts.get(f, []):
             if trole != "outcome":
                 items.append(PlanItem("text", trole, text=text, loss=trole in ("answer", "thought")))
         if with_action:
@@ -306,15 +303,16 @@ def _split_think(texts: list[tuple[str, str]]) -> tuple[list[tuple[str, str]], l
 
 def think_plans(
     episode_index: int,
-    texts: dict[int, list[tuple[str, str]]],
+    triples: dict[int, list[tuple[str, str, str]]],
     cfg: PlanConfig,
     instruction: str | None = None,
 ) -> list[SequencePlan]:
-    """One sample per think-mode question (`PlanConfig.think_samples`): the frame, then system, question and
-    answer (CE on the answer: the thought and the action after it)."""
+    """One sample per think-mode question (`PlanConfig.think_samples`; `triples[f]`: frame f's (system, question,
+    answer) triples from `_split_think`): the frame, then system, question and answer (CE on the answer: the
+    thought and the action after it)."""
     plans = []
-    for f in sorted(texts):
-        for system, question, answer in _split_think(texts[f])[1]:
+    for f in sorted(triples):
+        for system, question, answer in triples[f]:
             items = []
             if cfg.instruction and instruction:
                 items.append(PlanItem("text", "instruction", text=instruction, cfg=True))
@@ -341,11 +339,16 @@ def episode_plans(episode_index: int, episode: Any, cfg: PlanConfig) -> list[Seq
             "an episode needs one action text per step (T texts for T+1 frames)",
         )
     instruction, texts = episode_texts(episode)
+    triples: dict[int, list[tuple[str, str, str]]] = {}
+    if cfg.think_samples:  # think-mode triples leave the windows (once per frame, not once per window)
+        split = {f: _split_think(frame_texts) for f, frame_texts in texts.items()}
+        texts = {f: rest for f, (rest, _) in split.items()}
+        triples = {f: found for f, (_, found) in split.items() if found}
     success = bool((getattr(episode, "metadata", None) or {}).get("success"))
     plans = []
     for ctx, tgt in windows(num_frames, cfg):
         plan = make_plan(episode_index, ctx, tgt, actions, cfg, instruction, texts)
         plans += [plan] * (cfg.success_repeat if success and tgt[-1] == num_frames - 1 else 1)
     if cfg.think_samples and cfg.text_targets:
-        plans += think_plans(episode_index, texts, cfg, instruction)
+        plans += think_plans(episode_index, triples, cfg, instruction)
     return plans

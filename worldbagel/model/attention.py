@@ -69,12 +69,15 @@ class SampleLayout:
         sample and reused by every layer."""
         key = (torch.device(device), groups, dtype)
         if key not in self._bias:
-            allowed = self.mask(device)
-            bias = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(
-                ~allowed, float("-inf")
-            )
-            self._bias[key] = bias.repeat(groups, 1)  # [G*Lq, Lk]
+            self._bias[key] = additive_mask(self.mask(device), groups, dtype)
         return self._bias[key]
+
+
+def additive_mask(mask: torch.Tensor, groups: int, dtype: torch.dtype) -> torch.Tensor:
+    """Boolean mask [Lq, Lk] (True = may attend) -> additive bias [groups * Lq, Lk] (0 or -inf), repeated once
+    per query head of a key/value group (the row order of `_bmm_attention`'s grouped queries)."""
+    bias = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
+    return bias.repeat(groups, 1)  # [G*Lq, Lk]
 
 
 def build_mask(splits: list[Split], past_len: int = 0, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -111,10 +114,7 @@ def sdpa_attention(
     kh = k.transpose(0, 1)  # [Hkv, Lk, D]; query head i uses kv head i // (Hq / Hkv)
     vh = v.transpose(0, 1)
     if q.device.type == "cpu":
-        bias = None
-        if mask is not None:
-            groups = q.shape[1] // k.shape[1]
-            bias = torch.zeros(mask.shape, dtype=q.dtype).masked_fill_(~mask, float("-inf")).repeat(groups, 1)
+        bias = None if mask is None else additive_mask(mask, q.shape[1] // k.shape[1], q.dtype)
         return _bmm_attention(qh, kh, vh, bias, scale).transpose(0, 1)
     gqa = q.shape[1] != k.shape[1]
     out = F.scaled_dot_product_attention(
