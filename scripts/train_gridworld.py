@@ -126,11 +126,18 @@ def _state(frame: np.ndarray) -> tuple | None:
 
 
 def held_out_check(
-    folder: Path, episodes: int, steps: int, sampling_steps: int, outcomes: bool = True, think: bool = False
+    folder: Path,
+    episodes: int,
+    steps: int,
+    sampling_steps: int,
+    outcomes: bool = True,
+    think: bool = False,
+    reencode: str = "pixels",
 ) -> dict:
     """Next-frame symbolic accuracy (teacher forced, and after `steps` open-loop steps along the true actions),
     of the move onto the goal (arrival, one per episode), answer accuracy and (with `outcomes`) the accuracy of
-    the outcome text said before each frame, on eval-split layouts."""
+    the outcome text said before each frame, on eval-split layouts. `reencode`: how predicted frames re-enter
+    the open-loop history (configs/model/gridworld.yaml: pixels)."""
     pipe = BagelPipeline.from_pretrained(
         folder, vae_transform=ImageTransform(64, 64, 8), vit_transform=ImageTransform(56, 56, 14)
     )
@@ -138,14 +145,15 @@ def held_out_check(
     codec = DiscreteActionCodec(env.unwrapped.action_names)
     sampler = GenerationConfig(num_steps=sampling_steps, cfg_text_scale=1.0, cfg_img_scale=1.0)
     # as the model was trained (one context frame) and as configs/model/gridworld.yaml keeps its history
-    # reencode=latents: a predicted frame enters the history as its generated latents (a pixel round trip
-    # through decode + encode made open-loop outcome texts drift; configs/model/gridworld.yaml does the same)
+    # reencode=pixels (configs/model/gridworld.yaml): a predicted frame is decoded and encoded again like a real
+    # one; its generated latents re-entering as they are drift into undecodable frames over 8 steps (T5: 56 / 60
+    # open-loop rollouts right, 59 / 60 with pixels). Run J's first decoder made the pixel round trip the worse one.
     world = WorldModelConfig(
         sampler=sampler,
         max_history_frames=1,
         window_slack=0,
         outcome_text=outcomes,
-        reencode="latents",
+        reencode=reencode,
         think_prompt=GRIDWORLD_THINK_PROMPT,
     )
     wm = WorldModel(pipe, codec, world)

@@ -82,16 +82,20 @@ def test_next_frames_decode_to_the_true_state_on_held_out_layouts(wm):
 
 
 def test_open_loop_imagination_follows_the_actions(wm):
+    # eight imagined steps along random actions (wall bumps included), each predicted frame decoded and encoded
+    # again into the history (configs/model/gridworld.yaml reencode: pixels), as the open-loop bar counts;
+    # one miss allowed: a random walk may end by stepping onto the goal, the model's weakest move (arrivals ~0.65)
     env = make_env("WorldBagel/GridWorld-v0", split="eval")
-    obs, info = env.reset(seed=30_001)
-    actions = [int(a) for a in np.random.default_rng(3).integers(4, size=4)]
-    truth = []
-    for a in actions:
-        truth.append(_state(env.step(a)[-1]))
-    wm.reset(obs, instruction=INSTRUCTION)
-    frames = wm.imagine(actions, generator=torch.Generator().manual_seed(1))
-    decoded = [decode_frame(f) for f in frames]
-    assert sum(d == t for d, t in zip(decoded, truth)) >= 3, (decoded, truth)
+    right = final_right = 0
+    for ep in range(4):
+        obs, info = env.reset(seed=30_001 + ep)
+        actions = [int(a) for a in np.random.default_rng(3 + ep).integers(4, size=8)]
+        truth = [_state(env.step(a)[-1]) for a in actions]
+        wm.reset(obs, instruction=INSTRUCTION)
+        decoded = [decode_frame(f) for f in wm.imagine(actions, generator=torch.Generator().manual_seed(ep))]
+        right += sum(d == t for d, t in zip(decoded, truth))
+        final_right += decoded[-1] == truth[-1]
+    assert final_right >= 3 and right >= 29, (right, final_right)
 
 
 def test_answers_where_the_goal_is_and_thinks_out_the_next_move(wm):

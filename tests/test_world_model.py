@@ -130,7 +130,7 @@ def test_model_world_defaults_apply_unless_overridden(tiny_dir):
         "max_history_frames": 1,
         "window_slack": 0,
         "outcome_text": True,
-        "reencode": "latents",
+        "reencode": "pixels",
     }
     # a model trained with annotate=gridworld-think names its think-mode system text (default: the VLM one)
     assert (
