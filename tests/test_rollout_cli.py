@@ -189,6 +189,42 @@ def test_collect_with_worker_processes_matches_single_process(tmp_path):
     assert [e["steps_sha256"] for e in par.written] == [e["steps_sha256"] for e in seq.written]
 
 
+def test_collect_batches_the_index_and_an_interrupt_keeps_every_finished_episode(tmp_path, monkeypatch):
+    import worldbagel.data.collect as collect_module
+
+    env_factory = partial(build_env, "WorldBagel/GridWorld-v0", {"size": 5, "obs_size": 40})
+    policy_factory = partial(make_policy, "random", seed=0)
+    kw = {"env_id": "WorldBagel/GridWorld-v0", "max_steps": 3}
+    index_writes = []
+    real_update = collect_module.update_index
+    monkeypatch.setattr(
+        collect_module,
+        "update_index",
+        lambda root, entries: (index_writes.append(len(entries)), real_update(root, entries)),
+    )
+    batched = collect(env_factory, policy_factory, tmp_path / "batched", episodes=6, **kw)
+    assert index_writes == [6]  # one rewrite for the whole (fast) collection, not one per episode
+    monkeypatch.setattr(collect_module, "INDEX_EVERY_S", 0.0)
+    index_writes.clear()
+    each = collect(env_factory, policy_factory, tmp_path / "each", episodes=6, **kw)
+    assert index_writes[:-1] == [1] * 6  # flushed after every episode (then an empty final flush)
+    assert read_index(tmp_path / "batched") == read_index(tmp_path / "each")
+    assert [e["steps_sha256"] for e in batched.written] == [e["steps_sha256"] for e in each.written]
+
+    monkeypatch.setattr(collect_module, "INDEX_EVERY_S", 3600.0)
+
+    def stop_after_four(done, todo, eid, error):
+        if done == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        collect(env_factory, policy_factory, tmp_path / "cut", episodes=6, progress=stop_after_four, **kw)
+    assert [e["id"] for e in read_index(tmp_path / "cut")] == [f"ep-00000{i}" for i in range(4)]
+    resumed = collect(env_factory, policy_factory, tmp_path / "cut", episodes=6, **kw)
+    assert [e["id"] for e in resumed.written] == ["ep-000004", "ep-000005"]
+    assert read_index(tmp_path / "cut") == read_index(tmp_path / "each")
+
+
 def test_help_lists_commands_and_groups():
     out = subprocess.run(
         [sys.executable, "-m", "worldbagel.cli", "--help"], capture_output=True, text=True, check=True

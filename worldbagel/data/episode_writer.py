@@ -52,7 +52,11 @@ class EpisodeWriter:
         frame_format: str = "png",
         info_keys: Sequence[str] | None = None,
         preview_fps: float | None = None,
+        index: bool = True,
     ):
+        """`index=False`: `finish()` publishes the folder but leaves index.json to the caller, who adds the
+        returned entries in batches with `update_index(root, entries)` (what `collect` does: one index rewrite
+        per episode costs O(episodes) each, quadratic over a large collection)."""
         if (
             not episode_id
             or "/" in episode_id
@@ -72,6 +76,7 @@ class EpisodeWriter:
         self.frame_format = frame_format
         self.info_keys = None if info_keys is None else tuple(info_keys)
         self.preview_fps = preview_fps
+        self.index = bool(index)
         self._tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{episode_id}-", dir=self.root))
         (self._tmp / "frames").mkdir()
         self._steps = open(self._tmp / "steps.jsonl", "w", encoding="utf-8")  # noqa: SIM115 - closed in finish/abort
@@ -182,7 +187,8 @@ class EpisodeWriter:
         self._done = bool(terminated or truncated)
 
     def finish(self, metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """Write episode.json, move the folder into place, add it to index.json; returns the index entry."""
+        """Write episode.json, move the folder into place, add it to index.json (unless `index=False`); returns
+        the index entry."""
         if self._finished:
             raise WorldBagelError(f"episode {self.episode_id} is already finished")
         if not self._num_frames:
@@ -231,7 +237,8 @@ class EpisodeWriter:
             os.replace(dest, trash / "old")
             shutil.rmtree(trash, ignore_errors=True)
         os.replace(self._tmp, dest)
-        update_index(self.root, entry)
+        if self.index:
+            update_index(self.root, entry)
         self._finished = True
         self._preview = []
         return entry

@@ -156,13 +156,22 @@ def read_index(root: str | os.PathLike) -> list[dict[str, Any]]:
 
 
 def write_index(root: Path, entries: list[dict[str, Any]]) -> None:
-    doc = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "episodes": entries}
-    atomic_write_text(root / INDEX, json.dumps(doc, indent=1) + "\n")
+    """Write index.json atomically, one episode entry per line (each line by json's C encoder: an indented
+    dump goes through the pure-Python one, which made a 1,500-episode collection spend 90 % of its time here)."""
+    head = json.dumps({"format": FORMAT_NAME, "version": FORMAT_VERSION})[:-1]
+    lines = ",\n".join(json.dumps(e) for e in entries)
+    atomic_write_text(
+        root / INDEX, f'{head}, "episodes": [\n{lines}\n]}}\n' if entries else f'{head}, "episodes": []}}\n'
+    )
 
 
-def update_index(root: Path, entry: dict[str, Any]) -> None:
+def update_index(root: Path, entries: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> None:
+    """Add (or replace, by id) one entry or several to index.json, in one locked read-modify-write."""
+    new = [dict(entries)] if isinstance(entries, Mapping) else [dict(e) for e in entries]
+    if not new:
+        return
+    ids = {e["id"] for e in new}
     with index_lock(root):
-        entries = [e for e in read_index(root) if e.get("id") != entry["id"]]
-        entries.append(entry)
-        entries.sort(key=lambda e: str(e.get("id")))
-        write_index(root, entries)
+        kept = [e for e in read_index(root) if e.get("id") not in ids]
+        merged = sorted(kept + new, key=lambda e: str(e.get("id")))
+        write_index(root, merged)
