@@ -11,7 +11,9 @@ next-move question by thinking: it writes the right-hand wall follower's walk fr
 (`annotate=gridworld-think`, `plan.think_samples=true`) while its frame samples keep the world model as it was.
 From nothing the whole recipe took 53 minutes on 2 cores (run R, docs/training.md: autoencoders 7, stage 3
 28, think stage 18). Whether the think stage learns to read each cell's open sides is luck: T1 did, run R's
-phase 1 (same recipe, its own stage 3) stayed on the plateau, and the shipped model is T1's line (T5).
+phase 1 (same recipe, its own stage 3) stayed on the plateau, and the shipped model is T1's line (T5). Of 13
+tries at the walk only T1 learned it (docs/training.md, "Where the wall reading stalls"), so `--install` keeps
+the shipped model when a rebuild scores lower on the held-out check.
 
 1. `worldbagel collect` random-policy and shortest-path (oracle) GridWorld episodes on training layouts,
    annotated with questions, answers and thoughts from the symbolic state (worldbagel/data/annotations.py);
@@ -22,7 +24,8 @@ phase 1 (same recipe, its own stage 3) stayed on the plateau, and the shipped mo
    of step 3 on them (think questions as samples of their own, frame windows beside them);
 5. a quick held-out check: next-frame symbolic accuracy (frames decoded by the env's frame decoder) and
    exact-match answers (the next-move question in think mode) on layouts never trained on;
-6. `--install` copies the model folder to worldbagel/assets/gridworld (what `model=gridworld` loads).
+6. `--install` copies the model folder to worldbagel/assets/gridworld (what `model=gridworld` loads), unless the
+   installed model scores higher on the same held-out check (`install_regressions`; `--force-install`).
 
 Every step resumes: re-running continues the collection, and `--resume` continues the fine-tune.
 """
@@ -271,6 +274,31 @@ puts back the wall check next to the goal that the shortest-path-heavy data had 
 T5, docs/training.md)."""
 
 
+INSTALL_METRICS = (
+    "next_frame_symbolic_accuracy",
+    "open_loop_8_symbolic_accuracy",
+    "think_next_action_accuracy",
+    "answer_exact_match_think",
+)
+"""The held-out figures `--install` compares with the installed model's before replacing it."""
+
+
+def install_regressions(metrics: dict, installed_report: Path, tolerance: float) -> list[str]:
+    """'name: new < installed' for each INSTALL_METRICS figure more than `tolerance` below the installed model's
+    held_out.json ([] when nothing is installed). A rebuild whose think stage stayed on the plateau (run R: think
+    answers 0.54 against 0.85) must not silently replace the shipped model."""
+    if not installed_report.is_file():
+        return []
+    installed = json.loads(installed_report.read_text())
+    return [
+        f"{key}: {metrics[key]:.3f} < {installed[key]:.3f}"
+        for key in INSTALL_METRICS
+        if isinstance(metrics.get(key), (int, float))
+        and isinstance(installed.get(key), (int, float))
+        and metrics[key] < installed[key] - tolerance
+    ]
+
+
 def think_stage(args: argparse.Namespace, world_model: Path, out: Path) -> Path:
     """Fine-tune the finished world model on think-mode next-move questions (the walk from the goal); returns
     the folder of the last phase."""
@@ -382,6 +410,13 @@ def main() -> None:
     ap.add_argument("--sampling-steps", type=int, default=8)
     ap.add_argument("--install", action="store_true", help="copy the model to worldbagel/assets/gridworld")
     ap.add_argument("--skip-train", action="store_true", help="only evaluate (and install) an existing run")
+    ap.add_argument(
+        "--install-tolerance",
+        type=float,
+        default=0.05,
+        help="--install refuses a model more than this below the installed one on INSTALL_METRICS",
+    )
+    ap.add_argument("--force-install", action="store_true", help="install even a model that scores lower")
     args = ap.parse_args()
     if not 0 <= args.think_phases <= len(THINK_PHASES):
         ap.error(f"--think-phases {args.think_phases}: use 0 (skip the think stage) to {len(THINK_PHASES)}")
@@ -484,6 +519,13 @@ def main() -> None:
     (out / "held_out.json").write_text(json.dumps(metrics, indent=1) + "\n")
     print(json.dumps(metrics, indent=1))
     if args.install:
+        worse = install_regressions(metrics, ASSETS / "held_out.json", args.install_tolerance)
+        if worse and not args.force_install:
+            raise SystemExit(
+                f"--install: not replacing {ASSETS}, this run scores lower on the same held-out check: "
+                + "; ".join(worse)
+                + f". Its report is in {out / 'held_out.json'}; pass --force-install to install it anyway."
+            )
         if ASSETS.exists():
             shutil.rmtree(ASSETS)
         ASSETS.mkdir(parents=True)

@@ -66,3 +66,21 @@ def test_the_think_stage_collects_think_data_and_chains_its_phases(script, tmp_p
     assert counts == {"mix": 3, "more": 4}
     first = (next(iter(sorted((tmp_path / "data_mix").glob("ep-*")))) / "steps.jsonl").read_text()
     assert GRIDWORLD_THINK_PROMPT in first and "</think> move" in first
+
+
+def test_install_keeps_the_shipped_model_when_a_rebuild_scores_lower(script, tmp_path):
+    assert script.install_regressions({"think_next_action_accuracy": 0.1}, tmp_path / "none.json", 0.05) == []
+    report = tmp_path / "held_out.json"
+    report.write_text(json.dumps({"next_frame_symbolic_accuracy": 1.0, "think_next_action_accuracy": 0.85}))
+    # run R's rebuild: frames as good, think answers on the plateau
+    worse = script.install_regressions(
+        {"next_frame_symbolic_accuracy": 0.9875, "think_next_action_accuracy": 0.54}, report, 0.05
+    )
+    assert worse == ["think_next_action_accuracy: 0.540 < 0.850"]
+    assert script.install_regressions({"think_next_action_accuracy": 0.82}, report, 0.05) == []
+    assert script.install_regressions({"think_next_action_accuracy": 0.82}, report, 0.0) == [
+        "think_next_action_accuracy: 0.820 < 0.850"
+    ]
+    if (SHIPPED / "held_out.json").is_file():  # the shipped report has every compared figure
+        shipped = json.loads((SHIPPED / "held_out.json").read_text())
+        assert all(isinstance(shipped[k], (int, float)) for k in script.INSTALL_METRICS)
