@@ -167,24 +167,30 @@ class WorldModelPlanner(WorldModelPolicy):
 
     @classmethod
     def from_env(
-        cls,
-        env: Any,
-        seed: int | None = None,
-        model: Any = None,
-        sampler: Any = None,
-        world: Mapping[str, Any] | None = None,
-        scorers: Sequence[Any] = (),
-        world_model: WorldModel | None = None,
-        **kwargs: Any,
+        cls, env: Any, seed: int | None = None, preset: str | None = "planner", **kwargs: Any
     ) -> WorldModelPlanner:
-        """A planner for `env` (single or vector): loads the world model of `model` (a preset name such as
-        'gridworld', or a mapping like {'name': 'tiny', 'path': DIR}) unless `world_model` is given, with the
-        env's action codec; `scorers` may name task scorers ('gridworld_distance', or 'auto' for those that fit
-        the env), give {'name', 'weight', ...} mappings, callables or (callable, weight) pairs."""
+        """A planner for `env` (single or vector), planning as `worldbagel rollout policy=planner` does.
+
+        Keyword arguments not given come from the policy preset `preset` (configs/policy/planner.yaml: the shipped
+        gridworld model, the `fast` sampler, generated latents re-entering as they are, horizon 2, `scorers:
+        [auto]`, ...); `preset=None` starts from the bare defaults instead (the model's own sampler and world
+        config, no scorers, the constructor's defaults). `model` is a preset name such as 'gridworld' or a
+        mapping like {'name': 'tiny', 'path': DIR}, loaded with `sampler` and `world` unless a ready
+        `world_model` is given (with the env's action codec); `scorers` may name task scorers
+        ('gridworld_distance', or 'auto' for those that fit the env), give {'name', 'weight', ...} mappings,
+        callables or (callable, weight) pairs. Every other keyword goes to the constructor."""
         from worldbagel.actions import codec_for_env
         from worldbagel.eval.energy import auto_scorers, make_scorer
+        from worldbagel.policies.registry import preset_kwargs
         from worldbagel.world_model_loader import load_world_model
 
+        kwargs = {**(preset_kwargs(preset, required=True) if preset else {}), **kwargs}
+        model, sampler, world = (
+            kwargs.pop("model", None),
+            kwargs.pop("sampler", None),
+            kwargs.pop("world", None),
+        )
+        scorers, world_model = kwargs.pop("scorers", None) or (), kwargs.pop("world_model", None)
         codec = codec_for_env(env)
         if world_model is None:
             world_model = load_world_model(model, sampler, codec, world)

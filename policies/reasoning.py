@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -156,20 +155,26 @@ class ReasoningPolicy(WorldModelPolicy):
 
     @classmethod
     def from_env(
-        cls,
-        env: Any,
-        seed: int | None = None,
-        model: Any = None,
-        sampler: Any = None,
-        world: Mapping[str, Any] | None = None,
-        world_model: WorldModel | None = None,
-        **kwargs: Any,
+        cls, env: Any, seed: int | None = None, preset: str | None = "reasoning", **kwargs: Any
     ) -> ReasoningPolicy:
-        """A reasoning policy for `env` (single or vector), loading `model` (preset name or mapping) unless a
-        `world_model` is given; the env's action codec parses the answers."""
+        """A reasoning policy for `env` (single or vector), asking as `worldbagel rollout policy=reasoning` does.
+
+        Keyword arguments not given come from the policy preset `preset` (configs/policy/reasoning.yaml: the
+        shipped gridworld model, think when the model can, sampled answers at temperature 0.5); `preset=None`
+        starts from the bare defaults (greedy answers). `model` (preset name or mapping) is loaded with `sampler`
+        and `world` unless a ready `world_model` is given; the env's action codec parses the answers. Every
+        other keyword goes to the constructor."""
         from worldbagel.actions import codec_for_env
+        from worldbagel.policies.registry import preset_kwargs
         from worldbagel.world_model_loader import load_world_model
 
+        kwargs = {**(preset_kwargs(preset, required=True) if preset else {}), **kwargs}
+        model, sampler, world = (
+            kwargs.pop("model", None),
+            kwargs.pop("sampler", None),
+            kwargs.pop("world", None),
+        )
+        world_model = kwargs.pop("world_model", None)
         codec = codec_for_env(env)
         if world_model is None:
             world_model = load_world_model(model, sampler, codec, world)

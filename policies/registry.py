@@ -45,15 +45,19 @@ def make_policy(name: str, env: Any, seed: int | None = None, **kwargs: Any) -> 
     return factory(env, seed=seed, **{**preset_kwargs(name), **kwargs})
 
 
-def preset_kwargs(name: str) -> dict[str, Any]:
-    """The `kwargs` of the policy's yaml preset (configs/policy/<name>.yaml), {} when it has none: what
-    `worldbagel rollout policy=<name>` uses, so `make_policy(name, env)` builds the same policy; keyword
-    arguments given to `make_policy` win over them."""
+def preset_kwargs(name: str, required: bool = False) -> dict[str, Any]:
+    """The `kwargs` of the policy's yaml preset (configs/policy/<name>.yaml), {} when it has none (an error
+    with `required`): what `worldbagel rollout policy=<name>` uses, so `make_policy(name, env)` builds the same
+    policy; keyword arguments given to `make_policy` win over them."""
     from importlib import resources
 
     from omegaconf import OmegaConf
 
-    path = resources.files("worldbagel.configs") / "policy" / f"{name}.yaml"
+    folder = resources.files("worldbagel.configs") / "policy"
+    path = folder / f"{name}.yaml"
     if not path.is_file():
+        if required:
+            names = sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+            raise bad_argument("preset", name, f"use one of {names} (configs/policy/*.yaml) or None")
         return {}
     return dict(OmegaConf.to_container(OmegaConf.load(str(path)), resolve=True).get("kwargs") or {})

@@ -17,7 +17,7 @@ import worldbagel.policies.planner as planner_mod
 import worldbagel.world_model as wm_mod
 from worldbagel.actions import ContinuousActionCodec, DiscreteActionCodec
 from worldbagel.envs import decode_frame, make_env
-from worldbagel.errors import ConfigError
+from worldbagel.errors import ConfigError, WorldBagelError
 from worldbagel.eval.energy import GridWorldDistanceScorer, LatentDistance, SSIMDistance
 from worldbagel.inference.generate import GenerationConfig
 from worldbagel.policies import make_policy
@@ -354,3 +354,25 @@ def test_make_policy_builds_what_the_cli_builds(tiny_dir):
     assert bare.scorers == [] and bare.step_cost == 0.0 and bare.world_model.config.sampler.num_steps == 3
     # a baseline that needs kwargs (scripted) gets its yaml's action list
     assert make_policy("scripted", env, seed=0).act(None, {}) == 1  # "move right"
+
+
+def test_from_env_called_directly_plans_like_the_cli(tiny_dir):
+    """RL code imports the classes: `WorldModelPlanner.from_env(env)` and `ReasoningPolicy.from_env(env)` get
+    the policy yaml's defaults, as `make_policy` and `worldbagel rollout` do; `preset=None` the bare ones."""
+    from worldbagel.policies import ReasoningPolicy
+    from worldbagel.world_model_loader import generation_config
+
+    env = make_env("WorldBagel/GridWorld-v0")
+    tiny = {"name": "tiny", "path": str(tiny_dir)}
+    planner = WorldModelPlanner.from_env(env, seed=0, model=tiny)
+    assert isinstance(planner.scorers[0][0], GridWorldDistanceScorer) and planner.step_cost == 0.01
+    assert planner.horizon == 2 and planner.world_model.config.sampler == generation_config("fast")
+    assert planner.world_model.config.reencode == "latents"
+    bare = WorldModelPlanner.from_env(env, seed=0, model=tiny, preset=None)
+    assert bare.scorers == [] and bare.step_cost == 0.0
+    assert bare.world_model.config.reencode == "pixels"  # the model's own; the preset says latents
+    reasoning = ReasoningPolicy.from_env(env, seed=0, model=tiny)
+    assert reasoning.temperature == 0.5 and reasoning.choose == "generate"
+    assert ReasoningPolicy.from_env(env, seed=0, model=tiny, preset=None).temperature == 0.0
+    with pytest.raises(WorldBagelError, match="preset.*'plannr'.*planner"):
+        WorldModelPlanner.from_env(env, model=tiny, preset="plannr")
