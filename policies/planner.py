@@ -179,25 +179,11 @@ class WorldModelPlanner(WorldModelPolicy):
         `world_model` is given (with the env's action codec); `scorers` may name task scorers
         ('gridworld_distance', or 'auto' for those that fit the env), give {'name', 'weight', ...} mappings,
         callables or (callable, weight) pairs. Every other keyword goes to the constructor."""
-        from worldbagel.actions import codec_for_env
         from worldbagel.eval.energy import auto_scorers, make_scorer
-        from worldbagel.policies.registry import preset_kwargs
-        from worldbagel.world_model_loader import load_world_model
 
-        kwargs = {**(preset_kwargs(preset, required=True) if preset else {}), **kwargs}
-        model, sampler, world = (
-            kwargs.pop("model", None),
-            kwargs.pop("sampler", None),
-            kwargs.pop("world", None),
-        )
-        scorers, world_model = kwargs.pop("scorers", None) or (), kwargs.pop("world_model", None)
-        codec = codec_for_env(env)
-        if world_model is None:
-            world_model = load_world_model(model, sampler, codec, world)
-        elif world_model.codec is None:
-            world_model.codec = codec
+        world_model, space, kwargs = cls._from_env_parts(env, preset, kwargs)
         built = []
-        for s in scorers:
+        for s in kwargs.pop("scorers", None) or ():
             if s == "auto":
                 built.extend(auto_scorers(env))
             elif isinstance(s, str):
@@ -208,7 +194,6 @@ class WorldModelPlanner(WorldModelPolicy):
                 built.append((make_scorer(str(s.pop("name")), env, **s), weight))
             else:
                 built.append(s)
-        space = getattr(env, "single_action_space", None) or env.action_space
         planner = cls(world_model, action_space=space, scorers=built, seed=seed, **kwargs)
         planner.bind(env)
         return planner

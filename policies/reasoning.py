@@ -164,23 +164,7 @@ class ReasoningPolicy(WorldModelPolicy):
         starts from the bare defaults (greedy answers). `model` (preset name or mapping) is loaded with `sampler`
         and `world` unless a ready `world_model` is given; the env's action codec parses the answers. Every
         other keyword goes to the constructor."""
-        from worldbagel.actions import codec_for_env
-        from worldbagel.policies.registry import preset_kwargs
-        from worldbagel.world_model_loader import load_world_model
-
-        kwargs = {**(preset_kwargs(preset, required=True) if preset else {}), **kwargs}
-        model, sampler, world = (
-            kwargs.pop("model", None),
-            kwargs.pop("sampler", None),
-            kwargs.pop("world", None),
-        )
-        world_model = kwargs.pop("world_model", None)
-        codec = codec_for_env(env)
-        if world_model is None:
-            world_model = load_world_model(model, sampler, codec, world)
-        elif world_model.codec is None:
-            world_model.codec = codec
-        space = getattr(env, "single_action_space", None) or env.action_space
+        world_model, space, kwargs = cls._from_env_parts(env, preset, kwargs)
         return cls(world_model, action_space=space, seed=seed, **kwargs)
 
     # ------------------------------------------------------------------ Policy protocol

@@ -55,6 +55,31 @@ class WorldModelPolicy(BasePolicy):
         n = len(obs_batch)
         return stack_actions(self._act([obs_batch[i] for i in range(n)], split_vector_infos(infos, n)))
 
+    @staticmethod
+    def _from_env_parts(env: Any, preset: str | None, kwargs: dict[str, Any]) -> tuple[WorldModel, Any, dict]:
+        """What both policies' `from_env` start with: (world model, single-env action space, the remaining
+        constructor kwargs). Keyword arguments not given come from configs/policy/<preset>.yaml (none with
+        preset=None); `model` / `sampler` / `world` load the world model unless a ready `world_model` is given,
+        which gets the env's action codec when it has none."""
+        from worldbagel.actions import codec_for_env
+        from worldbagel.policies.registry import preset_kwargs
+        from worldbagel.world_model_loader import load_world_model
+
+        kwargs = {**(preset_kwargs(preset, required=True) if preset else {}), **kwargs}
+        model, sampler, world = (
+            kwargs.pop("model", None),
+            kwargs.pop("sampler", None),
+            kwargs.pop("world", None),
+        )
+        world_model = kwargs.pop("world_model", None)
+        codec = codec_for_env(env)
+        if world_model is None:
+            world_model = load_world_model(model, sampler, codec, world)
+        elif world_model.codec is None:
+            world_model.codec = codec
+        space = getattr(env, "single_action_space", None) or env.action_space
+        return world_model, space, kwargs
+
     @abstractmethod
     def _act(self, observations: list, infos: list[dict]) -> list:
         """The actions for one observation per env."""

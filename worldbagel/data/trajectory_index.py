@@ -160,9 +160,7 @@ def write_index(root: Path, entries: list[dict[str, Any]]) -> None:
     dump goes through the pure-Python one, which made a 1,500-episode collection spend 90 % of its time here)."""
     head = json.dumps({"format": FORMAT_NAME, "version": FORMAT_VERSION})[:-1]
     lines = ",\n".join(json.dumps(e) for e in entries)
-    atomic_write_text(
-        root / INDEX, f'{head}, "episodes": [\n{lines}\n]}}\n' if entries else f'{head}, "episodes": []}}\n'
-    )
+    atomic_write_text(root / INDEX, f'{head}, "episodes": [\n{lines}\n]}}\n')
 
 
 def update_index(root: Path, entries: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> None:
