@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from rich.console import Console
 
-from worldbagel.errors import WorldBagelError
+from worldbagel.errors import WorldBagelError, describe_os_error
 
 console = Console(stderr=False)
 
@@ -147,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(module.run(cfg, console) or 0)
     except WorldBagelError as exc:
         console.print(f"[red]error:[/red] {exc}")
+        return 1
+    except OSError as exc:  # disk full, permission denied, ...: what was written before stays (atomic writes)
+        console.print(f"[red]error:[/red] {describe_os_error(exc)}", markup=True, highlight=False)
         return 1
 
 

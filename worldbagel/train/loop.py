@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from worldbagel.errors import WorldBagelError, bad_argument
+from worldbagel.folder_lock import exclusive_folder
 from worldbagel.model import parallelize as par
 from worldbagel.train.data_stream import TrainingData, derive_seed
 from worldbagel.train.ema import EMA
@@ -45,7 +46,7 @@ from worldbagel.train.stages import apply_stage, init_position_tables, init_qk_n
 from worldbagel.train.state import (
     TrainState,
     latest_checkpoint,
-    load_checkpoint,
+    load_latest_checkpoint,
     remove_partial_checkpoints,
     save_checkpoint,
     set_rng_state,
@@ -161,13 +162,13 @@ class Trainer:
             )
 
     def _resume(self) -> None:
-        path = latest_checkpoint(self.out_dir)
-        if path is None:
-            logger.info("resume requested but %s has no checkpoint: starting from step 0", self.out_dir)
-            return
         if self.env.is_main:
             remove_partial_checkpoints(self.out_dir)
-        ck = load_checkpoint(path)
+        ck = load_latest_checkpoint(self.out_dir)
+        if ck is None:
+            logger.info("resume requested but %s has no checkpoint: starting from step 0", self.out_dir)
+            return
+        path = ck.path
         par.load_full_state_dict(self.model, ck.model_state)
         named = dict(self._named_trainable())
         par.load_optimizer_state(self.model, self.optimizer, ck.optim_state)
@@ -245,7 +246,16 @@ class Trainer:
 
     # ------------------------------------------------------------------ run
     def train(self, on_step: Callable[[dict], None] | None = None) -> TrainResult:
-        """Run until `cfg.steps`; `on_step(metrics)` is called on the main rank after every step."""
+        """Run until `cfg.steps`; `on_step(metrics)` is called on the main rank after every step.
+
+        The main rank holds the output folder's writer lock for the whole run (worldbagel.folder_lock): a
+        second run into the same `out` fails at once instead of interleaving checkpoints and metrics.
+        """
+        lock = exclusive_folder(self.out_dir, "finetune") if self.env.is_main else nullcontext()
+        with lock:
+            return self._train(on_step)
+
+    def _train(self, on_step: Callable[[dict], None] | None) -> TrainResult:
         cfg, env = self.cfg, self.env
         if cfg.resume:
             self._resume()

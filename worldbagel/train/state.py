@@ -194,22 +194,74 @@ class LoadedCheckpoint:
     config: dict[str, Any]
 
 
+_REQUIRED_KEYS = ("step", "cursor", "optimizer", "rng")
+
+
 def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
-    """Read a checkpoint folder written by `save_checkpoint`."""
+    """Read a checkpoint folder written by `save_checkpoint`.
+
+    Raises CheckpointError naming the file (and key) when any part is missing, truncated or malformed.
+    """
     path = Path(path)
+    state_file = path / "state.json"
     try:
-        payload = json.loads((path / "state.json").read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"cannot read training checkpoint {path}/state.json: {exc}") from exc
+        payload = json.loads(state_file.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"cannot read training checkpoint {state_file}: {exc}") from exc
+    missing = [k for k in _REQUIRED_KEYS if not isinstance(payload, dict) or k not in payload]
+    if missing:
+        raise CheckpointError(
+            f"training checkpoint {state_file} lacks {missing}: it was not written by save_checkpoint"
+        )
     ema_file = path / "ema.safetensors"
-    state = TrainState(payload["step"], payload["cursor"], payload.get("tokens", 0), payload.get("extra", {}))
+    try:
+        state = TrainState(
+            int(payload["step"]),
+            int(payload["cursor"]),
+            int(payload.get("tokens", 0)),
+            payload.get("extra", {}),
+        )
+        optim_state = unflatten_optimizer(load_file(path / "optimizer.safetensors"), payload["optimizer"])
+    except (TypeError, ValueError, KeyError) as exc:
+        raise CheckpointError(
+            f"training checkpoint {state_file} is malformed ({type(exc).__name__}: {exc})"
+        ) from None
     return LoadedCheckpoint(
         path=path,
         state=state,
         model_state=load_file(path / "model.safetensors"),
-        optim_state=unflatten_optimizer(load_file(path / "optimizer.safetensors"), payload["optimizer"]),
+        optim_state=optim_state,
         ema_state=load_file(ema_file) if ema_file.is_file() else None,
         rng_json=payload["rng"],
         rng_tensors=load_file(path / "rng.safetensors"),
         config=payload.get("config", {}),
     )
+
+
+def load_latest_checkpoint(out_dir: str | Path) -> LoadedCheckpoint | None:
+    """The newest checkpoint of `out_dir` that reads completely, or None when there is none.
+
+    A newer one that cannot be read (a disk fault, a hand-edited state.json) is skipped with a warning
+    that names it and says which one is used instead; when none reads, the error lists every failure.
+    """
+    found = list_checkpoints(out_dir)
+    failures: list[str] = []
+    for path in reversed(found):
+        try:
+            ck = load_checkpoint(path)
+        except CheckpointError as exc:
+            logger.warning("checkpoint %s is unreadable (%s); trying the previous one", path.name, exc)
+            failures.append(str(exc))
+            continue
+        if failures:
+            logger.warning(
+                "resuming from %s: the %d newer checkpoint(s) could not be read", path, len(failures)
+            )
+        return ck
+    if failures:
+        raise CheckpointError(
+            f"no checkpoint in {checkpoint_root(out_dir)} can be read: "
+            + "; ".join(failures)
+            + ". Delete the folder to start again, or restore a checkpoint from a backup."
+        )
+    return None
