@@ -7,9 +7,10 @@ habitat-sim ships through conda only, and habitat-lab imports it: both are impor
 env is built, and a missing install raises DependencyNotInstalled with the commands of
 docs/habitat.md.
 
-Actions: 0 stop, 1 move forward `forward_step` m (0.25), 2 turn left `turn_angle` degrees (30), 3 turn
-right: habitat-lab's own navigation actions, in its own order. `stop` ends the episode; it is a success
-when habitat's `success` measure says so (distance to goal < success_distance).
+Actions: 0 stop, 1 move forward `forward_step` m (0.25), 2 turn left `turn_angle` degrees (30, whole
+degrees: habitat-lab types it as an int), 3 turn right: habitat-lab's own navigation actions, in its
+own order. `stop` ends the episode; it is a success when habitat's `success` measure says so
+(distance to goal < success_distance).
 
 Observations: the RGB frame (Box) or, with depth=True, a Dict {"rgb", "depth"}.
 `info` (reset and every step) carries habitat-lab's own measures: distance_to_goal, success, spl,
@@ -21,12 +22,18 @@ Reward: decrease of distance_to_goal - 0.01 per step, + 2.5 on success (habitat-
 Episodes: `episode_order="random"` draws each episode from the env's seeded generator;
 "sequential" walks the dataset in order, starting at episode `seed % n` when a seed is given.
 `options={"episode_id": ...}` picks one episode by id.
+
+Config: the env's settings become habitat-lab config overrides, composed by habitat-lab's own
+`get_config` (Hydra). Strings (paths, split) are single-quoted in Hydra's override grammar, so paths
+with `{split}`, spaces, commas, quotes or `${` arrive verbatim; numbers carry habitat-lab's types.
 """
 
 from __future__ import annotations
 
 import importlib
 import math
+import numbers
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,7 +41,13 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from worldbagel.errors import DependencyNotInstalled, InvalidAction, WorldBagelError, bad_argument
+from worldbagel.errors import (
+    ConfigError,
+    DependencyNotInstalled,
+    InvalidAction,
+    WorldBagelError,
+    bad_argument,
+)
 
 from .wrappers import resize_image
 
@@ -50,9 +63,14 @@ TASK_CONFIGS = {
 SOFT_SPL_OVERRIDE = "+habitat/task/measurements@habitat.task.measurements.soft_spl=soft_spl"
 _SENSORS = "habitat.simulator.agents.main_agent.sim_sensors"
 
+HABITAT_LAB_REQUIREMENT = "habitat-lab==0.3.320260507"
+"""The habitat-lab build pyproject's `habitat` extra pins: earlier 0.3.x builds fail at import on
+Python >= 3.11 (dataclass defaults in habitat/config/default_structured_configs.py)."""
+
 INSTALL_COMMANDS = (
-    "conda install habitat-sim -c conda-forge -c aihabitat   # add `headless` (and `withbullet`) on servers\n"
-    "pip install habitat-lab\n"
+    "conda install habitat-sim withbullet headless -c conda-forge -c aihabitat-nightly"
+    "   # Python 3.10/3.11 builds; desktop: drop headless\n"
+    f'pip install "{HABITAT_LAB_REQUIREMENT}"\n'
     "python -m habitat_sim.utils.datasets_download --uids habitat_test_scenes habitat_test_pointnav_dataset "
     "--data-path data/"
 )
@@ -67,6 +85,36 @@ def import_habitat() -> Any:
             f"Habitat is not importable ({exc}). habitat-sim comes from conda only; install both, then "
             f"download scenes and episodes (details: docs/habitat.md):\n{INSTALL_COMMANDS}"
         ) from exc
+
+
+def hydra_quoted(text: str) -> str:
+    """`text` as a single-quoted value of Hydra's override grammar that habitat-lab reads back verbatim.
+
+    Two layers read the value: Hydra's parser (inside '...', a quote is written \\' and backslashes
+    just before a quote are doubled) and then OmegaConf, which would resolve `${...}` as an
+    interpolation (escaped as \\${, with backslashes just before it doubled).
+    """
+    text = re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", text)
+    text = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", text)
+    text = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, text)
+    return f"'{text}'"
+
+
+def _whole_degrees(turn_angle: Any) -> int:
+    """turn_angle as the int habitat-lab's SimulatorConfig.turn_angle takes, or one clear ConfigError."""
+    if (
+        isinstance(turn_angle, bool)
+        or not isinstance(turn_angle, numbers.Real)
+        or not float(turn_angle).is_integer()
+        or turn_angle <= 0
+    ):
+        raise bad_argument(
+            "turn_angle",
+            turn_angle,
+            "habitat-lab turns by whole degrees (its SimulatorConfig.turn_angle is an int): use a "
+            "positive whole number, e.g. turn_angle=22 or 23 (env.kwargs.turn_angle=22 on the command line)",
+        )
+    return int(turn_angle)
 
 
 def _yaw_of(rotation: Any) -> float:
@@ -100,7 +148,7 @@ class HabitatNavEnv(gym.Env):
         split: str | None = None,
         obs_size: int = 64,
         depth: bool = False,
-        turn_angle: float = 30.0,
+        turn_angle: int = 30,
         forward_step: float = 0.25,
         success_distance: float = 0.2,
         max_steps: int = 500,
@@ -114,11 +162,12 @@ class HabitatNavEnv(gym.Env):
             raise bad_argument("task", task, f"choose one of {tuple(TASK_CONFIGS)}")
         if not isinstance(obs_size, int) or obs_size < 8:
             raise bad_argument("obs_size", obs_size, "use an int >= 8 (pixels per frame side)")
-        if not (turn_angle > 0 and forward_step > 0 and success_distance > 0):
+        turn_angle = _whole_degrees(turn_angle)
+        if not (forward_step > 0 and success_distance > 0):
             raise bad_argument(
-                "turn_angle/forward_step/success_distance",
-                (turn_angle, forward_step, success_distance),
-                "all three must be positive",
+                "forward_step/success_distance",
+                (forward_step, success_distance),
+                "both must be positive",
             )
         if not isinstance(max_steps, int) or max_steps < 1:
             raise bad_argument("max_steps", max_steps, "use an int >= 1")
@@ -133,7 +182,7 @@ class HabitatNavEnv(gym.Env):
         self.task = task
         self.obs_size = obs_size
         self.depth = bool(depth)
-        self.turn_angle = float(turn_angle)
+        self.turn_angle = turn_angle
         self.forward_step = float(forward_step)
         self.max_steps = max_steps
         self.episode_order = episode_order
@@ -150,10 +199,10 @@ class HabitatNavEnv(gym.Env):
         )
 
         habitat = import_habitat()
-        config = habitat.get_config(self.config_path, overrides=list(self.overrides))
+        config = self._compose(habitat)
         if "soft_spl" not in config.habitat.task.measurements:
             self.overrides.append(SOFT_SPL_OVERRIDE)
-            config = habitat.get_config(self.config_path, overrides=list(self.overrides))
+            config = self._compose(habitat)
         self.config = config
         self.habitat_env = habitat.Env(config=config)
         self.episodes = list(self.habitat_env.episodes)
@@ -188,25 +237,47 @@ class HabitatNavEnv(gym.Env):
         success_distance: float,
         extra: Sequence[str],
     ) -> list[str]:
-        """habitat-lab config overrides for this env's settings (extra ones last, so they win)."""
+        """habitat-lab config overrides for this env's settings (extra ones last, so they win).
+
+        Each value is written in Hydra's override grammar with habitat-lab's type: ints for
+        turn_angle, max_episode_steps and sensor sizes, float literals for step size and success
+        distance, single-quoted strings (`hydra_quoted`) for paths and the split.
+        """
         s = self.obs_size
         out = [
-            f"habitat.simulator.turn_angle={self.turn_angle:g}",
-            f"habitat.simulator.forward_step_size={self.forward_step:g}",
-            f"habitat.environment.max_episode_steps={self.max_steps}",
-            f"habitat.task.measurements.success.success_distance={success_distance:g}",
-            f"{_SENSORS}.rgb_sensor.width={s}",
-            f"{_SENSORS}.rgb_sensor.height={s}",
+            f"habitat.simulator.turn_angle={self.turn_angle:d}",
+            f"habitat.simulator.forward_step_size={float(self.forward_step)!r}",
+            f"habitat.environment.max_episode_steps={self.max_steps:d}",
+            f"habitat.task.measurements.success.success_distance={float(success_distance)!r}",
+            f"{_SENSORS}.rgb_sensor.width={s:d}",
+            f"{_SENSORS}.rgb_sensor.height={s:d}",
         ]
         if self.depth:
-            out += [f"{_SENSORS}.depth_sensor.width={s}", f"{_SENSORS}.depth_sensor.height={s}"]
+            out += [f"{_SENSORS}.depth_sensor.width={s:d}", f"{_SENSORS}.depth_sensor.height={s:d}"]
         if data_path:
-            out.append(f"habitat.dataset.data_path={data_path}")
+            out.append(f"habitat.dataset.data_path={hydra_quoted(str(data_path))}")
         if scenes_dir:
-            out.append(f"habitat.dataset.scenes_dir={scenes_dir}")
+            out.append(f"habitat.dataset.scenes_dir={hydra_quoted(str(scenes_dir))}")
         if split:
-            out.append(f"habitat.dataset.split={split}")
+            out.append(f"habitat.dataset.split={hydra_quoted(str(split))}")
         return out + [str(o) for o in extra]
+
+    def _compose(self, habitat: Any) -> Any:
+        """habitat-lab's config for `config_path` + `overrides`; its refusals become one ConfigError."""
+        # Imported here so that importing worldbagel.envs stays numpy + gymnasium only.
+        from hydra.errors import HydraException
+        from omegaconf.errors import OmegaConfBaseException
+
+        try:
+            return habitat.get_config(self.config_path, overrides=list(self.overrides))
+        except (HydraException, OmegaConfBaseException, RuntimeError) as exc:
+            cause = f" ({type(exc.__cause__).__name__}: {exc.__cause__})" if exc.__cause__ else ""
+            raise ConfigError(
+                f"habitat-lab could not compose config_path={self.config_path!r} with overrides "
+                f"{self.overrides}: {type(exc).__name__}: {exc}{cause}. Fix the env argument or "
+                "`overrides` entry it names: habitat-lab's override grammar and types apply "
+                "(docs/habitat.md)"
+            ) from exc
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)

@@ -1,11 +1,21 @@
 """A small stand-in for habitat-lab (`habitat`) used to test HabitatNavEnv without habitat-sim.
 
-It mimics the slice of habitat-lab's API the adapter uses: `get_config(path, overrides)` returning a
-config with attribute access and `in`, `Env(config=...)` with `episodes`, `current_episode`, `seed`,
-`reset`, `step({"action": name})`, `get_metrics`, `episode_over`, `sim.get_agent_state()` and `close`.
-The world is a 10 m x 10 m empty square; the agent looks along -z like habitat agents do; measures
-follow habitat-lab's definitions (success needs `stop` within success_distance; SPL and soft-SPL as
-in habitat.tasks.nav.nav). Frames encode the pose so tests can see the agent move.
+It mimics the slice of habitat-lab's API the adapter uses: `get_config(path, overrides)` and
+`Env(config=...)` with `episodes`, `current_episode`, `seed`, `reset`, `step({"action": name})`,
+`get_metrics`, `episode_over`, `sim.get_agent_state()` and `close`.
+
+Config: as strict as habitat-lab 0.3.x's own `get_config`. Overrides go through Hydra's real override
+parser (`OverridesParser`) and value overrides are merged by Hydra's own override step into an
+OmegaConf structured config whose dataclasses mirror habitat-lab's (`default_structured_configs.py`)
+for every key the adapter sets: the same types (turn_angle and sensor sizes are ints), struct mode
+(unknown keys are refused), read-only result. Config-group overrides
+(`+habitat/task/measurements@habitat.task.measurements.NAME=NAME`) add a measure from a small group
+of habitat's measure names; a group named twice or an unknown option fails as in Hydra.
+tests/test_habitat_config_real.py checks that this fake accepts and refuses what habitat-lab does.
+
+World: a 10 m x 10 m empty square; the agent looks along -z like habitat agents do; measures follow
+habitat-lab's definitions (success needs `stop` within success_distance; SPL and soft-SPL as in
+habitat.tasks.nav.nav). Frames encode the pose so tests can see the agent move.
 """
 
 from __future__ import annotations
@@ -13,78 +23,181 @@ from __future__ import annotations
 import math
 import sys
 import types
+from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+from hydra._internal.config_loader_impl import ConfigLoaderImpl
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import ConfigCompositionException, MissingConfigException
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+# --- habitat-lab's structured configs, reduced to the keys the adapter and this fake use ----------
 
 
-class Node(dict):
-    """A nested config: dict with attribute access (like an OmegaConf DictConfig)."""
+@dataclass
+class EnvironmentConfig:
+    max_episode_steps: int = 1000
 
-    def __getattr__(self, key: str) -> Any:
-        try:
-            return self[key]
-        except KeyError:
-            raise AttributeError(key) from None
 
-    def set_path(self, dotted: str, value: Any) -> None:
-        node = self
-        *parents, last = dotted.split(".")
-        for p in parents:
-            node = node.setdefault(p, Node())
-        node[last] = value
+@dataclass
+class SimulatorSensorConfig:
+    type: str = MISSING
+    height: int = 480
+    width: int = 640
 
+
+@dataclass
+class HabitatSimRGBSensorConfig(SimulatorSensorConfig):
+    type: str = "HabitatSimRGBSensor"
+
+
+@dataclass
+class HabitatSimDepthSensorConfig(SimulatorSensorConfig):
+    type: str = "HabitatSimDepthSensor"
+    min_depth: float = 0.0
+    max_depth: float = 10.0
+    normalize_depth: bool = True
+
+
+@dataclass
+class AgentConfig:
+    sim_sensors: dict[str, SimulatorSensorConfig] = field(default_factory=dict)
+
+
+@dataclass
+class SimulatorConfig:
+    forward_step_size: float = 0.25
+    turn_angle: int = 10
+    agents: dict[str, AgentConfig] = field(default_factory=dict)
+
+
+@dataclass
+class MeasurementConfig:
+    type: str = MISSING
+
+
+@dataclass
+class SuccessMeasurementConfig(MeasurementConfig):
+    type: str = "Success"
+    success_distance: float = 0.2
+
+
+@dataclass
+class LabSensorConfig:
+    type: str = MISSING
+
+
+@dataclass
+class TaskConfig:
+    type: str = "Nav-v0"
+    lab_sensors: dict[str, LabSensorConfig] = field(default_factory=dict)
+    measurements: dict[str, MeasurementConfig] = field(default_factory=dict)
+
+
+@dataclass
+class DatasetConfig:
+    type: str = "PointNav-v1"
+    split: str = "train"
+    scenes_dir: str = "data/scene_datasets"
+    data_path: str = "data/datasets/pointnav/habitat-test-scenes/v1/{split}/{split}.json.gz"
+
+
+@dataclass
+class HabitatConfig:
+    seed: int = 100
+    environment: EnvironmentConfig = field(default_factory=EnvironmentConfig)
+    simulator: SimulatorConfig = field(default_factory=SimulatorConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+
+
+@dataclass
+class Root:
+    habitat: HabitatConfig = field(default_factory=HabitatConfig)
+
+
+MEASUREMENT_GROUP = {
+    "distance_to_goal": lambda: MeasurementConfig(type="DistanceToGoal"),
+    "success": SuccessMeasurementConfig,
+    "spl": lambda: MeasurementConfig(type="SPL"),
+    "soft_spl": lambda: MeasurementConfig(type="SoftSPL"),
+    "distance_to_goal_reward": lambda: MeasurementConfig(type="DistanceToGoalReward"),
+}
+"""habitat-lab's `habitat/task/measurements` config group (the navigation measures)."""
 
 BASE_MEASURES = ("distance_to_goal", "success", "spl", "distance_to_goal_reward")
 KNOWN_CONFIGS = {
-    "benchmark/nav/pointnav/pointnav_habitat_test.yaml": ("pointgoal_with_gps_compass", BASE_MEASURES),
-    "benchmark/nav/imagenav/imagenav_test.yaml": ("imagegoal", BASE_MEASURES),
-    "custom/pointnav_with_soft_spl.yaml": ("pointgoal_with_gps_compass", (*BASE_MEASURES, "soft_spl")),
+    "benchmark/nav/pointnav/pointnav_habitat_test.yaml": (
+        {"pointgoal_with_gps_compass_sensor": "PointGoalWithGPSCompassSensor"},
+        BASE_MEASURES,
+        500,
+    ),
+    "benchmark/nav/imagenav/imagenav_test.yaml": (
+        {"imagegoal_sensor": "ImageGoalSensor"},
+        BASE_MEASURES,
+        1000,
+    ),
+    "custom/pointnav_with_soft_spl.yaml": (
+        {"pointgoal_with_gps_compass_sensor": "PointGoalWithGPSCompassSensor"},
+        (*BASE_MEASURES, "soft_spl"),
+        500,
+    ),
 }
+"""Config path -> (lab sensors, measures, max_episode_steps), as habitat-lab's yaml files set them."""
+
+_PARSER = OverridesParser.create()
 
 
-def _value(text: str) -> Any:
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
+def _base_config(config_path: str) -> DictConfig:
+    lab_sensors, measures, max_steps = KNOWN_CONFIGS[config_path]
+    rgbd_agent = AgentConfig(
+        sim_sensors={
+            "rgb_sensor": HabitatSimRGBSensorConfig(width=256, height=256),
+            "depth_sensor": HabitatSimDepthSensorConfig(width=256, height=256),
+        }
+    )
+    habitat = HabitatConfig(
+        environment=EnvironmentConfig(max_episode_steps=max_steps),
+        simulator=SimulatorConfig(agents={"main_agent": rgbd_agent}),
+        task=TaskConfig(
+            lab_sensors={name: LabSensorConfig(type=kind) for name, kind in lab_sensors.items()},
+            measurements={m: MEASUREMENT_GROUP[m]() for m in measures},
+        ),
+    )
+    cfg = OmegaConf.structured(Root(habitat=habitat))
+    OmegaConf.set_struct(cfg, True)
+    return cfg
 
 
-def get_config(config_path: str, overrides: list[str] | None = None) -> Node:
+def get_config(config_path: str, overrides: list[str] | None = None) -> DictConfig:
+    """Compose like habitat-lab: group overrides first (Hydra's defaults list), then value overrides."""
     if config_path not in KNOWN_CONFIGS:
-        raise FileNotFoundError(f"fake habitat has no config {config_path!r}")
-    goal_sensor, measures = KNOWN_CONFIGS[config_path]
-    cfg = Node()
-    defaults = {
-        "habitat.simulator.turn_angle": 10,
-        "habitat.simulator.forward_step_size": 0.25,
-        "habitat.environment.max_episode_steps": 500,
-        "habitat.dataset.data_path": "data/datasets/pointnav/habitat-test-scenes/v1/{split}/{split}.json.gz",
-        "habitat.dataset.scenes_dir": "data/scene_datasets",
-        "habitat.dataset.split": "train",
-        "habitat.simulator.agents.main_agent.sim_sensors.rgb_sensor.width": 256,
-        "habitat.simulator.agents.main_agent.sim_sensors.rgb_sensor.height": 256,
-        "habitat.simulator.agents.main_agent.sim_sensors.depth_sensor.width": 256,
-        "habitat.simulator.agents.main_agent.sim_sensors.depth_sensor.height": 256,
-        "habitat.task.goal_sensor": goal_sensor,
-    }
-    for k, v in defaults.items():
-        cfg.set_path(k, v)
-    cfg.habitat.task["measurements"] = Node({m: Node() for m in measures})
-    cfg.habitat.task.measurements.success["success_distance"] = 0.2
-    for o in overrides or []:
-        key, _, value = o.partition("=")
-        if key.startswith("+habitat/task/measurements@"):
-            target = key.split("@", 1)[1]
-            name = target.rsplit(".", 1)[1]
-            if name in cfg.habitat.task.measurements:
-                raise ValueError(f"Could not append to config. An item is already at '{target}'.")
-            cfg.habitat.task.measurements[name] = Node()
-        else:
-            cfg.set_path(key, _value(value))
+        raise RuntimeError(f"No file found for config '{config_path}'")  # habitat-lab's message
+    cfg = _base_config(config_path)
+    parsed = _PARSER.parse_overrides(list(overrides or []))
+    groups = [o for o in parsed if "/" in o.key_or_group]
+    values = [o for o in parsed if "/" not in o.key_or_group]
+    added: set[str] = set()
+    for o in groups:
+        where = f"{o.key_or_group}@{o.package}"
+        if o.key_or_group != "habitat/task/measurements" or not o.is_add() or not o.package:
+            raise ConfigCompositionException(f"fake habitat has no config group override like {o.input_line}")
+        if where in added:
+            raise ConfigCompositionException(f"{where} appears more than once in the final defaults list")
+        added.add(where)
+        name = o.value()
+        if name not in MEASUREMENT_GROUP:
+            raise MissingConfigException(
+                f"Could not find '{o.key_or_group}/{name}'", missing_cfg_file=f"{o.key_or_group}/{name}"
+            )
+        OmegaConf.update(
+            cfg, o.package, OmegaConf.structured(MEASUREMENT_GROUP[name]()), merge=True, force_add=True
+        )
+    # Hydra's own value-override step (what habitat-lab's compose runs): same merge, same type checks.
+    ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
+    OmegaConf.set_readonly(cfg, True)  # habitat-lab's patch_config leaves the config read-only
     return cfg
 
 
@@ -105,7 +218,7 @@ class _Sim:
 class Env:
     """Fake `habitat.Env`."""
 
-    def __init__(self, config: Node):
+    def __init__(self, config: DictConfig):
         if "habitat" in config:
             config = config.habitat
         self.config = config
@@ -118,7 +231,11 @@ class Env:
         self.max_steps = int(config.environment.max_episode_steps)
         self.success_distance = float(config.task.measurements.success.success_distance)
         self.measures = tuple(config.task.measurements)
-        self.goal_sensor = config.task.goal_sensor
+        self.goal_sensor = (
+            "pointgoal_with_gps_compass"
+            if "pointgoal_with_gps_compass_sensor" in config.task.lab_sensors
+            else "imagegoal"
+        )
         rng = np.random.default_rng(7)
         self.episodes = [
             SimpleNamespace(

@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import math
 import os
+import re
+import shlex
 import sys
 from pathlib import Path
 
 import fake_habitat
 import numpy as np
 import pytest
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import ConfigCompositionException, OverrideParseException
+from omegaconf import OmegaConf
+from omegaconf.errors import ReadonlyConfigError
 
-from worldbagel.envs.habitat_env import SOFT_SPL_OVERRIDE, HabitatNavEnv, _yaw_of
+from worldbagel import cli
+from worldbagel.envs.habitat_env import SOFT_SPL_OVERRIDE, HabitatNavEnv, _yaw_of, hydra_quoted
 from worldbagel.errors import ConfigError, DependencyNotInstalled, InvalidAction, WorldBagelError
+from worldbagel.rollout import build_env
 
 
 @pytest.fixture
@@ -25,8 +33,8 @@ def test_missing_habitat_names_the_conda_install(monkeypatch):
     with pytest.raises(DependencyNotInstalled) as err:
         HabitatNavEnv()
     text = str(err.value)
-    assert "conda install habitat-sim -c conda-forge -c aihabitat" in text
-    assert "pip install habitat-lab" in text and "datasets_download" in text
+    assert "conda install habitat-sim withbullet headless -c conda-forge -c aihabitat-nightly" in text
+    assert 'pip install "habitat-lab==0.3.320260507"' in text and "datasets_download" in text
 
 
 def test_config_carries_paths_sizes_and_step_sizes(fake):
@@ -156,6 +164,91 @@ def test_bad_arguments(fake):
         HabitatNavEnv(overrides="habitat.seed=1")
     with pytest.raises(ConfigError, match="episode_order"):
         HabitatNavEnv(episode_order="shuffled")
+
+
+def test_turn_angle_takes_whole_degrees(fake):
+    env = HabitatNavEnv(turn_angle=45.0)  # a whole float (yaml, CLI) becomes habitat-lab's int
+    assert env.config.habitat.simulator.turn_angle == 45 and env.turn_angle == 45
+    assert "habitat.simulator.turn_angle=45" in env.overrides
+    assert env.action_names[2] == "turn left 45 degrees"
+    for bad in (22.5, "30", True, 0, -15, float("nan")):
+        with pytest.raises(ConfigError, match="turn_angle") as err:
+            HabitatNavEnv(turn_angle=bad)
+        assert f"turn_angle={bad!r}" in str(err.value) and "whole number" in str(err.value)
+
+
+def test_paths_reach_habitat_verbatim_through_its_override_grammar(fake):
+    awkward = "data/my runs/it's, a=b:[c]/${HOME}/\\${x}/{split}/{split}.json.gz\\"
+    env = HabitatNavEnv(data_path=awkward, scenes_dir="scenes/${x} y", split="val,test")
+    dataset = env.config.habitat.dataset
+    assert (dataset.data_path, dataset.scenes_dir, dataset.split) == (awkward, "scenes/${x} y", "val,test")
+    for value in (awkward, "a'b", "${x}", "\\${x}", "x\\", "", "{split}"):
+        parsed = OverridesParser.create().parse_override(f"k={hydra_quoted(value)}").value()
+        cfg = OmegaConf.create({"k": parsed})
+        assert cfg.k == value, f"{value!r} -> {hydra_quoted(value)!r} -> {cfg.k!r}"
+
+
+def test_fake_habitat_is_as_strict_as_habitat_lab(fake):
+    # The refusals habitat-lab 0.3.x gives (checked against the real package in test_habitat_config_real.py).
+    path = "benchmark/nav/pointnav/pointnav_habitat_test.yaml"
+    with pytest.raises(OverrideParseException, match="mismatched input"):
+        fake.get_config(path, ["habitat.dataset.data_path=data/{split}/{split}.json.gz"])
+    with pytest.raises(ConfigCompositionException, match="turn_angle=22.5") as err:
+        fake.get_config(path, ["habitat.simulator.turn_angle=22.5"])
+    assert "could not be converted to Integer" in str(err.value.__cause__)
+    with pytest.raises(ConfigCompositionException, match="Could not override 'habitat.nokey'"):
+        fake.get_config(path, ["habitat.nokey=1"])
+    cfg = fake.get_config(path, ["habitat.simulator.forward_step_size=1"])
+    assert cfg.habitat.simulator.forward_step_size == 1.0 and isinstance(
+        cfg.habitat.simulator.forward_step_size, float
+    )
+    with pytest.raises(ReadonlyConfigError):
+        cfg.habitat.simulator.turn_angle = 5
+
+
+def test_habitat_refusals_become_one_config_error(fake):
+    with pytest.raises(ConfigError, match="could not compose") as err:
+        HabitatNavEnv(overrides=["habitat.simulator.turn_angle=22.5"])
+    text = str(err.value)
+    assert "habitat.simulator.turn_angle=22.5" in text and "could not be converted to Integer" in text
+    with pytest.raises(ConfigError, match="No file found for config 'nope.yaml'"):
+        HabitatNavEnv(config_path="nope.yaml")
+
+
+def _doc_blocks(language: str) -> list[str]:
+    text = (Path(__file__).resolve().parents[1] / "docs" / "habitat.md").read_text()
+    return re.findall(rf"```{language}\n(.*?)```", text, re.S)
+
+
+def test_docs_commands_parse_and_build_the_env(fake):
+    """Each `worldbagel` command of docs/habitat.md, split as bash splits it, goes through the CLI's own
+    argument parsing and config composition, and its env kwargs build the env (on the fake)."""
+    commands = [
+        shlex.split(line, comments=True)
+        for block in _doc_blocks("bash")
+        for line in block.replace("\\\n", " ").splitlines()
+        if line.strip().startswith("worldbagel ")
+    ]
+    ids = []
+    for argv in commands:
+        args = cli._parser().parse_intermixed_args(argv[1:])
+        _, cfg = cli.compose_config(args.command, args.overrides)
+        env = build_env(cfg.env.id, cfg.env.kwargs).unwrapped
+        dataset = env.config.habitat.dataset
+        assert dataset.data_path == "data/datasets/pointnav/habitat-test-scenes/v1/{split}/{split}.json.gz", (
+            argv
+        )
+        assert (dataset.scenes_dir, dataset.split) == ("data/scene_datasets", "val"), argv
+        env.reset(seed=0)
+        ids.append(cfg.env.id)
+    assert sorted(ids) == ["WorldBagel/Habitat-ImageNav-v0", "WorldBagel/Habitat-PointNav-v0"]
+
+
+def test_docs_python_example_runs(fake):
+    (block,) = [b for b in _doc_blocks("python") if "make_env" in b]
+    namespace: dict = {}
+    exec(compile(block, "docs/habitat.md", "exec"), namespace)
+    assert namespace["obs"].shape == (64, 64, 3) and namespace["info"]["action_text"] == "move forward 0.25 m"
 
 
 def test_yaw_of_quaternions():
