@@ -1,17 +1,21 @@
-"""NWM/GNM layout reader: pose -> relative action conversion with known answers, splits, bad trajectories."""
+"""NWM/GNM layout reader: pose -> relative action conversion with known answers, splits, bad trajectories, and
+the restricted unpickler that reads traj_data.pkl."""
 
 from __future__ import annotations
 
+import base64
 import logging
 import math
 import pickle
+import re
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from worldbagel.actions import ContinuousActionCodec
-from worldbagel.data.nwm import NWMDataset, poses_to_actions, read_split, wrap_angle
+from worldbagel.data.nwm import NWMDataset, load_traj_data, poses_to_actions, read_split, wrap_angle
+from worldbagel.data.safe_pickle import UnsafePickle, load_arrays
 from worldbagel.errors import ConfigError
 
 
@@ -122,3 +126,83 @@ def test_dataset_without_split_dir_scans_folders_and_clip_codec(tmp_path):
         NWMDataset(tmp_path, split_dir=tmp_path / "nope")
     with pytest.raises(ConfigError, match="root"):
         NWMDataset(tmp_path / "missing")
+
+
+# ------------------------------------------------------------------------------------------- safe loading
+# traj_data.pkl files as numpy 1.26.4 (numpy.core paths) and numpy 2.4.6 (numpy._core paths) write them with
+# pickle protocols 2, 4 (Python 3's default) and 5: {"position": [[0, 0], [0.25, 0], [0.5, 0.1], [0.75, 0.2]],
+# "yaw": [0, 0.1, 0.2, 0.3]}, float64 arrays. Bytes produced by each numpy release, base64-encoded.
+REAL_PICKLES = {
+    ("1.26.4", 2): (
+        "gAJ9cQAoWAgAAABwb3NpdGlvbnEBY251bXB5LmNvcmUubXVsdGlhcnJheQpfcmVjb25zdHJ1Y3QKcQJjbnVtcHkKbmRhcnJheQpxA0sAhXEEY19jb2RlY3MKZW5jb2RlCnEFWAEAAABicQZYBgAAAGxhdGluMXEHhnEIUnEJh3EKUnELKEsBSwRLAoZxDGNudW1weQpkdHlwZQpxDVgCAAAAZjhxDomIh3EPUnEQKEsDWAEAAAA8cRFOTk5K/////0r/////SwB0cRJiiWgFWFEAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAw5A/AAAAAAAAAAAAAAAAAADDoD/CmsKZwpnCmcKZwpnCuT8AAAAAAADDqD/CmsKZwpnCmcKZwpnDiT9xE2gHhnEUUnEVdHEWYlgDAAAAeWF3cRdoAmgDSwCFcRhoCYdxGVJxGihLAUsEhXEbaBCJaAVYLwAAAAAAAAAAAAAAwprCmcKZwpnCmcKZwrk/wprCmcKZwpnCmcKZw4k/MzMzMzMzw5M/cRxoB4ZxHVJxHnRxH2J1Lg=="
+    ),
+    ("1.26.4", 4): (
+        "gASVHQEAAAAAAAB9lCiMCHBvc2l0aW9ulIwVbnVtcHkuY29yZS5tdWx0aWFycmF5lIwMX3JlY29uc3RydWN0lJOUjAVudW1weZSMB25kYXJyYXmUk5RLAIWUQwFilIeUUpQoSwFLBEsChpRoBYwFZHR5cGWUk5SMAmY4lImIh5RSlChLA4wBPJROTk5K/////0r/////SwB0lGKJQ0AAAAAAAAAAAAAAAAAAAAAAAAAAAAAA0D8AAAAAAAAAAAAAAAAAAOA/mpmZmZmZuT8AAAAAAADoP5qZmZmZmck/lHSUYowDeWF3lGgEaAdLAIWUaAmHlFKUKEsBSwSFlGgRiUMgAAAAAAAAAACamZmZmZm5P5qZmZmZmck/MzMzMzMz0z+UdJRidS4="
+    ),
+    ("1.26.4", 5): (
+        "gAWVAwEAAAAAAAB9lCiMCHBvc2l0aW9ulIwSbnVtcHkuY29yZS5udW1lcmljlIwLX2Zyb21idWZmZXKUk5QolkAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAANA/AAAAAAAAAAAAAAAAAADgP5qZmZmZmbk/AAAAAAAA6D+amZmZmZnJP5SMBW51bXB5lIwFZHR5cGWUk5SMAmY4lImIh5RSlChLA4wBPJROTk5K/////0r/////SwB0lGJLBEsChpSMAUOUdJRSlIwDeWF3lGgEKJYgAAAAAAAAAAAAAAAAAAAAmpmZmZmZuT+amZmZmZnJPzMzMzMzM9M/lGgLSwSFlGgPdJRSlHUu"
+    ),
+    ("2.4.6", 2): (
+        "gAJ9cQAoWAgAAABwb3NpdGlvbnEBY251bXB5Ll9jb3JlLm11bHRpYXJyYXkKX3JlY29uc3RydWN0CnECY251bXB5Cm5kYXJyYXkKcQNLAIVxBGNfY29kZWNzCmVuY29kZQpxBVgBAAAAYnEGWAYAAABsYXRpbjFxB4ZxCFJxCYdxClJxCyhLAUsESwKGcQxjbnVtcHkKZHR5cGUKcQ1YAgAAAGY4cQ6JiIdxD1JxEChLA1gBAAAAPHERTk5OSv////9K/////0sAdHESYoloBVhRAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAMOQPwAAAAAAAAAAAAAAAAAAw6A/wprCmcKZwpnCmcKZwrk/AAAAAAAAw6g/wprCmcKZwpnCmcKZw4k/cRNoB4ZxFFJxFXRxFmJYAwAAAHlhd3EXaAJoA0sAhXEYaAmHcRlScRooSwFLBIVxG2gQiWgFWC8AAAAAAAAAAAAAAMKawpnCmcKZwpnCmcK5P8KawpnCmcKZwpnCmcOJPzMzMzMzM8OTP3EcaAeGcR1ScR50cR9idS4="
+    ),
+    ("2.4.6", 4): (
+        "gASVHgEAAAAAAAB9lCiMCHBvc2l0aW9ulIwWbnVtcHkuX2NvcmUubXVsdGlhcnJheZSMDF9yZWNvbnN0cnVjdJSTlIwFbnVtcHmUjAduZGFycmF5lJOUSwCFlEMBYpSHlFKUKEsBSwRLAoaUaAWMBWR0eXBllJOUjAJmOJSJiIeUUpQoSwOMATyUTk5OSv////9K/////0sAdJRiiUNAAAAAAAAAAAAAAAAAAAAAAAAAAAAAANA/AAAAAAAAAAAAAAAAAADgP5qZmZmZmbk/AAAAAAAA6D+amZmZmZnJP5R0lGKMA3lhd5RoBGgHSwCFlGgJh5RSlChLAUsEhZRoEYlDIAAAAAAAAAAAmpmZmZmZuT+amZmZmZnJPzMzMzMzM9M/lHSUYnUu"
+    ),
+    ("2.4.6", 5): (
+        "gAWVBAEAAAAAAAB9lCiMCHBvc2l0aW9ulIwTbnVtcHkuX2NvcmUubnVtZXJpY5SMC19mcm9tYnVmZmVylJOUKJZAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAADQPwAAAAAAAAAAAAAAAAAA4D+amZmZmZm5PwAAAAAAAOg/mpmZmZmZyT+UjAVudW1weZSMBWR0eXBllJOUjAJmOJSJiIeUUpQoSwOMATyUTk5OSv////9K/////0sAdJRiSwRLAoaUjAFDlHSUUpSMA3lhd5RoBCiWIAAAAAAAAAAAAAAAAAAAAJqZmZmZmbk/mpmZmZmZyT8zMzMzMzPTP5RoC0sEhZRoD3SUUpR1Lg=="
+    ),
+}
+
+
+@pytest.mark.parametrize("written_by", sorted(REAL_PICKLES))
+def test_traj_data_written_by_numpy_1_and_2_loads(written_by, tmp_path):
+    path = tmp_path / "traj_data.pkl"
+    path.write_bytes(base64.b64decode(REAL_PICKLES[written_by]))
+    position, yaw = load_traj_data(path)
+    np.testing.assert_allclose(position, [[0, 0], [0.25, 0], [0.5, 0.1], [0.75, 0.2]])
+    np.testing.assert_allclose(yaw, [0, 0.1, 0.2, 0.3])
+
+
+class _WritesMarker:
+    """Unpickling this runs code: it writes `marker` (as a hostile traj_data.pkl could run anything)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'w').write('ran')",)
+
+
+def test_a_pickle_that_would_run_code_is_refused_naming_the_file(tmp_path):
+    marker = tmp_path / "marker.txt"
+    payload = pickle.dumps({"position": np.zeros((3, 2)), "yaw": _WritesMarker(marker)})
+    pickle.loads(payload)  # the payload is live: a plain pickle.load runs it
+    assert marker.read_text() == "ran"
+    marker.unlink()
+    _make_traj(tmp_path / "data", "good", n=4)
+    _make_traj(tmp_path / "data", "hostile", n=4)
+    hostile = tmp_path / "data" / "hostile" / "traj_data.pkl"
+    hostile.write_bytes(payload)
+    with pytest.raises(UnsafePickle, match=re.escape(str(hostile)) + ".*builtins.exec"):
+        load_traj_data(hostile)
+    with pytest.raises(UnsafePickle, match="hostile"):  # stops the read, not skipped like a corrupt file
+        NWMDataset(tmp_path / "data")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"cos\nsystem\n(S'touch MARKER'\ntR.",  # protocol 0: os.system("touch MARKER")
+        b"c_codecs\nencode\n(S'x'\nS'rot13'\ntR.",  # an allowed name with a codec other than latin1
+        b"cnumpy\nload\n(S'x.npy'\ntR.",  # numpy, but not an array constructor
+    ],
+    ids=["os.system", "codec-rot13", "numpy.load"],
+)
+def test_other_globals_are_refused_before_they_are_called(payload, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "traj_data.pkl"
+    path.write_bytes(payload)
+    with pytest.raises(UnsafePickle, match="refusing to load .*traj_data.pkl"):
+        load_arrays(path)
+    assert list(tmp_path.iterdir()) == [path]

@@ -1,4 +1,5 @@
-"""`worldbagel finetune`: train a BAGEL folder or a from-scratch preset on trajectory data.
+"""`worldbagel finetune`: train a BAGEL folder or a from-scratch preset on episodes (a trajectory folder, NWM,
+videos or LeRobot: `source.format`, worldbagel.data.episode_source).
 
 Single process: `worldbagel finetune model=scratch-small vae=runs/vae data=runs/grid out=runs/wm`.
 Several processes (FSDP2): `torchrun --nproc_per_node N -m worldbagel.cli finetune ...`.
@@ -74,7 +75,7 @@ def _progress(console: Console) -> Progress:
 
 
 def run(cfg: FinetuneConfig, console: Console) -> int:
-    from worldbagel.data.trajectory import TrajectoryDataset
+    from worldbagel.data.episode_source import load_episodes
     from worldbagel.model import parallelize as par
     from worldbagel.model.sequence import SpecialIds
     from worldbagel.model.transforms import ImageTransform
@@ -85,7 +86,7 @@ def run(cfg: FinetuneConfig, console: Console) -> int:
     env = par.init_distributed(cfg.model.device)
     try:
         torch.manual_seed(cfg.train.seed)
-        dataset = TrajectoryDataset(cfg.data, splits=cfg.splits)
+        dataset = load_episodes(cfg.data, cfg.source, splits=cfg.splits, name="data")
         if len(dataset) == 0:
             raise bad_argument("data", cfg.data, "holds no valid episode (see the warnings above)")
         model, vae, tokenizer = load_model(cfg, env.device)

@@ -21,8 +21,13 @@ from `ContinuousActionCodec` ("dx 1.00 dy -0.05 dyaw 3.2").
 Shapes: `position` [N, 2], `yaw` [N]; `poses_to_actions` returns float32 [M, 3] with M = (N-1)//k; an
 episode has M actions and M+1 frames (frames 0, k, 2k, ...).
 
-SECURITY: `traj_data.pkl` is a Python pickle (the public datasets' own format). Unpickling runs code
-chosen by whoever wrote the file: read only datasets you downloaded from the publishers or made yourself.
+SECURITY: `traj_data.pkl` is a Python pickle (the public datasets' own format). It is read with a restricted
+unpickler (`worldbagel.data.safe_pickle.load_arrays`) that builds only numpy arrays, numbers, lists and dicts;
+a file asking for anything else (which could run code) stops the read with `UnsafePickle` naming the file,
+rather than being skipped like a corrupt trajectory.
+
+`worldbagel finetune data=<root> source.format=nwm` and `worldbagel eval dataset=nwm` read this layout
+through `worldbagel.data.episode_source`.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from worldbagel.actions import ContinuousActionCodec
+from worldbagel.data.safe_pickle import load_arrays
 from worldbagel.data.trajectory import CorruptEpisode, Episode
 from worldbagel.errors import InvalidAction, bad_argument
 
@@ -78,9 +84,9 @@ def poses_to_actions(
 
 
 def load_traj_data(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """(position [N, 2], yaw [N]) from a traj_data.pkl. Trusted data only: this unpickles the file."""
-    with open(path, "rb") as f:
-        data = pickle.load(f)  # noqa: S301 - the public datasets' format; documented trusted-data-only
+    """(position [N, 2], yaw [N]) from a traj_data.pkl, unpickled with the restricted loader (numpy arrays,
+    numbers, lists and dicts only; anything else raises `UnsafePickle` naming the file)."""
+    data = load_arrays(path)
     if not isinstance(data, dict) or "position" not in data or "yaw" not in data:
         raise CorruptEpisode(f"{path} must hold a dict with 'position' and 'yaw'")
     position = np.asarray(data["position"], dtype=np.float64)

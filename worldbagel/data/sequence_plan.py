@@ -29,7 +29,8 @@ The plan of one window (context frames f_0 .. f_{K-1} spaced by the frame skip k
 With `think_samples`, a frame's think-mode triple (system text, question, answer) leaves the windows and becomes
 a sample of its own: [instruction, clean VAE(f) + ViT(f) (never dropped), system, question, answer (CE)], no target.
 
-An action spanning k > 1 env steps is the k action texts joined by `action_separator`. Items dropped by CFG
+An action spanning k > 1 env steps is the k action texts joined by `action_separator`; an empty action text
+(a video clip has none) adds no item, so such frames follow each other as in a continuation. Items dropped by CFG
 dropout: a text adds nothing; an image adds no tokens but still advances the rope by 1 (spec 6.2).
 """
 
@@ -230,7 +231,8 @@ def windows(num_frames: int, cfg: PlanConfig) -> list[tuple[list[int], list[int]
 
 
 def _action(actions: Sequence[str], frame: int, k: int, sep: str) -> str:
-    return sep.join(str(a) for a in actions[frame : frame + k])
+    """The action text between frame and frame + k; empty for clips without actions (no text item then)."""
+    return sep.join(str(a) for a in actions[frame : frame + k] if a)
 
 
 def make_plan(
@@ -264,8 +266,9 @@ def make_plan(
         for trole, text in texts.get(f, []):
             if trole != "outcome":
                 items.append(PlanItem("text", trole, text=text, loss=trole in ("answer", "thought")))
-        if with_action:
-            items.append(PlanItem("text", "action", text=_action(actions, f, k, sep), cfg=True))
+        action = _action(actions, f, k, sep) if with_action else ""
+        if action:
+            items.append(PlanItem("text", "action", text=action, cfg=True))
 
     for i, f in enumerate(context):
         if i > 0:
@@ -278,8 +281,9 @@ def make_plan(
             if j < len(targets) - 1:
                 clean_frame(f, "copy", with_action=True)
     else:
-        for f in targets[:-1]:
-            items.append(PlanItem("text", "action", text=_action(actions, f, k, sep), cfg=True))
+        for action in (_action(actions, f, k, sep) for f in targets[:-1]):
+            if action:
+                items.append(PlanItem("text", "action", text=action, cfg=True))
         for j, f in enumerate(targets):
             last = j == len(targets) - 1
             items.append(

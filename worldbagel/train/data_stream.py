@@ -38,12 +38,19 @@ logger = logging.getLogger(__name__)
 
 
 def _frame_size(episode: Any) -> tuple[int, int]:
+    """(H, W) of the episode's frames; a video episode (`ClipEpisode.frame_hw`) knows it without decoding."""
+    known = getattr(episode, "frame_hw", None)
+    if known is not None:
+        return int(known[0]), int(known[1])
     frame = episode.load_frame(0) if hasattr(episode, "load_frame") else episode.frames[0]
     return int(frame.shape[0]), int(frame.shape[1])
 
 
 def _episode_frames(episode: Any) -> np.ndarray:
-    """uint8 [T+1, H, W, 3]; a trajectory `Episode` is read frame by frame so it does not cache them all."""
+    """uint8 [T+1, H, W, 3], not cached in the episode: a video episode (`ClipEpisode.read_frames`) is decoded
+    in one pass, a trajectory `Episode` is read frame by frame."""
+    if hasattr(episode, "read_frames"):
+        return np.asarray(episode.read_frames())
     if hasattr(episode, "load_frame") and hasattr(episode, "length"):
         return np.stack([episode.load_frame(t) for t in range(episode.length + 1)])
     return np.asarray(episode.frames)
@@ -59,8 +66,10 @@ def derive_seed(*parts: int) -> int:
 class TrainingData:
     """Deterministic, resumable packs of training samples from a sequence of episodes.
 
-    `episodes[i]` is a `worldbagel.data.trajectory.Episode` (or anything with `frames` uint8 [T+1, H, W, 3],
-    `action_texts` (T strings) and optional per-step `annotations`, see `worldbagel.data.sequence_plan`).
+    `episodes[i]` is a `worldbagel.data.trajectory.Episode` from any episode source
+    (`worldbagel.data.episode_source`: trajectory folders, NWM, videos, LeRobot), or anything with `frames`
+    uint8 [T+1, H, W, 3], `action_texts` (T strings; empty for clips without actions) and optional per-step
+    `annotations`, see `worldbagel.data.sequence_plan`).
     """
 
     def __init__(
