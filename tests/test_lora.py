@@ -97,6 +97,185 @@ def test_missing_peft_and_bad_targets(parts, monkeypatch):
     model = Bagel(copy.deepcopy(parts[0].config))
     with pytest.raises(ConfigError, match="target_modules"):
         inject_lora(model, LoraConfig(enabled=True, target_modules=["qkv"]))
+    with pytest.raises(ConfigError, match="train_modules.*llm2vae"):  # a typo would train nothing
+        inject_lora(model, LoraConfig(enabled=True, train_modules=["lm2vae"]))
     monkeypatch.setitem(sys.modules, "peft", None)
     with pytest.raises(DependencyNotInstalled, match="pip install"):
         inject_lora(model, LoraConfig(enabled=True))
+
+
+# ------------------------------------------------------------------------- unmerged exports that load
+@pytest.fixture(scope="module")
+def exports(tiny_dir, tmp_path_factory):
+    """LoRA (+ a fully trained llm2vae) trained 3 steps on the tiny fixture, exported unmerged (the run
+    folder) and merged (a second export of the same weights)."""
+    from worldbagel.model.checkpoint import load_bagel
+    from worldbagel.train.data_stream import TrainingData
+    from worldbagel.train.latent_cache import FrameEncoder
+    from worldbagel.train.loop import Trainer
+    from worldbagel.train.toy_episodes import toy_episodes
+
+    loaded = load_bagel(tiny_dir)
+    encoder = FrameEncoder(loaded.vae, ImageTransform(64, 32, 16), ImageTransform(56, 28, 14))
+    s = loaded.tokenizer.special
+    data = TrainingData(
+        toy_episodes(1, steps=3, annotate=True),
+        encoder,
+        loaded.tokenizer.encode,
+        SpecialIds(s.bos_token_id, s.eos_token_id, s.start_of_image, s.end_of_image),
+        PlanConfig(),
+        DropoutConfig(0.0, 0.0, 0.0),
+        PackingConfig(512, 576, 512),
+    )
+    lora = LoraConfig(enabled=True, r=4, train_modules=["llm2vae"], merge_on_save=False)
+    unmerged = tmp_path_factory.mktemp("unmerged")
+    torch.manual_seed(0)
+    tr = Trainer(
+        loaded.model,
+        data,
+        TrainConfig(steps=3, ema_decay=0.5, optim=OptimConfig(lr=1e-2), lora=lora),
+        unmerged,
+        loaded.vae,
+        loaded.tokenizer,
+    )
+    tr.train()
+    merged = tmp_path_factory.mktemp("merged")
+    for f in (
+        "adapter_model.safetensors",
+        "adapter_config.json",
+    ):  # as if an unmerged export was there before
+        (merged / f).write_bytes((unmerged / f).read_bytes())
+    tr.cfg.lora.merge_on_save = True
+    tr.out_dir = merged
+    tr.export()
+    return unmerged, merged, data.batch(0)
+
+
+def _outputs(model, batch) -> torch.Tensor:
+    """Hidden states, text logits and flow velocities of one packed batch, side by side."""
+    with torch.no_grad():
+        hidden = model.eval().forward_packed(batch.seq)[0]
+        return torch.cat([hidden, model.logits(hidden), model.velocity(hidden)], dim=-1)
+
+
+def test_unmerged_export_loads_with_its_adapter_applied(exports, tiny_dir, caplog):
+    from worldbagel.model.checkpoint import load_bagel
+
+    unmerged, merged, batch = exports
+    with caplog.at_level("INFO", logger="worldbagel.model.lora_adapter"):
+        a = load_bagel(unmerged).model
+    assert any("adapter_model.safetensors" in r.getMessage() for r in caplog.records)  # says what it applied
+    assert not list(merged.glob("adapter_*"))  # a merged export leaves no adapter to apply twice
+    b = load_bagel(merged).model
+    base = load_bagel(tiny_dir).model
+    got, want, plain = _outputs(a, batch), _outputs(b, batch), _outputs(base, batch)
+    assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
+    assert (got - plain).abs().max() > 1e-3  # the fine-tune, not the base
+    for k, v in b.state_dict().items():
+        assert torch.allclose(a.state_dict()[k], v, atol=1e-6), k
+
+
+def test_adapter_folder_is_in_peft_format_and_peft_loads_it(exports):
+    import json
+
+    import peft
+    from peft.utils import set_peft_model_state_dict
+
+    from worldbagel.model.bagel import Bagel
+    from worldbagel.model.checkpoint import load_bagel, load_pretrained
+    from worldbagel.model.weights_file import load_file
+
+    unmerged, merged, batch = exports
+    spec = json.loads((unmerged / "adapter_config.json").read_text())
+    assert spec["peft_type"] == "LORA" and "task_type" in spec and spec["modules_to_save"] == ["llm2vae"]
+    assert spec["r"] == 4 and spec["lora_alpha"] == 32.0
+    tensors = load_file(unmerged / "adapter_model.safetensors")
+    assert all(k.startswith("base_model.model.") for k in tensors)
+    assert "base_model.model.llm2vae.weight" in tensors
+
+    # peft's own key matching: every adapter key lands on a parameter, none is missing
+    base = load_pretrained(Bagel, unmerged, adapter=False)
+    config = peft.LoraConfig.from_pretrained(str(unmerged))
+    config.base_model_name_or_path = None  # get_peft_model takes it from the model (a Bagel names none)
+    probe = peft.get_peft_model(copy.deepcopy(base), config)
+    result = set_peft_model_state_dict(probe, tensors)
+    assert not result.unexpected_keys
+    assert not [k for k in result.missing_keys if ".lora_" in k or "modules_to_save" in k]
+
+    # PeftModel.from_pretrained on the base gives the same model as worldbagel's own loader
+    pm = peft.PeftModel.from_pretrained(base, str(unmerged)).merge_and_unload()
+    ours = load_bagel(unmerged).model.state_dict()
+    peft_state = pm.state_dict()
+    assert set(peft_state) == set(ours)
+    for k, v in ours.items():
+        assert torch.allclose(peft_state[k], v, atol=1e-6), k
+    plain = load_pretrained(Bagel, unmerged, adapter=False).state_dict()
+    assert any(not torch.equal(plain[k], v) for k, v in ours.items())
+
+
+def test_adapter_only_folder_finds_its_base_or_says_how(exports, tiny_dir, tmp_path):
+    import json
+    import os
+    import shutil
+
+    from worldbagel.errors import CheckpointError
+    from worldbagel.model.checkpoint import load_bagel
+
+    unmerged, merged, batch = exports
+    only = tmp_path / "adapter-only"
+    only.mkdir()
+    for f in ("adapter_model.safetensors", "adapter_config.json"):
+        shutil.copyfile(unmerged / f, only / f)
+    spec = json.loads((only / "adapter_config.json").read_text())
+    # trained from tests/fixtures/bagel-tiny: the config names it, and loading finds it there
+    assert spec["base_model_name_or_path"] == str(tiny_dir.resolve())
+    want = _outputs(load_bagel(merged).model, batch)
+    got = _outputs(load_bagel(only).model, batch)
+    assert torch.allclose(got, want, atol=1e-5)
+
+    spec["base_model_name_or_path"] = str(tmp_path / "gone")
+    (only / "adapter_config.json").write_text(json.dumps(spec))
+    with pytest.raises(CheckpointError) as err:
+        load_bagel(only)
+    msg = str(err.value)
+    assert str(tmp_path / "gone") in msg and "adapter_config.json" in msg and "base=" in msg
+    # the base= argument points at it instead
+    got = _outputs(load_bagel(only, base=tiny_dir).model, batch)
+    assert torch.allclose(got, want, atol=1e-5)
+    # a relative path is read from the adapter folder
+    spec["base_model_name_or_path"] = os.path.relpath(tiny_dir, only)
+    (only / "adapter_config.json").write_text(json.dumps(spec))
+    got = _outputs(load_bagel(only).model, batch)
+    assert torch.allclose(got, want, atol=1e-5)
+    # no base named at all
+    spec["base_model_name_or_path"] = None
+    (only / "adapter_config.json").write_text(json.dumps(spec))
+    with pytest.raises(CheckpointError, match="names no base_model_name_or_path"):
+        load_bagel(only)
+
+
+def test_earlier_key_format_loads_and_unknown_options_are_refused(exports, tmp_path):
+    """Folders exported before the peft format (keys without `base_model.model.`, a five-field config)
+    still load; an option the merge does not implement is one clear error."""
+    import json
+    import shutil
+
+    from worldbagel.errors import CheckpointError
+    from worldbagel.model.checkpoint import load_bagel
+    from worldbagel.model.weights_file import load_file, write_file
+
+    unmerged, merged, batch = exports
+    old = tmp_path / "old"
+    shutil.copytree(unmerged, old)
+    tensors = load_file(old / "adapter_model.safetensors")
+    lora = {k.removeprefix("base_model.model."): t for k, t in tensors.items() if ".lora_" in k}
+    write_file(old / "adapter_model.safetensors", lora)  # llm2vae lives only in the folder's ema.safetensors
+    spec = json.loads((old / "adapter_config.json").read_text())
+    keep = ("peft_type", "r", "lora_alpha", "lora_dropout", "target_modules")
+    (old / "adapter_config.json").write_text(json.dumps({k: spec[k] for k in keep}))
+    got, want = _outputs(load_bagel(old).model, batch), _outputs(load_bagel(merged).model, batch)
+    assert torch.allclose(got, want, atol=1e-5)
+
+    (old / "adapter_config.json").write_text(json.dumps({**spec, "use_dora": True}))
+    with pytest.raises(CheckpointError, match="use_dora"):
+        load_bagel(old)

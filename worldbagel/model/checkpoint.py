@@ -8,6 +8,11 @@ A folder (as BAGEL-7B-MoT) holds:
     vocab.json + merges.txt (or tokenizer.json), tokenizer_config.json, ...   the Qwen2 tokenizer
 `config.json` is never read.
 
+A folder may also hold a LoRA adapter (adapter_config.json + adapter_model.safetensors, peft's format, see
+`worldbagel.model.lora_adapter`); the loaders then merge it into the base weights: the folder's own
+ema.safetensors when it has one (an unmerged LoRA export), else the folder that adapter_config.json's
+`base_model_name_or_path` names (absolute, or relative to the adapter folder), or the `base` argument.
+
 Loading builds the model on the meta device (no memory, no init) and assigns each tensor as it is read
 from the file (`weights_file.read_tensors`, plain reads, no mmap), so peak host RAM is about one copy of
 the weights. Non-persistent buffers (rope `inv_freq`) are re-created afterwards by the owning module's
@@ -34,6 +39,13 @@ from torch import nn
 
 from worldbagel.errors import CheckpointError, bad_argument
 from worldbagel.model.configuration import LLM_CONFIG, VIT_CONFIG, BagelConfig
+from worldbagel.model.lora_adapter import (
+    ADAPTER_CONFIG,
+    ADAPTER_FILE,
+    apply_adapter,
+    is_adapter_folder,
+    read_adapter_config,
+)
 from worldbagel.model.tokenizer import TOKENIZER_FILES, BagelTokenizer, load_tokenizer
 from worldbagel.model.vae import AE_FILE, FluxVAE, load_vae, save_vae
 from worldbagel.model.weights_file import describe_mismatch, read_header, read_tensors, write_file
@@ -101,7 +113,7 @@ def load_state_into(
     msg = describe_mismatch(expected, header.shapes())
     if msg:
         raise CheckpointError(f"{header.path} does not match {what}: {msg}. {FOLDER_CONTENTS}")
-    state = dict(read_tensors(header, expected, dtype=dtype, device=device))
+    state = dict(read_tensors(header, expected, dtype=dtype, device=device, model_weights=True))
     model.load_state_dict(state, strict=True, assign=True)
     del state
     materialize_buffers(model, device)
@@ -133,34 +145,105 @@ def materialize_buffers(model: nn.Module, device: torch.device | str) -> None:
         )
 
 
+def resolve_folder(path: str | Path, base: str | Path | None = None) -> tuple[Path, list[Path]]:
+    """(the folder whose weights, configs, autoencoder and tokenizer to load, the adapter folders to apply on
+    top of its weights in order).
+
+    A plain folder is its own base. An adapter folder's base is `base` when given, else its own
+    ema.safetensors, else the folder `base_model_name_or_path` names (which may be an adapter folder too).
+    """
+    path = Path(path)
+    _check_folder(path)
+    if base is not None and not is_adapter_folder(path):
+        raise bad_argument(
+            "base", str(base), f"{path} holds no LoRA adapter ({ADAPTER_CONFIG}); leave base out"
+        )
+    if base is not None and not Path(base).is_dir():
+        raise bad_argument(
+            "base", str(base), "is not a folder; give the BAGEL folder the adapter was trained on"
+        )
+    folder, adapters, seen = path, [], set()
+    while is_adapter_folder(folder):
+        spec = read_adapter_config(folder)
+        adapters.append(folder)
+        seen.add(folder.resolve())
+        if folder == path and base is not None:
+            nxt = Path(base)
+        elif (folder / EMA_FILE).is_file():
+            break
+        else:
+            nxt = _named_base(folder, spec.get("base_model_name_or_path"))
+        if nxt.resolve() in seen:
+            raise CheckpointError(
+                f"{folder / ADAPTER_CONFIG}: base_model_name_or_path leads back to {nxt}; point it at the "
+                "BAGEL folder the adapter was trained on"
+            )
+        folder = nxt
+    return folder, adapters[::-1]
+
+
+def _named_base(folder: Path, name: Any) -> Path:
+    """The base folder that an adapter folder without ema.safetensors names, or an error saying how to fix it."""
+    config = folder / ADAPTER_CONFIG
+    fix = (
+        f'set "base_model_name_or_path" in {config} to the BAGEL folder the adapter was trained on '
+        f"(absolute, or relative to {folder}), or pass base=<that folder> to load_bagel / load_pretrained"
+    )
+    if not name:
+        raise CheckpointError(
+            f"{folder} holds a LoRA adapter ({ADAPTER_FILE}) but no base weights: it has no {EMA_FILE} and "
+            f"{config} names no base_model_name_or_path; {fix}"
+        )
+    base = Path(str(name)).expanduser()
+    base = base if base.is_absolute() else folder / base
+    if not (base / EMA_FILE).is_file() and not is_adapter_folder(base):
+        raise CheckpointError(
+            f"the base model of the LoRA adapter in {folder} is missing: {config} names "
+            f"base_model_name_or_path={name!r}, but {base / EMA_FILE} does not exist; {fix}"
+        )
+    return base
+
+
 def load_pretrained(
     cls: type[nn.Module],
     path: str | Path,
     dtype: torch.dtype | str | None = None,
     device: torch.device | str | None = None,
     config: BagelConfig | None = None,
+    *,
+    base: str | Path | None = None,
+    adapter: bool = True,
 ) -> nn.Module:
-    """Build `cls(config)` on the meta device and load `path/ema.safetensors` into it strictly.
+    """Build `cls(config)` on the meta device, load ema.safetensors into it strictly and merge the LoRA
+    adapters of the folder, if any (see `resolve_folder`).
 
-    `config` defaults to `BagelConfig.from_folder(path)`. The returned model is in eval mode and remembers
-    the folder as `model.pretrained_dir` (so `save_pretrained` can copy the autoencoder and tokenizer).
+    `config` defaults to the base folder's `BagelConfig.from_folder`. `base` names the base folder of an
+    adapter folder (overriding its own weights and base_model_name_or_path); `adapter=False` leaves the
+    folder's own adapter out (the base model it applies to, e.g. for peft's `PeftModel.from_pretrained`).
+    The returned model is in eval mode and remembers the folder as `model.pretrained_dir` and the folder
+    of its files as `model.files_dir` (so `save_pretrained` can copy the autoencoder and tokenizer).
     """
     path = Path(path)
     device = torch.device(device or "cpu")
     cast = resolve_dtype(dtype, device)
-    _check_folder(path)
-    config = config or BagelConfig.from_folder(path)
+    root, adapters = resolve_folder(path, base)
+    if not adapter and adapters and adapters[-1] == path:
+        adapters.pop()
+    config = config or BagelConfig.from_folder(root)
     with torch.device("meta"):
         model = cls(config)
     load_state_into(
         model,
-        path / EMA_FILE,
+        root / EMA_FILE,
         dtype=cast,
         device=device,
         what=f"the Bagel model built from {LLM_CONFIG}/{VIT_CONFIG}",
     )
+    logger.info("loaded %s from %s (%s, %s)", cls.__name__, root, _dtype_of(model), device)
+    for folder in adapters:
+        apply_adapter(model, folder)
     model.pretrained_dir = path
-    logger.info("loaded %s from %s (%s, %s)", cls.__name__, path, _dtype_of(model), device)
+    model.files_dir = root
     return model.eval()
 
 
@@ -183,25 +266,27 @@ def load_bagel(
     dtype: torch.dtype | str | None = None,
     device: torch.device | str | None = None,
     vae_dtype: torch.dtype | str | None = None,
+    base: str | Path | None = None,
 ) -> LoadedBagel:
     """Load model, autoencoder and tokenizer of a BAGEL folder (see the module docstring for `dtype`).
 
-    `vae_dtype` follows the same policy (default: float32 on CPU, stored dtype elsewhere).
+    `vae_dtype` follows the same policy (default: float32 on CPU, stored dtype elsewhere). A LoRA adapter
+    in the folder is merged into the model; `base` names its base folder (see `load_pretrained`).
     """
     from worldbagel.model.bagel import Bagel
 
     path = Path(path)
-    _check_folder(path)
     device = torch.device(device or "cpu")
-    config = BagelConfig.from_folder(path)
-    tokenizer = load_tokenizer(path)  # cheap; fails early on a folder without tokenizer files
+    root, _ = resolve_folder(path, base)
+    config = BagelConfig.from_folder(root)
+    tokenizer = load_tokenizer(root)  # cheap; fails early on a folder without tokenizer files
     if len(tokenizer) > config.llm.vocab_size:
         raise CheckpointError(
-            f"the tokenizer in {path} has {len(tokenizer)} ids but the model's embedding has "
+            f"the tokenizer in {root} has {len(tokenizer)} ids but the model's embedding has "
             f"{config.llm.vocab_size} rows ({LLM_CONFIG} vocab_size); the folder mixes two models"
         )
-    model = load_pretrained(Bagel, path, dtype=dtype, device=device, config=config)
-    vae = load_vae(path / AE_FILE, config.vae, device=device, dtype=resolve_dtype(vae_dtype, device))
+    model = load_pretrained(Bagel, path, dtype=dtype, device=device, config=config, base=base)
+    vae = load_vae(root / AE_FILE, config.vae, device=device, dtype=resolve_dtype(vae_dtype, device))
     vae.latent_patch_size = config.latent_patch_size
     return LoadedBagel(model=model, vae=vae, tokenizer=tokenizer, config=config)
 
@@ -221,8 +306,8 @@ def save_pretrained(
     """Write a drop-in BAGEL folder: configs, ema.safetensors (official keys), ae.safetensors (FLUX layout),
     tokenizer files.
 
-    When `vae` / `tokenizer` are None they are copied from `model.pretrained_dir` (the folder the model was
-    loaded from) if it has them; otherwise the folder is written without them and a warning is logged.
+    When `vae` / `tokenizer` are None they are copied from `model.files_dir` or `model.pretrained_dir` (the
+    folder the model was loaded from) if it has them; otherwise the folder is written without them and a warning is logged.
     Files are written to a temporary folder first and moved in with os.replace, so an interrupted save never
     leaves a half-written file under `path`.
     """
@@ -236,7 +321,7 @@ def save_pretrained(
     tmp = path.parent / f".{path.name}.saving-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    source = getattr(model, "pretrained_dir", None)
+    source = getattr(model, "files_dir", None) or getattr(model, "pretrained_dir", None)
     try:
         config.to_folder(tmp)
         write_file(tmp / EMA_FILE, model.state_dict(), metadata={"format": "pt"})

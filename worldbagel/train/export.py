@@ -4,8 +4,10 @@
     model.safetensors   raw (last-step) weights, same keys
     llm_config.json, vit_config.json, vae_config.json, ae.safetensors, tokenizer files
 
-LoRA runs are merged (W + alpha/r B A) when `merge_on_save`; otherwise both files hold the base weights and
-`adapter_model.safetensors` + `adapter_config.json` hold the adapters (EMA values).
+LoRA runs are merged (W + alpha/r B A) when `merge_on_save`; otherwise both files hold the base weights (with
+the fully trained `train_modules`) and `adapter_model.safetensors` + `adapter_config.json` hold the adapters
+(EMA values) in peft's format, naming the folder training started from as `base_model_name_or_path`. The
+loaders merge them back (`worldbagel.model.lora_adapter`); peft's `PeftModel.from_pretrained` reads them too.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ import torch
 
 from worldbagel.model.checkpoint import save_pretrained
 from worldbagel.model.configuration import BagelConfig
+from worldbagel.model.lora_adapter import ADAPTER_CONFIG, ADAPTER_FILE
 from worldbagel.model.weights_file import write_file
-from worldbagel.train.lora import adapter_state, base_state, has_lora, merge_lora_state
+from worldbagel.train.lora import adapter_config, adapter_state, base_state, has_lora, merge_lora_state
 from worldbagel.train.options import LoraConfig
 
 
@@ -62,15 +65,16 @@ def export_folder(
     save_pretrained(_StateView(config, ema_out, source), out_dir, vae=vae, tokenizer=tokenizer)
     write_file(out_dir / "model.safetensors", raw_out, metadata={"format": "pt"})
     if has_lora(raw_state) and not lora.merge_on_save:
-        write_file(out_dir / "adapter_model.safetensors", adapter_state(ema_state), metadata={"format": "pt"})
-        spec = {
-            "peft_type": "LORA",
-            "r": lora.r,
-            "lora_alpha": lora.alpha,
-            "lora_dropout": lora.dropout,
-            "target_modules": list(lora.target_modules),
-        }
-        tmp = out_dir / f".adapter_config.json.tmp-{os.getpid()}"
-        tmp.write_text(json.dumps(spec, indent=1) + "\n")
-        os.replace(tmp, out_dir / "adapter_config.json")
+        write_file(out_dir / ADAPTER_FILE, adapter_state(ema_state, lora), metadata={"format": "pt"})
+        # absolute: the folder may be moved or loaded from another working directory
+        spec = adapter_config(lora, None if source is None else Path(source).resolve())
+        tmp = out_dir / f".{ADAPTER_CONFIG}.tmp-{os.getpid()}"
+        tmp.write_text(json.dumps(spec, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, out_dir / ADAPTER_CONFIG)
+    else:
+        for stale in (
+            ADAPTER_FILE,
+            ADAPTER_CONFIG,
+        ):  # a merged export over an unmerged one: not applied twice
+            (out_dir / stale).unlink(missing_ok=True)
     return out_dir

@@ -4,17 +4,23 @@ Adapters are injected in place (`peft.inject_adapter_in_model`), so the model st
 forward is unchanged: a targeted `nn.Linear` named `q_proj` becomes a LoRA layer with parameters
 `q_proj.base_layer.{weight,bias}`, `q_proj.lora_A.default.weight` [r, in] and `q_proj.lora_B.default.weight`
 [out, r]. `merge_lora_state` turns such a state dict back into official keys with W' = W + (alpha / r) B A,
-from tensors only (so EMA values of the adapters can be merged too).
+from tensors only (so EMA values of the adapters can be merged too). `adapter_state` and `adapter_config`
+give what peft's `PeftModel.save_pretrained` writes for the same model (adapter_model.safetensors and
+adapter_config.json), which `worldbagel.model.lora_adapter` and peft's `PeftModel.from_pretrained` load.
 """
 
 from __future__ import annotations
 
 import logging
+import re
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from worldbagel.errors import DependencyNotInstalled, bad_argument
+from worldbagel.model.lora_adapter import PEFT_PREFIX
 from worldbagel.train.options import LoraConfig
 
 logger = logging.getLogger(__name__)
@@ -46,6 +52,15 @@ def inject_lora(model: nn.Module, cfg: LoraConfig) -> list[str]:
             "train.lora.target_modules",
             list(cfg.target_modules),
             f"{missing or 'nothing'} matches no Linear of the model; choose from {sorted(names)}",
+        )
+    params = [n for n, _ in model.named_parameters()]
+    unused = [m for m in cfg.train_modules if not any(n.startswith(m) for n in params)]
+    if unused:
+        top = sorted({n.split(".", 1)[0] for n in params})
+        raise bad_argument(
+            "train.lora.train_modules",
+            list(cfg.train_modules),
+            f"{unused} is the start of no parameter name; give module names such as {top}",
         )
     config = peft.LoraConfig(
         r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=list(cfg.target_modules)
@@ -91,6 +106,41 @@ def base_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k.replace(".base_layer.", "."): t for k, t in state.items() if ".lora_" not in k}
 
 
-def adapter_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Only the adapter tensors (peft names without the adapter name, as peft's adapter_model files)."""
-    return {k.replace(f".{ADAPTER}.", "."): t for k, t in state.items() if ".lora_" in k}
+def adapter_state(state: dict[str, torch.Tensor], cfg: LoraConfig) -> dict[str, torch.Tensor]:
+    """The adapter file's tensors, keyed as peft saves them: `base_model.model.<module>.lora_A.weight` /
+    `lora_B.weight` (no adapter name), and `base_model.model.<parameter>` for the fully trained
+    `cfg.train_modules` (peft's modules_to_save), so the file alone turns the original base into the
+    fine-tuned model."""
+    lora_key = re.compile(rf"\.(lora_[AB])\.{re.escape(ADAPTER)}\.")
+    out = {}
+    for key, t in state.items():
+        if ".lora_" in key:
+            out[PEFT_PREFIX + lora_key.sub(r".\1.", key)] = t
+        elif cfg.train_modules and key.startswith(tuple(cfg.train_modules)):
+            out[PEFT_PREFIX + key.replace(".base_layer.", ".")] = t
+    return out
+
+
+def adapter_config(cfg: LoraConfig, base: str | Path | None) -> dict[str, Any]:
+    """adapter_config.json as peft's `PeftModel.save_pretrained` writes it for a Bagel with these adapters.
+
+    `base` (the folder the adapters were trained on) becomes `base_model_name_or_path`; task_type stays
+    None, as peft leaves it for a model that is not a transformers task model.
+    """
+    peft = _peft()
+    config = peft.LoraConfig(
+        r=cfg.r,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=list(cfg.target_modules),
+        modules_to_save=list(cfg.train_modules) or None,
+        base_model_name_or_path=None if base is None else str(base),
+        inference_mode=True,
+    )
+    out = config.to_dict()
+    for key, value in out.items():
+        if isinstance(value, set):
+            out[key] = sorted(value)
+    out["peft_type"] = str(getattr(config.peft_type, "value", config.peft_type))
+    out["auto_mapping"] = {"base_model_class": "Bagel", "parent_library": "worldbagel.model.bagel"}
+    return out
