@@ -61,3 +61,35 @@ def test_finetune_refuses_a_second_writer(four_steps, tmp_path):
     with exclusive_folder(out, "other finetune"), pytest.raises(FolderLocked, match="being written by"):
         run_training(str(out), True, steps=5)
     assert [m["step"] for m in metrics(out)] == [1, 2, 3, 4]  # nothing written by the refused run
+
+
+def test_unavailable_cuda_device_names_model_device_cpu(tmp_path):
+    import torch
+
+    from worldbagel.cli import main
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is visible: the CPU-only error cannot happen")
+    from worldbagel.errors import ConfigError
+    from worldbagel.model.checkpoint import load_bagel
+
+    with pytest.raises(ConfigError, match=r"model.device='cuda:3'.*use model.device=cpu"):
+        load_bagel("tests/fixtures/bagel-tiny", device="cuda:3")
+    rc = main(["info", "tests/fixtures/bagel-tiny"])  # the fixture itself is fine
+    assert rc == 0
+
+
+def test_cli_turns_disk_full_into_one_line_naming_the_path(tmp_path, capsys, monkeypatch):
+    import errno
+
+    from worldbagel.cli import main
+    from worldbagel.commands import info
+
+    def full(cfg, console):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "out" / "index.json"))
+
+    monkeypatch.setattr(info, "run", full)
+    rc = main(["info", "tests/fixtures/bagel-tiny"])
+    out = capsys.readouterr().out
+    assert rc == 1
+    assert "index.json" in out and "disk is full" in out and "Traceback" not in out

@@ -31,8 +31,9 @@ def test_predict_writes_the_continuation(tiny_dir, tmp_path, clip, capsys):
     pngs = sorted((out / "frames").glob("*.png"))
     assert [p.name for p in pngs] == ["000.png", "001.png"]
     assert np.asarray(Image.open(pngs[0])).shape == (64, 64, 3)
-    assert read_video(out / "continuation.gif").shape == (2, 64, 64, 3)
-    assert read_video(out / "continuation.mp4").shape[0] == 2
+    # the clip's 3 frames, then the 2 predicted ones, each inside a 2-pixel border
+    assert read_video(out / "continuation.gif").shape == (3 + 2, 68, 68, 3)
+    assert read_video(out / "continuation.mp4").shape[0] == 3 + 2
     assert "predicted 2 frame(s)" in capsys.readouterr().out
 
 

@@ -10,6 +10,8 @@ Shapes: a video is a uint8 array `[T, H, W, 3]`; a single image `[H, W, 3]`.
   the padded size. GIFs keep the exact size but are palette-quantised (lossy colour).
 - `read_video(path)`: mp4/gif file or a folder of png/jpg frames (natural order) -> `[T, H, W, 3]`.
 - `side_by_side(panels, labels)`: e.g. real | imagined | goal, each panel a video or a still image.
+- `bordered(frames, color)`: frames inside a coloured frame (e.g. to mark predicted frames in a video);
+  `resize_frames(frames, (h, w))`: every frame resampled to one size.
 """
 
 from __future__ import annotations
@@ -26,7 +28,15 @@ from PIL import Image, ImageDraw, ImageFont
 
 from worldbagel.errors import bad_argument
 
-__all__ = ["FRAME_SUFFIXES", "VIDEO_SUFFIXES", "read_video", "side_by_side", "write_video"]
+__all__ = [
+    "FRAME_SUFFIXES",
+    "VIDEO_SUFFIXES",
+    "bordered",
+    "read_video",
+    "resize_frames",
+    "side_by_side",
+    "write_video",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -176,6 +186,27 @@ def _resize_height(frames: np.ndarray, height: int) -> np.ndarray:
         return frames
     width = max(1, round(w * height / h))
     return np.stack([np.asarray(Image.fromarray(f).resize((width, height), Image.BILINEAR)) for f in frames])
+
+
+def resize_frames(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """[T, H, W, 3] -> [T, h, w, 3] (bilinear; returned unchanged when already that size)."""
+    video = _as_video(frames)
+    h, w = size
+    if video.shape[1:3] == (h, w):
+        return video
+    return np.stack([np.asarray(Image.fromarray(f).resize((w, h), Image.BILINEAR)) for f in video])
+
+
+def bordered(frames: np.ndarray, color: tuple[int, int, int], width: int = 2) -> np.ndarray:
+    """[T, H, W, 3] -> [T, H + 2 width, W + 2 width, 3]: each frame inside a `width`-pixel border of `color`
+    (padding around the frame, so no pixel of it is covered)."""
+    video = _as_video(frames)
+    if width < 1:
+        raise bad_argument("width", width, "use a border of at least 1 pixel")
+    out = np.empty((video.shape[0], video.shape[1] + 2 * width, video.shape[2] + 2 * width, 3), np.uint8)
+    out[:] = np.asarray(color, np.uint8)
+    out[:, width:-width, width:-width] = video
+    return out
 
 
 def side_by_side(

@@ -1,4 +1,8 @@
-"""`worldbagel collect env=gridworld policy=oracle episodes=N out=DIR`: record a trajectory dataset (resumable)."""
+"""`worldbagel collect env=gridworld policy=oracle episodes=N out=DIR`: record a trajectory dataset (resumable).
+
+With `minari.dataset_id=namespace/name-v0` the finished dataset is also written as a Minari dataset
+(worldbagel/data/minari_export.py); the id is checked before anything is recorded.
+"""
 
 from __future__ import annotations
 
@@ -19,15 +23,18 @@ from rich.table import Table
 from worldbagel.config import CollectConfig
 from worldbagel.data.annotations import make_annotator
 from worldbagel.data.collect import collect
+from worldbagel.data.minari_export import check_new_dataset_id, export_minari
 from worldbagel.data.trajectory import FRAME_EXTS
 from worldbagel.errors import bad_argument
 from worldbagel.policies import make_policy
-from worldbagel.rollout import build_env
+from worldbagel.rollout import build_env, first_env
 
 
 def run(cfg: CollectConfig, console: Console) -> int:
     if cfg.frame_format not in FRAME_EXTS:
         raise bad_argument("frame_format", cfg.frame_format, f"use one of {FRAME_EXTS}")
+    if cfg.minari.dataset_id is not None:
+        check_new_dataset_id(cfg.minari.dataset_id)  # a bad or taken id fails now, not after the collection
     env_factory = partial(build_env, cfg.env.id, cfg.env.kwargs)
     policy_factory = partial(make_policy, cfg.policy.name, seed=cfg.seed, **cfg.policy.kwargs)
     with Progress(
@@ -77,4 +84,36 @@ def run(cfg: CollectConfig, console: Console) -> int:
     console.print(table)
     for eid, error in result.failed[:10]:
         console.print(f"[red]failed[/red] {eid}: {escape(error)}")
+    if cfg.minari.dataset_id is not None:
+        if result.failed:
+            name = escape(cfg.minari.dataset_id)
+            console.print(
+                f"[yellow]Minari dataset {name} not written[/yellow]: re-run to record the failed episodes"
+            )
+        else:
+            _write_minari(cfg, result.root, env_factory, console)
     return 0 if not result.failed else 1
+
+
+def _write_minari(cfg: CollectConfig, root, env_factory, console: Console) -> None:
+    """Export the whole dataset folder (this run's and earlier runs' episodes) to Minari."""
+    m = cfg.minari
+    env = first_env(env_factory)  # its action space and spec go into the dataset
+    try:
+        with console.status(f"writing Minari dataset {m.dataset_id}"):
+            dataset = export_minari(
+                root,
+                m.dataset_id,
+                env,
+                author=m.author,
+                description=m.description,
+                algorithm_name=cfg.policy.name,
+                jpeg=m.jpeg,
+            )
+    finally:
+        env.close()
+    console.print(
+        f"wrote Minari dataset {escape(m.dataset_id)} ({dataset.total_episodes} episodes, "
+        f"{dataset.total_steps} steps): minari.load_dataset({m.dataset_id!r})",
+        highlight=False,
+    )

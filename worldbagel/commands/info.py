@@ -7,6 +7,7 @@ from rich.table import Table
 
 from worldbagel.config import InfoConfig
 from worldbagel.model.folder_info import PARTS, inspect_folder
+from worldbagel.model.hub import resolve_model_folder
 
 
 def _size(n: int) -> str:
@@ -26,7 +27,7 @@ def _count(n: int) -> str:
 
 
 def run(cfg: InfoConfig, console: Console) -> int:
-    info = inspect_folder(cfg.model_dir, read_weights=cfg.weights)
+    info = inspect_folder(resolve_model_folder(cfg.model_dir, "model_dir"), read_weights=cfg.weights)
     c = info.config
     llm, vit, vae = c.llm, c.vit, c.vae
 

@@ -1,8 +1,13 @@
 """`worldbagel predict video=CLIP frames=N [actions=[...]]`: continue a clip with the world model.
 
-The clip's frames enter the history in order (the model keeps the newest `max_history_frames`); then N frames
-are predicted, each after its action text when actions are given. Writes, in the output folder:
-continuation.mp4 / continuation.gif (the predicted frames) and frames/000.png ... (lossless).
+Only the clip's last `max_history_frames` frames (the ones the model's window keeps) are encoded, in order; then
+N frames are predicted, each after its action text when actions are given. Writes, in the output folder:
+continuation.mp4 / continuation.gif (the clip's kept frames in a grey border, then the predicted frames in a
+magenta border, at the predicted size) and frames/000.png ... (the predicted frames alone, lossless).
+
+A model folder that declares its domain (worldbagel.json, e.g. the shipped gridworld model: 64x64 flat-colour
+mazes) is checked against the clip, and a clip off that domain gets a warning naming the model for real
+footage (worldbagel/model/domain.py).
 """
 
 from __future__ import annotations
@@ -19,9 +24,14 @@ from rich.console import Console
 from worldbagel.config import PredictConfig
 from worldbagel.errors import bad_argument
 from worldbagel.eval.png_canvas import save_png_atomic
-from worldbagel.video import FRAME_SUFFIXES, read_image, read_video, write_video
+from worldbagel.video import FRAME_SUFFIXES, bordered, read_image, read_video, resize_frames, write_video
 
 logger = logging.getLogger(__name__)
+
+CONTEXT_BORDER = (128, 128, 128)
+"""Border of the clip's frames in the continuation video."""
+PREDICTED_BORDER = (255, 0, 255)
+"""Border of the predicted frames in the continuation video (a colour no gridworld frame uses)."""
 
 
 def read_clip(path: str, name: str) -> np.ndarray:
@@ -57,6 +67,27 @@ def write_frames(folder: Path, frames, prefix: str = "") -> list[Path]:
     ]
 
 
+def continuation_video(context: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """The clip's kept frames (resized to the predicted size, grey border) followed by the predicted frames
+    (magenta border): [len(context) + len(predicted), H + 2b, W + 2b, 3], b = max(2, min(H, W) // 32)."""
+    h, w = predicted.shape[1:3]
+    width = max(2, min(h, w) // 32)
+    return np.concatenate(
+        [
+            bordered(resize_frames(context, (h, w)), CONTEXT_BORDER, width),
+            bordered(predicted, PREDICTED_BORDER, width),
+        ]
+    )
+
+
+def model_folder(model) -> Path:
+    """The folder a ModelConfig loads from: model.path (a folder or a cached repo id) or the shipped model."""
+    from worldbagel.inference.pipeline import shipped_model_dir
+    from worldbagel.model.hub import resolve_model_folder
+
+    return resolve_model_folder(model.path) if model.path else shipped_model_dir(model.name)
+
+
 def run(cfg: PredictConfig, console: Console) -> int:
     from worldbagel.world_model_loader import load_world_model
 
@@ -78,21 +109,32 @@ def run(cfg: PredictConfig, console: Console) -> int:
     out = run_dir(cfg.out, "predict")
     with console.status(f"loading {cfg.model.path or cfg.model.name}"):
         wm = load_world_model(cfg.model, cfg.sampler, world={"max_history_frames": cfg.max_history_frames})
+    # older frames would leave the window before the prediction: encoding them is wasted work
+    context = clip[-wm.config.max_history_frames :]
+    if len(context) < len(clip):
+        logger.info("the window keeps the last %d of the clip's %d frames", len(context), len(clip))
+    from worldbagel.model.domain import check_clip
+
+    check_clip(model_folder(cfg.model), context, cfg.model.path or cfg.model.name)
     generator = torch.Generator().manual_seed(cfg.seed)
-    with console.status(f"reading {len(clip)} frame(s) and predicting {n}"):
-        wm.reset(clip[0], instruction=cfg.instruction)
-        for frame in clip[1:]:
+    with console.status(f"reading {len(context)} frame(s) and predicting {n}"):
+        wm.reset(context[0], instruction=cfg.instruction)
+        for frame in context[1:]:
             wm.observe(frame)
         predicted = np.stack(wm.predict(n, actions, generator=generator))
     out.mkdir(parents=True, exist_ok=True)
     write_frames(out / "frames", predicted)
     written = [out / "frames"]
+    video = continuation_video(context, predicted) if cfg.mp4 or cfg.gif else None
     if cfg.mp4:
-        written.append(write_video(out / "continuation.mp4", predicted, fps=cfg.fps))
+        written.append(write_video(out / "continuation.mp4", video, fps=cfg.fps))
     if cfg.gif:
-        written.append(write_video(out / "continuation.gif", predicted, fps=cfg.fps))
+        written.append(write_video(out / "continuation.gif", video, fps=cfg.fps))
     h, w = predicted.shape[1:3]
-    console.print(f"predicted {n} frame(s) of {w}x{h} after {len(clip)} context frame(s)")
+    console.print(
+        f"predicted {n} frame(s) of {w}x{h} after the clip's last {len(context)} of {len(clip)} frame(s) "
+        "(videos: clip frames in grey, predicted frames in magenta)"
+    )
     for path in written:
         console.print(f"wrote {path}", highlight=False)
     return 0

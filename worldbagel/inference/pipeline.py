@@ -22,6 +22,7 @@ import torch
 
 from worldbagel.errors import bad_argument
 from worldbagel.inference.context import Context
+from worldbagel.inference.context_limit import limit_for
 from worldbagel.inference.generate import (
     GenerationConfig,
     ImageOutput,
@@ -30,6 +31,7 @@ from worldbagel.inference.generate import (
     generate_images,
     generate_text,
 )
+from worldbagel.inference.value_checks import require_finite_image
 from worldbagel.model.bagel import Bagel
 from worldbagel.model.sequence import SequenceBuilder, SpecialIds
 from worldbagel.model.siglip_navit import patchify
@@ -96,7 +98,11 @@ class BagelPipeline:
         tokenizer,
         vae_transform: ImageTransform | None = None,
         vit_transform: ImageTransform | None = None,
+        max_context_tokens: int | None = None,
     ):
+        """`max_context_tokens`: most tokens a context (cache plus new tokens) may hold; None = what fits in
+        half the device's free memory (`inference.context_limit`). Positions are also bounded by the model's
+        max_position_embeddings."""
         from worldbagel.model.transforms import vae_transform as default_vae
         from worldbagel.model.transforms import vit_transform as default_vit
 
@@ -107,13 +113,16 @@ class BagelPipeline:
         self.special = SpecialIds(s.bos_token_id, s.eos_token_id, s.start_of_image, s.end_of_image)
         self.vae_transform = vae_transform or default_vae()
         self.vit_transform = vit_transform or default_vit()
+        self.context_limit = limit_for(model, max_context_tokens)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, dtype=None, device=None, **transform_kwargs) -> BagelPipeline:
-        """Load model, VAE and tokenizer from an official-layout folder."""
+        """Load model, VAE and tokenizer from an official-layout folder, or from the local Hugging Face cache
+        when `path` is a repo id such as "ByteDance-Seed/BAGEL-7B-MoT" (nothing is downloaded)."""
         from worldbagel.model.checkpoint import load_bagel
+        from worldbagel.model.hub import resolve_model_folder
 
-        loaded = load_bagel(path, dtype=dtype, device=device)
+        loaded = load_bagel(resolve_model_folder(path), dtype=dtype, device=device)
         return cls(loaded.model, loaded.vae, loaded.tokenizer, **transform_kwargs)
 
     @classmethod
@@ -126,6 +135,7 @@ class BagelPipeline:
             device=cfg.device,
             vae_transform=ImageTransform(*cfg.vae_image_size),
             vit_transform=ImageTransform(*cfg.vit_image_size),
+            max_context_tokens=cfg.max_context_tokens,
         )
 
     @property
@@ -213,6 +223,8 @@ class BagelPipeline:
             gen.add_text(prompt)
             cfg_img.add_text(prompt)
         size = None
+        for i, item in enumerate(inputs):
+            require_finite_image(f"inputs[{i}]", item)
         for item in inputs:
             if isinstance(item, str):
                 cfg_text = gen.fork()

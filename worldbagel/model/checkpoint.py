@@ -39,6 +39,7 @@ from torch import nn
 
 from worldbagel.errors import CheckpointError, bad_argument
 from worldbagel.model.configuration import LLM_CONFIG, VIT_CONFIG, BagelConfig
+from worldbagel.model.device import check_device
 from worldbagel.model.lora_adapter import (
     ADAPTER_CONFIG,
     ADAPTER_FILE,
@@ -224,7 +225,7 @@ def load_pretrained(
     of its files as `model.files_dir` (so `save_pretrained` can copy the autoencoder and tokenizer).
     """
     path = Path(path)
-    device = torch.device(device or "cpu")
+    device = check_device(device)
     cast = resolve_dtype(dtype, device)
     root, adapters = resolve_folder(path, base)
     if not adapter and adapters and adapters[-1] == path:
@@ -276,7 +277,7 @@ def load_bagel(
     from worldbagel.model.bagel import Bagel
 
     path = Path(path)
-    device = torch.device(device or "cpu")
+    device = check_device(device)
     root, _ = resolve_folder(path, base)
     config = BagelConfig.from_folder(root)
     tokenizer = load_tokenizer(root)  # cheap; fails early on a folder without tokenizer files
