@@ -57,6 +57,7 @@ from worldbagel.data.annotations import (
 from worldbagel.envs.grid_frames import decode_frame
 from worldbagel.inference.generate import GenerationConfig
 from worldbagel.inference.pipeline import BagelPipeline
+from worldbagel.model.domain import DOMAIN_FILE
 from worldbagel.model.transforms import ImageTransform
 from worldbagel.world_model import WorldModel, WorldModelConfig
 
@@ -526,9 +527,12 @@ def main() -> None:
                 + "; ".join(worse)
                 + f". Its report is in {out / 'held_out.json'}; pass --force-install to install it anyway."
             )
+        domain = (ASSETS / DOMAIN_FILE).read_text() if (ASSETS / DOMAIN_FILE).is_file() else None
         if ASSETS.exists():
             shutil.rmtree(ASSETS)
         ASSETS.mkdir(parents=True)
+        if domain is not None:  # the declared domain (model/domain.py) is the recipe's, not the run's
+            (ASSETS / DOMAIN_FILE).write_text(domain)
         for f in folder.iterdir():
             if f.is_file() and f.name not in NOT_SHIPPED:
                 shutil.copyfile(f, ASSETS / f.name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 
 import pytest
 from test_resume import metrics, run_training
@@ -93,3 +94,137 @@ def test_cli_turns_disk_full_into_one_line_naming_the_path(tmp_path, capsys, mon
     out = capsys.readouterr().out
     assert rc == 1
     assert "index.json" in out and "disk is full" in out and "Traceback" not in out
+
+
+# ------------------------------------------------------------------------------------------------ collect
+def _grid_collect(root, episodes, **kw):
+    from functools import partial
+
+    from worldbagel.data.collect import collect
+    from worldbagel.policies import make_policy
+    from worldbagel.rollout import build_env
+
+    env_factory = partial(build_env, "WorldBagel/GridWorld-v0", {"size": 5, "obs_size": 40})
+    kw.setdefault("max_steps", 3)
+    return collect(
+        env_factory,
+        partial(make_policy, "random", seed=0),
+        root,
+        episodes=episodes,
+        env_id="WorldBagel/GridWorld-v0",
+        **kw,
+    )
+
+
+def test_collect_stops_at_the_first_disk_full_error_with_finished_episodes_indexed(
+    tmp_path, monkeypatch, caplog
+):
+    import errno
+
+    from worldbagel.data import episode_writer
+    from worldbagel.data.trajectory import read_index
+
+    real = episode_writer.EpisodeWriter._write_frame
+    frames = []
+
+    def filling(self, obs):
+        frames.append(1)
+        if len(frames) > 9:  # 3 episodes of 1 + 3 frames fit, then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device", str(self._tmp / "frames"))
+        return real(self, obs)
+
+    monkeypatch.setattr(episode_writer.EpisodeWriter, "_write_frame", filling)
+    with caplog.at_level(logging.ERROR), pytest.raises(OSError) as err:
+        _grid_collect(tmp_path / "data", 50)
+    assert err.value.errno == errno.ENOSPC
+    assert frames.count(1) == 10  # stopped at the first failure, no attempt at the 47 others
+    assert caplog.text.count("Traceback") == 0 and "episode ep-" not in caplog.text
+    assert [e["id"] for e in read_index(tmp_path / "data")] == ["ep-000000", "ep-000001"]
+    assert not [p for p in (tmp_path / "data").iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_collect_refuses_a_second_writer(tmp_path):
+    out = tmp_path / "data"
+    with exclusive_folder(out, "collect"), pytest.raises(FolderLocked, match="being written by"):
+        _grid_collect(out, 2)
+    assert not (out / "index.json").exists()
+
+
+def test_collect_resume_repairs_entries_that_disagree_with_their_folder(tmp_path, caplog):
+    from worldbagel.data.trajectory import TrajectoryDataset, read_index, write_index
+
+    out = tmp_path / "data"
+    first = _grid_collect(out, 3)
+    entries = read_index(out)
+    entries[1] = {**entries[1], "length": entries[1]["length"] + 5}  # describes another episode
+    write_index(out, entries)
+    (out / "ep-000002" / "episode.json").unlink()  # a folder lost its metadata
+    with caplog.at_level(logging.WARNING, logger="worldbagel.data.collect"):
+        again = _grid_collect(out, 3)
+    assert "2 index entries" in caplog.text and "ep-000001, ep-000002" in caplog.text
+    assert [e["id"] for e in again.written] == ["ep-000001", "ep-000002"]
+    assert read_index(out) == first.written  # the same episodes again (seeded), now described truly
+    assert len(TrajectoryDataset(out)) == 3
+
+
+def test_collect_with_another_seed_is_refused_naming_the_seed_used(tmp_path):
+    from worldbagel.errors import ConfigError
+
+    out = tmp_path / "data"
+    _grid_collect(out, 2, seed=100)
+    with pytest.raises(ConfigError, match=r"invalid seed=0: .*ep-000000 has seed 100.*seed=100"):
+        _grid_collect(out, 3, seed=0)
+    assert len(_grid_collect(out, 3, seed=100).written) == 1
+
+
+WORKER_PARENT = """
+import sys
+from functools import partial
+from worldbagel.data.collect import collect
+from worldbagel.policies import make_policy
+from worldbagel.rollout import build_env
+env = partial(build_env, "WorldBagel/GridWorld-v0", {"size": 5, "obs_size": 40})
+collect(env, partial(make_policy, "random", seed=0), sys.argv[1], episodes=100000, workers=2,
+        env_id="WorldBagel/GridWorld-v0")
+"""
+
+
+def _children(pid: int) -> set[int]:
+    import glob
+
+    kids = set()
+    for path in glob.glob(f"/proc/{pid}/task/*/children"):
+        with open(path) as f:
+            kids |= {int(x) for x in f.read().split()}
+    return kids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_collect_workers_exit_when_their_parent_is_killed(tmp_path):
+    import subprocess
+    import time
+
+    out = tmp_path / "data"
+    parent = subprocess.Popen([sys.executable, "-c", WORKER_PARENT, str(out)])
+    try:
+        deadline = time.monotonic() + 120
+        while not (out.is_dir() and any(p.name.startswith("ep-") for p in out.iterdir())):
+            assert parent.poll() is None and time.monotonic() < deadline, "collect never wrote an episode"
+            time.sleep(0.1)
+        workers = _children(parent.pid)
+        assert len(workers) >= 2
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 20
+    while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [w for w in workers if _alive(w)]

@@ -55,8 +55,9 @@ def load_model(cfg: FinetuneConfig, device: torch.device):
         return fresh.model.to(device), fresh.vae.to(device), fresh.tokenizer
     from worldbagel.inference.pipeline import shipped_model_dir
     from worldbagel.model.checkpoint import load_bagel
+    from worldbagel.model.hub import resolve_model_folder
 
-    path = m.path or shipped_model_dir(m.name)
+    path = resolve_model_folder(m.path) if m.path else shipped_model_dir(m.name)
     # trainable weights stay fp32 unless model.dtype says otherwise (CUDA computes in bf16 via autocast)
     loaded = load_bagel(path, dtype=m.dtype or "float32", device=device)
     return loaded.model, loaded.vae, loaded.tokenizer

@@ -17,8 +17,11 @@ by the next run (or recovered by `rebuild_index`): nothing finished is lost, and
 
 from __future__ import annotations
 
+import errno
+import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -30,6 +33,7 @@ from worldbagel.actions import ActionCodec, codec_for_env
 from worldbagel.data.trajectory import EpisodeWriter, read_index, remove_partial
 from worldbagel.data.trajectory_index import update_index
 from worldbagel.errors import bad_argument
+from worldbagel.folder_lock import exclusive_folder
 from worldbagel.rollout import first_env, frame_of
 
 __all__ = ["CollectResult", "collect", "episode_id", "record_episode"]
@@ -39,6 +43,11 @@ logger = logging.getLogger(__name__)
 INDEX_EVERY_S = 2.0
 """How often a collection adds its finished episodes to index.json (seconds); rewriting the index after every
 episode made collecting 8,000 two-step episodes take 6.8 minutes (docs/benchmarks.md)."""
+
+
+STOPPING_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
+"""OS errors that end a collection (disk full, quota, read-only or forbidden folder) instead of failing one
+episode and going on: every later episode would fail the same way."""
 
 
 def episode_id(index: int) -> str:
@@ -133,6 +142,13 @@ class _Worker:
                     ),
                     None,
                 )
+        except OSError as exc:
+            if exc.errno in STOPPING_ERRNOS:  # every later episode would fail the same way: stop here
+                self.close()
+                raise
+            logger.error("episode %s failed: %s: %s", eid, type(exc).__name__, exc, exc_info=True)
+            self.close()
+            return eid, None, f"{type(exc).__name__}: {exc}"
         except Exception as exc:  # one bad episode must not stop the collection
             logger.error("episode %s failed: %s: %s", eid, type(exc).__name__, exc, exc_info=True)
             self.close()
@@ -163,6 +179,17 @@ def _init_process(
 ) -> None:
     global _PROCESS_WORKER
     _PROCESS_WORKER = _Worker(env_factory, policy_factory, annotator)
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+
+
+def _exit_with_parent(parent: int, every_s: float = 0.5) -> None:
+    """End this worker process once its parent has died (the pool's queues would keep it waiting forever).
+
+    An orphan is re-parented, so its parent pid changes; polling it works on every POSIX system, unlike
+    Linux's PR_SET_PDEATHSIG, which fires when the *thread* that spawned the worker ends."""
+    while os.getppid() == parent:
+        time.sleep(every_s)
+    os._exit(1)
 
 
 def _run_in_process(
@@ -198,7 +225,45 @@ def collect(
     if not (isinstance(workers, int) and workers >= 1):
         raise bad_argument("workers", workers, "use an int >= 1")
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
+    writer_kwargs = {
+        "env_id": env_id,
+        "split": split,
+        "frame_format": frame_format,
+        "preview_fps": preview_fps,
+        "metadata": dict(metadata or {}),
+        "index": False,  # entries reach index.json in batches, through _IndexBatches
+    }
+    with exclusive_folder(root, "collect"):
+        todo, skipped = _missing_episodes(root, episodes, seed, env_id)
+        result = CollectResult(root=root, requested=episodes, skipped_existing=skipped)
+        with _IndexBatches(root) as index:
+
+            def record(outcome: tuple[str, dict | None, str | None]) -> None:
+                eid, entry, error = outcome
+                if error is None:
+                    result.written.append(entry)
+                    index.add(entry)
+                else:
+                    result.failed.append((eid, error))
+                if progress is not None:
+                    progress(len(result.written) + len(result.failed), len(todo), eid, error)
+
+            if workers == 1 or len(todo) <= 1:
+                worker = _Worker(env_factory, policy_factory, annotator)
+                try:
+                    for i in todo:
+                        record(worker.run(root, i, seed, writer_kwargs, max_steps))
+                finally:
+                    worker.close()
+            else:
+                factories = (env_factory, policy_factory, annotator)
+                _run_pool(workers, todo, record, root, seed, writer_kwargs, max_steps, *factories)
+    result.written.sort(key=lambda e: e["id"])
+    return result
+
+
+def _missing_episodes(root: Path, episodes: int, seed: int, env_id: str) -> tuple[list[int], list[str]]:
+    """(indices to record, ids already recorded) of episodes 0..episodes-1 in `root`."""
     cleaned = remove_partial(root)
     if cleaned:
         logger.info("removed %d unfinished episode folder(s) of an interrupted run", cleaned)
@@ -210,66 +275,40 @@ def collect(
         raise bad_argument(
             "out", str(root), f"it holds episodes of {others}, not {env_id}; use a new folder for another env"
         )
-    existing = {e.get("id") for e in entries}
-    result = CollectResult(root=root, requested=episodes)
-    todo = []
-    for i in range(episodes):
-        (result.skipped_existing if episode_id(i) in existing else todo).append(i)
-    result.skipped_existing = [episode_id(i) for i in result.skipped_existing]
-    writer_kwargs = {
-        "env_id": env_id,
-        "split": split,
-        "frame_format": frame_format,
-        "preview_fps": preview_fps,
-        "metadata": dict(metadata or {}),
-        "index": False,  # entries reach index.json in batches, below
-    }
-    pending: list[dict[str, Any]] = []
-    last_flush = time.monotonic()
+    existing = _verified_ids(root, entries, seed)
+    todo = [i for i in range(episodes) if episode_id(i) not in existing]
+    return todo, [episode_id(i) for i in range(episodes) if episode_id(i) in existing]
 
-    def flush() -> None:
-        nonlocal last_flush
-        update_index(root, pending)
-        pending.clear()
-        last_flush = time.monotonic()
 
-    def record(outcome: tuple[str, dict | None, str | None]) -> None:
-        eid, entry, error = outcome
-        if error is None:
-            result.written.append(entry)
-            pending.append(entry)
-            if time.monotonic() - last_flush >= INDEX_EVERY_S:
-                flush()
-        else:
-            result.failed.append((eid, error))
-        if progress is not None:
-            progress(len(result.written) + len(result.failed), len(todo), eid, error)
+class _IndexBatches:
+    """Adds finished episodes to index.json every INDEX_EVERY_S seconds and once more when the block ends,
+    however it ends. When the block ends by an error and that last write fails too (a full disk), the first
+    error is the one raised: the episodes' folders are complete, and the next run (or rebuild_index) picks
+    them up."""
 
-    try:
-        if workers == 1 or len(todo) <= 1:
-            worker = _Worker(env_factory, policy_factory, annotator)
-            try:
-                for i in todo:
-                    record(worker.run(root, i, seed, writer_kwargs, max_steps))
-            finally:
-                worker.close()
-        else:
-            _run_pool(
-                workers,
-                todo,
-                record,
-                root,
-                seed,
-                writer_kwargs,
-                max_steps,
-                env_factory,
-                policy_factory,
-                annotator,
-            )
-    finally:
-        flush()
-    result.written.sort(key=lambda e: e["id"])
-    return result
+    def __init__(self, root: Path):
+        self.root, self.pending, self.last = root, [], time.monotonic()
+
+    def __enter__(self) -> _IndexBatches:
+        return self
+
+    def add(self, entry: dict[str, Any]) -> None:
+        self.pending.append(entry)
+        if time.monotonic() - self.last >= INDEX_EVERY_S:
+            self.flush()
+
+    def flush(self) -> None:
+        update_index(self.root, self.pending)
+        self.pending.clear()
+        self.last = time.monotonic()
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            self.flush()
+        except OSError as err:
+            if exc is None:
+                raise
+            logger.error("could not add %d finished episode(s) to the index: %s", len(self.pending), err)
 
 
 def _run_pool(
@@ -285,5 +324,53 @@ def _run_pool(
         initargs=(env_factory, policy_factory, annotator),
     ) as pool:
         futures = [pool.submit(_run_in_process, root, i, seed, writer_kwargs, max_steps) for i in todo]
-        for fut in as_completed(futures):
-            record(fut.result())
+        try:
+            for fut in as_completed(futures):
+                record(fut.result())
+        except BaseException:
+            for fut in futures:  # the pool's shutdown would otherwise wait for every queued episode
+                fut.cancel()
+            raise
+
+
+def _verified_ids(root: Path, entries: list[dict[str, Any]], seed: int) -> set[str]:
+    """The ids of index entries whose folder holds the episode the entry describes.
+
+    An entry recorded with another base seed means the folder was collected with other arguments: that is
+    an error, not something to record over. An entry whose folder is missing or disagrees with it (id, seed
+    or length in episode.json; e.g. left by a writer that did not hold the folder lock) is reported and
+    recorded again, which replaces both."""
+    wrong_seed = [
+        e["id"]
+        for e in entries
+        if isinstance(e.get("seed"), int)
+        and str(e.get("id", "")).startswith("ep-")
+        and e["seed"] != seed + int(e["id"][3:])
+    ]
+    if wrong_seed:
+        first = next(e for e in entries if e["id"] == wrong_seed[0])
+        raise bad_argument(
+            "seed",
+            seed,
+            f"{root} holds {len(wrong_seed)} episode(s) recorded with another seed ({first['id']} has seed "
+            f"{first['seed']}, so that run used seed={first['seed'] - int(first['id'][3:])}); rerun with that "
+            "seed to resume it, or use a new out=",
+        )
+    good, repaired = set(), []
+    for e in entries:
+        try:
+            meta = json.loads((root / str(e["id"]) / "episode.json").read_text(encoding="utf-8"))
+            same = all(meta.get(k) == e.get(k) for k in ("id", "seed", "length"))
+        except (OSError, ValueError, KeyError, TypeError):
+            same = False
+        (good.add if same else repaired.append)(e["id"])
+    if repaired:
+        logger.warning(
+            "%d index entr%s of %s do not match their episode folder (%s%s): recording them again",
+            len(repaired),
+            "y" if len(repaired) == 1 else "ies",
+            root,
+            ", ".join(repaired[:5]),
+            ", ..." if len(repaired) > 5 else "",
+        )
+    return good
