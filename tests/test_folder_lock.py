@@ -66,3 +66,28 @@ def test_same_process_second_open_is_refused_and_release_frees_it(tmp_path):
         pass
     with exclusive_folder(out, "finetune") as path:  # released: free again
         assert path == out
+
+
+def test_a_run_that_wrote_nothing_leaves_no_folder_behind(tmp_path):
+    fresh, kept, existing = tmp_path / "fresh", tmp_path / "kept", tmp_path / "existing"
+    with pytest.raises(RuntimeError), exclusive_folder(fresh, "eval"):
+        raise RuntimeError("failed start")
+    assert not fresh.exists()
+    with exclusive_folder(kept, "eval"):
+        (kept / "metrics.json").write_text("{}")
+    assert sorted(p.name for p in kept.iterdir()) == [LOCK_NAME, "metrics.json"]
+    existing.mkdir()
+    with exclusive_folder(existing, "eval"):
+        pass
+    assert existing.is_dir()  # a folder the user made stays
+
+
+def test_train_vae_refuses_a_locked_out_folder(tmp_path, capsys):
+    from worldbagel.cli import main
+
+    out = tmp_path / "vae"
+    with exclusive_folder(out, "another train-vae"):
+        rc = main(["train-vae", "data=tests/fixtures/none", f"out={out}"])
+    assert rc == 1
+    text = capsys.readouterr().out
+    assert "being written by" in text and "another train-vae" in text

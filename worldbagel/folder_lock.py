@@ -47,10 +47,14 @@ def _holder_text(raw: str) -> str:
 def exclusive_folder(folder: str | os.PathLike, command: str, argument: str = "out") -> Iterator[Path]:
     """Create `folder` if needed and hold its writer lock until the block ends.
 
+    A folder this call created is removed again when the run wrote nothing into it (a failed start leaves
+    no empty run folder behind).
+
     Raises FolderLocked at once (no waiting) when another live process holds it; the message names the
     folder, the holder and the fix. `argument` is the config field the folder came from, for that message.
     """
     path = Path(folder)
+    created = not path.exists()
     path.mkdir(parents=True, exist_ok=True)
     try:
         import fcntl  # POSIX only
@@ -88,5 +92,8 @@ def exclusive_folder(folder: str | os.PathLike, command: str, argument: str = "o
             yield path
         finally:
             os.ftruncate(fd, 0)  # an empty file: nobody holds it; the flock goes with the close below
+            if created and [p.name for p in path.iterdir()] == [LOCK_NAME]:  # a run that wrote nothing
+                os.unlink(path / LOCK_NAME)
+                path.rmdir()
     finally:
         os.close(fd)

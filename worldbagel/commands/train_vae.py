@@ -11,6 +11,7 @@ from rich.table import Table
 
 from worldbagel.config import TrainVAEConfig
 from worldbagel.errors import bad_argument
+from worldbagel.folder_lock import exclusive_folder
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +50,11 @@ def collect_frames(
 
 
 def run(cfg: TrainVAEConfig, console: Console) -> int:
+    with exclusive_folder(cfg.out, "train-vae"):  # one writer per output folder
+        return _train(cfg, console)
+
+
+def _train(cfg: TrainVAEConfig, console: Console) -> int:
     from worldbagel.train.vae_trainer import frames_tensor, reconstruction_loss, save_trained_vae, train_vae
 
     frames = collect_frames(cfg.data, cfg.splits, cfg.max_frames, cfg.success_repeat)
