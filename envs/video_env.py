@@ -19,7 +19,6 @@ last frame; with `loop` playback wraps to frame 0 (`max_steps` then bounds an ep
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,62 +28,24 @@ import numpy as np
 from gymnasium import spaces
 
 from worldbagel.errors import InvalidAction, WorldBagelError, bad_argument
+from worldbagel.media import read_clip, to_rgb8
 
 from .wrappers import resize_image
 
-VIDEO_SUFFIXES = (".mp4", ".gif", ".webm", ".avi", ".mov", ".mkv")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 NO_OP = "no-op"
 
 
-def _natural_key(path: Path) -> tuple[Any, ...]:
-    return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", path.name))
-
-
 def _as_rgb(frame: np.ndarray) -> np.ndarray:
-    frame = np.asarray(frame)
-    if frame.ndim == 2:
-        frame = np.repeat(frame[:, :, None], 3, axis=2)
-    if frame.ndim != 3 or frame.shape[2] not in (1, 3, 4):
-        raise bad_argument("frames", frame.shape, "frames must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4)")
-    if frame.shape[2] == 1:
-        frame = np.repeat(frame, 3, axis=2)
-    frame = frame[:, :, :3]
-    if frame.dtype != np.uint8:
-        if np.issubdtype(frame.dtype, np.floating) and frame.max(initial=0) <= 1.0:
-            frame = frame * 255.0
-        frame = np.clip(np.rint(frame), 0, 255).astype(np.uint8)
-    return frame
+    """An in-memory frame of any dtype / channel count as uint8 RGB (worldbagel.media's conversion)."""
+    try:
+        return to_rgb8(frame)
+    except ValueError as exc:
+        raise bad_argument("frames", np.shape(frame), f"{exc}") from None
 
 
 def load_frames(path: str | Path) -> list[np.ndarray]:
-    """Read every frame of a video file or an image folder as (H, W, 3) uint8 arrays."""
-    import imageio.v3 as iio
-
-    path = Path(path)
-    if path.is_dir():
-        files = sorted((p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=_natural_key)
-        if not files:
-            raise bad_argument(
-                "path", str(path), f"the folder holds no frame images ({', '.join(IMAGE_SUFFIXES)})"
-            )
-        return [_as_rgb(iio.imread(f)) for f in files]
-    if not path.is_file():
-        raise bad_argument("path", str(path), "give an existing video file or folder of frame images")
-    if path.suffix.lower() not in VIDEO_SUFFIXES:
-        raise bad_argument(
-            "path", str(path), f"use a video ({', '.join(VIDEO_SUFFIXES)}) or a folder of frames"
-        )
-    try:
-        data = iio.imread(path, index=None)
-    except Exception as exc:  # imageio raises many types for unreadable media
-        raise WorldBagelError(f"cannot read video {str(path)!r}: {type(exc).__name__}: {exc}") from exc
-    data = np.asarray(data)
-    if data.ndim == 3 and path.suffix.lower() != ".gif":  # a single frame
-        data = data[None]
-    if data.ndim == 3:  # a grayscale gif (T, H, W)
-        data = data[..., None]
-    return [_as_rgb(f) for f in data]
+    """Every frame of a video file, an image or a folder of frame images as (H, W, 3) uint8 arrays."""
+    return list(read_clip(path, "path"))
 
 
 class VideoEnv(gym.Env[np.ndarray, np.int64]):

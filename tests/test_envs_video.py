@@ -90,7 +90,7 @@ def test_resize_and_bad_sources(tmp_path: Path):
     with pytest.raises(ConfigError, match="path"):
         VideoEnv(path=tmp_path / "missing.mp4")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ConfigError, match="no frame images"):
+    with pytest.raises(ConfigError, match="holds no frames"):
         VideoEnv(path=tmp_path / "empty")
     with pytest.raises(ConfigError, match="at least 2 frames"):
         VideoEnv(frames=_frames(1))

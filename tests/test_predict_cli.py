@@ -10,7 +10,8 @@ from PIL import Image
 
 from worldbagel.cli import main
 from worldbagel.errors import ConfigError
-from worldbagel.video import read_video, write_video
+from worldbagel.media import read_clip
+from worldbagel.video import write_video
 from worldbagel.world_model_loader import generation_config, load_pipeline, model_config
 
 
@@ -32,8 +33,8 @@ def test_predict_writes_the_continuation(tiny_dir, tmp_path, clip, capsys):
     assert [p.name for p in pngs] == ["000.png", "001.png"]
     assert np.asarray(Image.open(pngs[0])).shape == (64, 64, 3)
     # the clip's 3 frames, then the 2 predicted ones, each inside a 2-pixel border
-    assert read_video(out / "continuation.gif").shape == (3 + 2, 68, 68, 3)
-    assert read_video(out / "continuation.mp4").shape[0] == 3 + 2
+    assert read_clip(out / "continuation.gif").shape == (3 + 2, 68, 68, 3)
+    assert read_clip(out / "continuation.mp4").shape[0] == 3 + 2
     assert "predicted 2 frame(s)" in capsys.readouterr().out
 
 
@@ -88,7 +89,7 @@ def test_imagine_writes_real_next_to_imagined(tiny_dir, tmp_path, capsys):
     assert [r["action"] for r in doc["steps"]] == ["move right", "move down"]
     assert {"psnr", "ssim", "state_match", "imagined_reward"} <= set(doc["steps"][0])
     assert 0.0 <= doc["state_accuracy"] <= 1.0
-    panel = read_video(out / "imagine.gif")
+    panel = read_clip(out / "imagine.gif")
     assert panel.shape[0] == 3 and panel.shape[2] > 2 * 64  # real | imagined, first frame + 2 steps
     assert len(list((out / "real").glob("*.png"))) == 3 and len(list((out / "imagined").glob("*.png"))) == 3
     real0 = np.asarray(Image.open(out / "real" / "000.png"))

@@ -17,8 +17,8 @@ from worldbagel.cli import main
 from worldbagel.commands.predict import CONTEXT_BORDER, PREDICTED_BORDER
 from worldbagel.errors import CheckpointError
 from worldbagel.inference.pipeline import BagelPipeline
+from worldbagel.media import read_clip
 from worldbagel.model.domain import DOMAIN_FILE, clip_mismatches, read_domain
-from worldbagel.video import read_video
 
 SHIPPED = Path(str(resources.files("worldbagel"))) / "assets" / "gridworld"
 
@@ -86,7 +86,7 @@ def test_only_the_window_is_encoded_and_shown_before_the_marked_prediction(tiny_
     clip_frames_encoded = [i for i in range(10) for e in encoded if np.array_equal(e, clip[i])]
     assert clip_frames_encoded == [7, 8, 9]  # the window's frames, each once
 
-    shown = read_video(out / "continuation.gif")
+    shown = read_clip(out / "continuation.gif")
     assert shown.shape == (3 + 2, 68, 68, 3)  # 3 clip frames then 2 predicted, each in a 2-pixel border
     for i, f in enumerate(shown):
         border = np.concatenate([f[:2].reshape(-1, 3), f[-2:].reshape(-1, 3), f[:, :2].reshape(-1, 3)])

@@ -299,9 +299,9 @@ def test_rollout_model_group_feeds_world_model_policies(tmp_path, tiny_dir, caps
     assert metrics["policy"] == "planner"
     (ep,) = metrics["episodes"]
     assert ep["status"] == "ok" and 1 <= ep["length"] <= 2
-    from worldbagel.video import read_video
+    from worldbagel.media import read_clip
 
-    gif = read_video(out / ep["gif"])  # real | imagined | goal, side by side
+    gif = read_clip(out / ep["gif"])  # real | imagined | goal, side by side
     assert gif.shape[0] == ep["length"] + 1 and gif.shape[2] == 3 * 64 + 2 * 2
     assert (
         main(["rollout", "policy=oracle", "model=tiny", f"model.path={tiny_dir}", f"out={tmp_path / 'x'}"])

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from worldbagel.media import read_clip
 from worldbagel.policies.base import BasePolicy
 from worldbagel.rollout import build_env, run_rollouts, with_views
-from worldbagel.video import read_video
 
 
 class _ViewPolicy(BasePolicy):
@@ -50,6 +50,6 @@ def test_rollout_video_has_real_imagined_and_goal_panels(tmp_path):
         video=False,
         gif=True,
     )
-    gif = read_video(tmp_path / result.episodes[0].gif)
+    gif = read_clip(tmp_path / result.episodes[0].gif)
     assert gif.shape[0] == result.episodes[0].length + 1
     assert gif.shape[2] == 3 * 64 + 2 * 2  # real | imagined | goal (goal resized to the frame size)

@@ -210,9 +210,9 @@ def test_preview_mp4_and_jpg_frames(tmp_path):
         for f in frames[1:]:
             wr.add_step(0, f, 0.0, False, False)
         wr.finish()
-    from worldbagel.video import read_video
+    from worldbagel.media import read_clip
 
-    assert read_video(tmp_path / "ep-0" / "preview.mp4").shape[0] == 4
+    assert read_clip(tmp_path / "ep-0" / "preview.mp4").shape[0] == 4
     ep = TrajectoryDataset(tmp_path, verify="full")[0]
     assert ep.frame_paths[0].suffix == ".jpg"
     assert np.abs(ep.frames.astype(int) - frames.astype(int)).mean() < 3

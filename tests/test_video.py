@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from worldbagel.errors import ConfigError
-from worldbagel.video import frame_files, read_video, side_by_side, write_video
+from worldbagel.media import frame_files, read_clip
+from worldbagel.video import side_by_side, write_video
 
 
 def _frames(t=8, h=32, w=48, seed=0):
@@ -25,7 +26,7 @@ def _frames(t=8, h=32, w=48, seed=0):
 def test_mp4_round_trip(tmp_path):
     frames = _frames()
     path = write_video(tmp_path / "a.mp4", frames, fps=12)
-    back = read_video(path)
+    back = read_clip(path)
     assert back.shape == frames.shape and back.dtype == np.uint8
     assert np.abs(back.astype(int) - frames.astype(int)).mean() < 6
     assert not list(tmp_path.glob(".a-*"))  # temp file was renamed away
@@ -33,7 +34,7 @@ def test_mp4_round_trip(tmp_path):
 
 def test_mp4_pads_odd_sizes_to_macro_blocks(tmp_path):
     frames = _frames(t=4, h=21, w=35)
-    back = read_video(write_video(tmp_path / "odd.mp4", frames, macro_block_size=16))
+    back = read_clip(write_video(tmp_path / "odd.mp4", frames, macro_block_size=16))
     assert back.shape == (4, 32, 48, 3)
     assert np.abs(back[:, :21, :35].astype(int) - frames.astype(int)).mean() < 8
     assert back[:, 24:, :].max() < 20  # black padding, not a stretched copy of the image
@@ -41,7 +42,7 @@ def test_mp4_pads_odd_sizes_to_macro_blocks(tmp_path):
 
 def test_gif_round_trip_keeps_size_and_length(tmp_path):
     frames = _frames(t=5, h=21, w=35)
-    back = read_video(write_video(tmp_path / "a.gif", frames, fps=5))
+    back = read_clip(write_video(tmp_path / "a.gif", frames, fps=5))
     assert back.shape == frames.shape
     assert np.abs(back.astype(int) - frames.astype(int)).mean() < 12
 
@@ -51,7 +52,7 @@ def test_frame_folder_natural_order(tmp_path):
     for i, f in enumerate(frames):
         Image.fromarray(f).save(tmp_path / f"{i}.png")
     assert [p.name for p in frame_files(tmp_path)][:3] == ["0.png", "1.png", "2.png"]
-    assert np.array_equal(read_video(tmp_path), frames)
+    assert np.array_equal(read_clip(tmp_path), frames)
 
 
 def test_bad_paths_and_inputs_name_the_argument(tmp_path):
@@ -60,10 +61,10 @@ def test_bad_paths_and_inputs_name_the_argument(tmp_path):
     with pytest.raises(ConfigError, match="frames"):
         write_video(tmp_path / "a.mp4", np.zeros((4, 4, 3), np.uint8))
     with pytest.raises(ConfigError, match="path"):
-        read_video(tmp_path / "missing.mp4")
+        read_clip(tmp_path / "missing.mp4", "path")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="no frames"):
-        read_video(tmp_path / "empty")
+        read_clip(tmp_path / "empty")
 
 
 def test_side_by_side_panels_labels_and_stills():

@@ -1,4 +1,4 @@
-"""Reading and writing videos (mp4, gif, frame folders) and composing side-by-side panels.
+"""Writing videos (mp4, gif) and composing side-by-side panels; reading is worldbagel/media.py.
 
 Shapes: a video is a uint8 array `[T, H, W, 3]`; a single image `[H, W, 3]`.
 
@@ -8,7 +8,6 @@ Shapes: a video is a uint8 array `[T, H, W, 3]`; a single image `[H, W, 3]`.
   libx264 needs even sides and most players want multiples of 16, so frames are padded at the bottom and
   right with black up to a multiple of `macro_block_size` (never resampled); reading such an mp4 back gives
   the padded size. GIFs keep the exact size but are palette-quantised (lossy colour).
-- `read_video(path)`: mp4/gif file or a folder of png/jpg frames (natural order) -> `[T, H, W, 3]`.
 - `side_by_side(panels, labels)`: e.g. real | imagined | goal, each panel a video or a still image.
 - `bordered(frames, color)`: frames inside a coloured frame (e.g. to mark predicted frames in a video);
   `resize_frames(frames, (h, w))`: every frame resampled to one size.
@@ -18,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,10 +27,8 @@ from PIL import Image, ImageDraw, ImageFont
 from worldbagel.errors import bad_argument
 
 __all__ = [
-    "FRAME_SUFFIXES",
     "VIDEO_SUFFIXES",
     "bordered",
-    "read_video",
     "resize_frames",
     "side_by_side",
     "write_video",
@@ -41,7 +37,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 VIDEO_SUFFIXES = (".mp4", ".gif")
-FRAME_SUFFIXES = (".png", ".jpg", ".jpeg")
+"""The video files `write_video` writes."""
 
 
 def _as_video(frames: np.ndarray | Sequence[np.ndarray], name: str = "frames") -> np.ndarray:
@@ -108,45 +104,6 @@ def write_video(
     return path
 
 
-def _natural_key(p: Path) -> list:
-    return [int(s) if s.isdigit() else s for s in re.split(r"(\d+)", p.name)]
-
-
-def frame_files(folder: str | os.PathLike) -> list[Path]:
-    """Image files (png/jpg) of a folder in natural order (2.png before 10.png)."""
-    folder = Path(folder)
-    return sorted((p for p in folder.iterdir() if p.suffix.lower() in FRAME_SUFFIXES), key=_natural_key)
-
-
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """An image file as uint8 RGB [H,W,3]."""
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
-
-
-def read_video(path: str | os.PathLike) -> np.ndarray:
-    """Read an mp4/gif file or a folder of frames into uint8 [T,H,W,3]."""
-    path = Path(path)
-    if not path.exists():
-        raise bad_argument("path", str(path), "give an existing .mp4/.gif file or a folder of png/jpg frames")
-    if path.is_dir():
-        files = frame_files(path)
-        if not files:
-            raise bad_argument("path", str(path), f"the folder holds no frames with suffix {FRAME_SUFFIXES}")
-        return np.stack([read_image(f) for f in files])
-    suffix = path.suffix.lower()
-    if suffix == ".gif":
-        frames = []
-        with Image.open(path) as im:
-            for i in range(getattr(im, "n_frames", 1)):
-                im.seek(i)
-                frames.append(np.asarray(im.convert("RGB")))
-        return np.stack(frames)
-    if suffix == ".mp4":
-        return _read_mp4(path)
-    raise bad_argument("path", str(path), f"use a file ending in {VIDEO_SUFFIXES} or a folder of frames")
-
-
 def _write_mp4(path: Path, video: np.ndarray, fps: float) -> None:
     # imageio-ffmpeg (imageio's ffmpeg backend) directly, so its pipes are closed when we are done;
     # the frames are already padded, so macro_block_size=1 stops it from resampling them.
@@ -162,22 +119,6 @@ def _write_mp4(path: Path, video: np.ndarray, fps: float) -> None:
             writer.send(np.ascontiguousarray(frame))
     finally:
         writer.close()
-
-
-def _read_mp4(path: Path) -> np.ndarray:
-    # imageio-ffmpeg's generator directly (closed explicitly): imageio's v3 reader leaves its pipes open.
-    import imageio_ffmpeg
-
-    reader = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
-    try:
-        meta = next(reader)
-        w, h = meta["size"]
-        frames = [np.frombuffer(buf, np.uint8).reshape(h, w, 3) for buf in reader]
-    finally:
-        reader.close()
-    if not frames:
-        raise bad_argument("path", str(path), "the mp4 holds no frames; re-encode or replace it")
-    return np.stack(frames)
 
 
 def _resize_height(frames: np.ndarray, height: int) -> np.ndarray:

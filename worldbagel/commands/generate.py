@@ -14,6 +14,7 @@ from worldbagel.config import GenerateConfig
 from worldbagel.errors import bad_argument
 from worldbagel.inference.generate import GenerationConfig
 from worldbagel.inference.pipeline import BagelPipeline
+from worldbagel.media import read_image
 
 logger = logging.getLogger(__name__)
 
@@ -39,10 +40,7 @@ def run(cfg: GenerateConfig, console: Console) -> int:
         raise bad_argument("prompt", cfg.prompt, "give a prompt=... and/or an image=PATH")
     inputs: list = []
     if cfg.image is not None:
-        path = Path(cfg.image)
-        if not path.is_file():
-            raise bad_argument("image", cfg.image, "no such file; pass a PNG/JPEG path")
-        inputs.append(Image.open(path).convert("RGB"))
+        inputs.append(Image.fromarray(read_image(cfg.image, "image")))
     if cfg.prompt:
         inputs.append(cfg.prompt)
     gen_config = sampler_to_generation(cfg.sampler)

@@ -24,7 +24,8 @@ from rich.console import Console
 from worldbagel.config import PredictConfig
 from worldbagel.errors import bad_argument
 from worldbagel.eval.png_canvas import save_png_atomic
-from worldbagel.video import FRAME_SUFFIXES, bordered, read_image, read_video, resize_frames, write_video
+from worldbagel.media import read_clip
+from worldbagel.video import bordered, resize_frames, write_video
 
 logger = logging.getLogger(__name__)
 
@@ -32,18 +33,6 @@ CONTEXT_BORDER = (128, 128, 128)
 """Border of the clip's frames in the continuation video."""
 PREDICTED_BORDER = (255, 0, 255)
 """Border of the predicted frames in the continuation video (a colour no gridworld frame uses)."""
-
-
-def read_clip(path: str, name: str) -> np.ndarray:
-    """An image file, a video file or a frame folder as uint8 frames [T, H, W, 3]."""
-    p = Path(path)
-    if not p.exists():
-        raise bad_argument(
-            name, path, "no such file or folder; give an image, an .mp4/.gif or a frame folder"
-        )
-    if p.is_file() and p.suffix.lower() in FRAME_SUFFIXES:
-        return read_image(p)[None]
-    return read_video(p)
 
 
 def run_dir(out: str | None, prefix: str) -> Path:

@@ -10,10 +10,10 @@ from pathlib import Path
 
 from rich.console import Console
 
-from worldbagel.commands.predict import read_clip
 from worldbagel.config import ReasonConfig
 from worldbagel.data.trajectory_index import atomic_write_text
 from worldbagel.errors import bad_argument
+from worldbagel.media import read_clip
 
 
 def run(cfg: ReasonConfig, console: Console) -> int:

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from worldbagel.errors import bad_argument
+from worldbagel.media import FRAME_SUFFIXES, VIDEO_SUFFIXES
 
 __all__ = [
     "FRAME_SUFFIXES",
@@ -48,8 +49,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 SOURCE_FORMATS = ("trajectories", "nwm", "video", "lerobot")
-VIDEO_SUFFIXES = (".mp4", ".gif", ".webm", ".mov", ".avi", ".mkv", ".m4v")
-FRAME_SUFFIXES = (".png", ".jpg", ".jpeg")
 _READERS = {"video": "worldbagel.data.video_folder", "lerobot": "worldbagel.data.lerobot"}
 """Modules with `read_episodes(path, cfg, name)` (imported on use: lerobot needs the optional pyarrow)."""
 

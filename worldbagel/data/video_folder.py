@@ -22,13 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
+from worldbagel import media
 from worldbagel.data.clip_episode import ClipEpisode
 from worldbagel.data.episode_source import FRAME_SUFFIXES, VIDEO_SUFFIXES, SourceConfig, describe_folder
 from worldbagel.data.trajectory import CorruptEpisode, Episode
 from worldbagel.errors import bad_argument
-from worldbagel.video import frame_files
+from worldbagel.media import frame_files
 
 __all__ = ["decode_video", "probe_video", "read_episodes", "video_episodes", "video_sources"]
 
@@ -66,52 +66,19 @@ def video_sources(path: Path, name: str = "data") -> list[Path]:
 def probe_video(path: Path) -> tuple[int, tuple[int, int]]:
     """(frame count, (H, W)) of a video file, counted by decoding it once (exactly what `decode_video`
     returns; container metadata can be off by a frame) without keeping the frames."""
-    if path.suffix.lower() == ".gif":
-        with Image.open(path) as im:
-            return int(getattr(im, "n_frames", 1)), (im.size[1], im.size[0])
-    # imageio-ffmpeg's generator directly (closed explicitly): imageio's v3 reader leaves its pipes open
-    import imageio_ffmpeg
-
-    reader = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
     try:
-        w, h = next(reader)["size"]
-        count = sum(1 for _ in reader)
-    except (RuntimeError, OSError, StopIteration) as exc:
-        raise CorruptEpisode(f"{path}: ffmpeg cannot read it ({exc}); re-encode or remove it") from exc
-    finally:
-        reader.close()
-    return count, (int(h), int(w))
+        return media.probe_video(path, "data")
+    except media.MediaError as exc:
+        raise CorruptEpisode(str(exc)) from None
 
 
 def decode_video(path: Path, keep: Sequence[int] | None = None) -> np.ndarray:
     """uint8 [F, H, W, 3]: the frames numbered `keep` (in that order; None = all) of a video file. Frames
     not kept are dropped while decoding, so a long clip never sits whole in memory."""
-    if path.suffix.lower() == ".gif":
-        from worldbagel.video import read_video
-
-        frames = read_video(path)
-        if keep is None:
-            return frames
-        if keep and max(keep) >= len(frames):
-            raise CorruptEpisode(f"{path} has {len(frames)} frames, frame {max(keep)} was asked for")
-        return frames[list(keep)]
-    import imageio_ffmpeg  # see probe_video
-
-    wanted = None if keep is None else set(keep)
-    found: dict[int, np.ndarray] = {}
-    reader = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
     try:
-        w, h = next(reader)["size"]
-        for i, buf in enumerate(reader):
-            if wanted is None or i in wanted:
-                found[i] = np.frombuffer(buf, np.uint8).reshape(h, w, 3)
-    finally:
-        reader.close()
-    order = range(len(found)) if keep is None else keep
-    missing = [i for i in order if i not in found]
-    if missing:
-        raise CorruptEpisode(f"{path} decodes to {len(found)} frames; frame {missing[0]} is missing")
-    return np.stack([found[i] for i in order]) if order else np.zeros((0, h, w, 3), np.uint8)
+        return media.read_clip(path, "data", keep=None if keep is None else list(keep))
+    except media.MediaError as exc:
+        raise CorruptEpisode(str(exc)) from None
 
 
 def _steps(n: int) -> dict[str, Any]:
