@@ -6,8 +6,17 @@ and forward step sizes are MiniWorld's (15 degrees, 0.15 m by default) and name 
 "turn left 15 degrees", "move forward 0.15 m". Reaching the box ends the episode with success
 (MiniWorld's own rule: centre distance < agent radius + box radius + 1.1 * max forward step).
 
+World seeds decide the scene (room sizes, the box and the agent's start). They are split as GridWorld's
+layout seeds are, so evaluation scenes are never trained on:
+    train: world seeds in [0, 1_000_000)          (TRAIN_WORLD_SEEDS)
+    eval:  world seeds in [1_000_000, 2_000_000)  (EVAL_WORLD_SEEDS)
+    any:   world seeds in [0, 2_000_000)
+`reset(seed=s)` seeds the episode generator, which draws the world seed from the split's range; MiniWorld
+then builds the scene from the world seed (deterministically: the same seed and actions give the same
+frames). `options={"world_seed": k}` pins the scene (k must lie in the split's range).
+
 `info` every step: agent_pos, goal_pos as (x, -z) metres and agent_yaw (radians, counter-clockwise)
-in a right-handed 2-D frame, distance (straight line to the box centre), success, steps,
+in a right-handed 2-D frame, distance (straight line to the box centre), success, steps, world_seed,
 action_text. When the episode ends it adds path_length (metres walked), shortest_path_length and spl.
 
 Shortest path length (for SPL) is the geodesic distance from the start to the edge of the success
@@ -44,6 +53,11 @@ MINIWORLD_TASKS: dict[str, str] = {
     "MazeS3": "MazeS3",
 }
 """Task name -> MiniWorld class (all are 'reach the red box' tasks)."""
+
+TRAIN_WORLD_SEEDS = range(0, 1_000_000)
+EVAL_WORLD_SEEDS = range(1_000_000, 2_000_000)
+ANY_WORLD_SEEDS = range(0, 2_000_000)
+SPLITS = {"train": TRAIN_WORLD_SEEDS, "eval": EVAL_WORLD_SEEDS, "any": ANY_WORLD_SEEDS}
 
 _SINGLE_ROOM = {"Hallway", "OneRoom"}
 PLAN_MARGIN = 0.15
@@ -123,11 +137,14 @@ class MiniWorldNavEnv(gym.Env[np.ndarray, np.int64]):
         stop_action: bool = True,
         domain_rand: bool = False,
         grid_resolution: float = 0.2,
+        split: str = "train",
         render_mode: str | None = None,
         **task_kwargs: Any,
     ) -> None:
         if task not in MINIWORLD_TASKS:
             raise bad_argument("task", task, f"choose one of {tuple(MINIWORLD_TASKS)}")
+        if split not in SPLITS:
+            raise bad_argument("split", split, f"choose one of {tuple(SPLITS)}")
         if not isinstance(obs_size, int) or obs_size < 8:
             raise bad_argument("obs_size", obs_size, "use an int >= 8 (pixels per frame side)")
         if max_steps is not None and (not isinstance(max_steps, int) or max_steps < 1):
@@ -154,6 +171,8 @@ class MiniWorldNavEnv(gym.Env[np.ndarray, np.int64]):
         if max_steps is not None:
             self._world.max_episode_steps = max_steps
         self.task = task
+        self.split = split
+        self.world_seed: int = -1
         self.obs_size = obs_size
         self.stop_action = stop_action
         self.grid_resolution = float(grid_resolution)
@@ -193,10 +212,24 @@ class MiniWorldNavEnv(gym.Env[np.ndarray, np.int64]):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
-        if options:
-            raise bad_argument("options", options, "MiniWorld tasks take no reset options; pass a seed")
-        # MiniWorld seeds its own generator from `seed` (and keeps drawing from it when seed is None).
-        obs, _ = self._world.reset(seed=seed)
+        options = dict(options or {})
+        if set(options) - {"world_seed"}:
+            raise bad_argument("options", options, "the only reset option is world_seed; pass a seed")
+        seeds = SPLITS[self.split]
+        if options.get("world_seed") is not None:
+            world_seed = int(options["world_seed"])
+            if world_seed not in seeds:
+                raise bad_argument(
+                    "options['world_seed']",
+                    world_seed,
+                    f"split={self.split!r} uses world seeds in [{seeds.start}, {seeds.stop}); "
+                    "use split='eval' or 'any' for held-out scenes",
+                )
+        else:
+            world_seed = int(self.np_random.integers(seeds.start, seeds.stop))
+        # MiniWorld builds the scene from its own generator, seeded here with the world seed.
+        obs, _ = self._world.reset(seed=world_seed)
+        self.world_seed = world_seed
         self._frame = np.asarray(obs, np.uint8)
         self._start = self._xz(self._world.agent.pos)
         self._path_length = 0.0
@@ -342,5 +375,6 @@ class MiniWorldNavEnv(gym.Env[np.ndarray, np.int64]):
             "distance": float(math.hypot(a[0] - g[0], a[2] - g[2])),
             "success": self._success,
             "steps": self._steps,
+            "world_seed": self.world_seed,
             "action_text": action_text,
         }

@@ -118,6 +118,49 @@ def test_truncation_and_options(make):
         MiniWorldNavEnv(task="Sidewalk")
 
 
+def test_train_and_eval_splits_draw_disjoint_world_seeds_and_scenes(make):
+    from worldbagel.envs.miniworld_env import EVAL_WORLD_SEEDS, TRAIN_WORLD_SEEDS
+
+    assert set(TRAIN_WORLD_SEEDS).isdisjoint(EVAL_WORLD_SEEDS)
+    scenes = {}
+    for split in ("train", "eval"):
+        env = make(task="OneRoom", obs_size=32, split=split)
+        seeds, frames, boxes = [], [], []
+        for seed in range(6):  # the same episode seeds in both splits
+            obs, info = env.reset(seed=seed)
+            seeds.append(info["world_seed"])
+            frames.append(obs)
+            boxes.append(info["goal_pos"])
+        assert all(s in (TRAIN_WORLD_SEEDS if split == "train" else EVAL_WORLD_SEEDS) for s in seeds)
+        # deterministic: the same episode seed gives the same scene
+        again, info = env.reset(seed=3)
+        assert info["world_seed"] == seeds[3] and np.array_equal(again, frames[3])
+        scenes[split] = (seeds, frames, boxes)
+        env.close()
+    (train_seeds, train_frames, train_boxes), (eval_seeds, eval_frames, eval_boxes) = (
+        scenes["train"],
+        scenes["eval"],
+    )
+    assert set(train_seeds).isdisjoint(eval_seeds)
+    assert not any(np.array_equal(a, b) for a in train_frames for b in eval_frames)
+    assert set(train_boxes).isdisjoint(eval_boxes)
+
+
+def test_world_seed_option_pins_the_scene_inside_its_split(make):
+    env = make(task="Hallway", obs_size=32, split="eval")
+    first, info = env.reset(options={"world_seed": 1_000_123})
+    assert info["world_seed"] == 1_000_123
+    again, _ = env.reset(seed=99, options={"world_seed": 1_000_123})
+    assert np.array_equal(first, again)
+    with pytest.raises(
+        ConfigError, match="world_seed.*split='eval' uses world seeds in \\[1000000, 2000000\\)"
+    ):
+        env.reset(options={"world_seed": 5})
+    env.close()
+    with pytest.raises(ConfigError, match="split"):
+        make(task="Hallway", split="test")
+
+
 def test_missing_miniworld_raises_with_install_commands(monkeypatch):
     import worldbagel.envs.miniworld_env as mod
 

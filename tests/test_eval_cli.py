@@ -11,7 +11,8 @@ import pytest
 from worldbagel.cli import main
 from worldbagel.data.collect import collect
 from worldbagel.data.trajectory import TrajectoryDataset
-from worldbagel.eval.frame_metrics import psnr, ssim
+from worldbagel.errors import DependencyNotInstalled
+from worldbagel.eval.frame_metrics import mse, psnr, psnr_of_mean_mse, ssim
 from worldbagel.eval.report import read_metrics_json
 from worldbagel.policies import make_policy
 from worldbagel.rollout import build_env
@@ -49,10 +50,8 @@ def _tiny(tiny_dir) -> list[str]:
 
 def test_eval_on_a_trajectory_folder_writes_every_output(tiny_dir, grid_data, tmp_path, capsys):
     out = tmp_path / "run"
-    assert (
-        main(["eval", *_tiny(tiny_dir), "dataset=trajectories", f"dataset.path={grid_data}", f"out={out}"])
-        == 0
-    )
+    args = ["eval", *_tiny(tiny_dir), "dataset=trajectories", f"dataset.path={grid_data}", f"out={out}"]
+    assert main([*args, "controllability.max_samples=2"]) == 0
     names = sorted(p.name for p in out.iterdir())
     assert names == [
         "contact_sheet.png",
@@ -63,21 +62,48 @@ def test_eval_on_a_trajectory_folder_writes_every_output(tiny_dir, grid_data, tm
     ]
     doc = read_metrics_json(out / "metrics.json")
     run = doc["run"]
-    assert run["tasks"] == ["frames"] and set(run["skipped"]) == {"navigation", "trajectory", "text"}
+    # collected episodes record env id, kwargs and seed: they replay, so controllability runs by default;
+    # GridWorld has no turn actions, so the look-back test says why it did not run
+    assert run["tasks"] == ["frames", "controllability", "lookback"]
+    assert set(run["skipped"]) == {"lookback", "navigation", "trajectory", "text"}
+    assert "no turn left / turn right" in run["skipped"]["lookback"] and "lookback" not in doc
+    ctrl = doc["controllability"]
+    assert (
+        ctrl["histories"] == 2
+        and ctrl["n"] == 8
+        and set(ctrl["per_action"])
+        == {
+            "move up",
+            "move right",
+            "move down",
+            "move left",
+        }
+    )
+    assert ctrl["chance"] == 0.25 and 0 <= ctrl["accuracy"] <= 1 and "accuracy" in ctrl["copy_last_frame"]
     assert run["frames"]["samples"] == 2 and run["frames"]["predicted_frames"] == 2 * 2 + 2 * 2
     fp = doc["frame_prediction"]
     assert fp["horizons"] == [1, 2]
     assert set(fp["modes"]) == {"single_step", "open_loop", "copy_last_frame", "copy_previous_frame"}
-    assert fp["higher_is_better"] == {"psnr": True, "ssim": True, "symbolic_accuracy": True}
-    # the baseline equals the metrics computed directly from the stored frames (t0 = context - 1 = 1)
+    assert fp["higher_is_better"] == {
+        "psnr": True,
+        "psnr_frame_mean": True,
+        "ssim": True,
+        "symbolic_accuracy": True,
+    }
+    # the baselines equal the metrics computed directly from the stored frames (t0 = context - 1 = 1): psnr is
+    # dataset-level (PSNR of the mean MSE), the per-frame mean capped at 50 dB beside it
     eps = TrajectoryDataset(grid_data)
     for j, k in enumerate((1, 2)):
-        last = np.stack([ep.frames[1] for ep in eps])
         real = np.stack([ep.frames[1 + k] for ep in eps])
-        base = fp["modes"]["copy_last_frame"]
-        assert base["psnr"]["mean"][j] == pytest.approx(float(np.mean(psnr(last, real))))
-        assert base["ssim"]["mean"][j] == pytest.approx(float(np.mean(ssim(last, real))))
-        assert base["psnr"]["n"][j] == 2
+        for mode, t in (("copy_last_frame", 1), ("copy_previous_frame", k)):
+            copy = np.stack([ep.frames[t] for ep in eps])
+            base = fp["modes"][mode]
+            assert base["psnr"]["mean"][j] == pytest.approx(psnr_of_mean_mse(mse(copy, real)))
+            assert base["psnr_frame_mean"]["mean"][j] == pytest.approx(
+                float(np.mean(np.minimum(psnr(copy, real), 50)))
+            )
+            assert base["ssim"]["mean"][j] == pytest.approx(float(np.mean(ssim(copy, real))))
+            assert base["psnr"]["n"][j] == 2
     assert doc["symbolic"]["next_frame"]["n"] == 4 and "open_loop_k2" in doc["symbolic"]
     printed = capsys.readouterr().out
     assert "Frame prediction" in printed and "copy_last_frame" in printed and str(out) in printed
@@ -116,6 +142,47 @@ def test_eval_env_dataset_with_navigation(tiny_dir, tmp_path):
     assert set(nav["baselines"]) == {"random"}
     rand = nav["baselines"]["random"]
     assert rand["policy"] == "random" and rand["n_episodes"] == 2 and rand["spl"] < 1.0
+
+
+def test_eval_miniworld_records_held_out_scenes_and_runs_controllability_and_lookback(
+    tiny_dir, tmp_path, monkeypatch
+):
+    """`worldbagel eval env=miniworld`: episodes from the eval split (world seeds never trained on), no text
+    annotator (annotate=auto), controllability over the moves (stop excluded), and the look-back test."""
+    from worldbagel.envs.miniworld_env import EVAL_WORLD_SEEDS
+    from worldbagel.eval import heldout
+
+    try:
+        build_env("WorldBagel/MiniWorld-OneRoom-v0", {"obs_size": 32}).close()
+    except DependencyNotInstalled as exc:
+        pytest.skip(f"MiniWorld cannot render here: {exc}")
+    recorded, real_record = [], heldout.record_env_episodes
+
+    def record(*args, **kwargs):  # keeps what eval recorded, to look at the episodes' scenes
+        recorded.extend(real_record(*args, **kwargs))
+        return recorded
+
+    monkeypatch.setattr(heldout, "record_env_episodes", record)
+    out = tmp_path / "mini"
+    args = ["eval", *_tiny(tiny_dir), "env=miniworld", "env.id=WorldBagel/MiniWorld-OneRoom-v0"]
+    args += ["env.kwargs.obs_size=32", "dataset.episodes=2", "dataset.max_steps=6", "dataset.seed=3"]
+    args += ["tasks=[controllability,lookback]", "controllability.max_samples=2", "lookback.turns=[1]"]
+    args += ["lookback.max_samples=1", f"out={out}"]
+    assert main(args) == 0
+    assert [ep.metadata["metadata"]["env_kwargs"]["split"] for ep in recorded] == ["eval", "eval"]
+    assert all(info["world_seed"] in EVAL_WORLD_SEEDS for ep in recorded for info in ep.infos)
+    assert all(not any(ep.annotations) for ep in recorded)
+    doc = read_metrics_json(out / "metrics.json")
+    assert doc["run"]["tasks"] == ["controllability", "lookback"] and doc["run"]["skipped"] == {}
+    ctrl = doc["controllability"]
+    assert ctrl["excluded_actions"] == ["stop"] and list(ctrl["per_action"]) == [
+        "turn left 15 degrees",
+        "turn right 15 degrees",
+        "move forward 0.15 m",
+    ]
+    k1 = doc["lookback"]["turns"]["k1"]
+    assert set(k1) == {"window", "one_frame", "copy_last_frame", "memory_gain_db"}
+    assert k1["window"]["returns_exactly"] == 1.0 and k1["copy_last_frame"]["final_psnr"] == 100.0
 
 
 def test_eval_navigation_baselines_sit_beside_the_policy(tiny_dir, tmp_path, capsys):

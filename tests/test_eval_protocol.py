@@ -17,7 +17,7 @@ from worldbagel.data.nwm import poses_to_actions
 from worldbagel.data.trajectory import Episode
 from worldbagel.errors import ConfigError
 from worldbagel.eval import protocol
-from worldbagel.eval.frame_metrics import psnr, ssim
+from worldbagel.eval.frame_metrics import mse, psnr, psnr_of_mean_mse, ssim
 from worldbagel.eval.heldout import gridworld_size, has_actions, record_env_episodes, video_episodes
 from worldbagel.eval.planning import (
     GoalDistanceInfo,
@@ -146,15 +146,22 @@ def test_scores_equal_direct_metrics_and_baselines(tiny_pipe, grid_episodes):
         prev = np.stack([s.frames[s.c + k - 1] for s in result.samples])
         modes = summary["modes"]
         j = k - 1
-        assert modes["copy_last_frame"]["psnr"]["mean"][j] == pytest.approx(float(np.mean(psnr(last, real))))
+        # psnr: dataset-level (PSNR of the mean MSE); psnr_frame_mean: per-frame PSNR capped at 50 dB, averaged
+        assert modes["copy_last_frame"]["psnr"]["mean"][j] == pytest.approx(psnr_of_mean_mse(mse(last, real)))
         assert modes["copy_last_frame"]["ssim"]["mean"][j] == pytest.approx(float(np.mean(ssim(last, real))))
         assert modes[COPY_PREVIOUS_FRAME]["psnr"]["mean"][j] == pytest.approx(
-            float(np.mean(psnr(prev, real)))
+            psnr_of_mean_mse(mse(prev, real))
+        )
+        assert modes[COPY_PREVIOUS_FRAME]["ssim"]["mean"][j] == pytest.approx(
+            float(np.mean(ssim(prev, real)))
         )
         for mode in ("single_step", "open_loop"):
             pred = np.stack([p[k] for p in result.predictions[mode]])
             assert pred.shape == real.shape and pred.dtype == np.uint8
-            assert modes[mode]["psnr"]["mean"][j] == pytest.approx(float(np.mean(psnr(pred, real))))
+            assert modes[mode]["psnr"]["mean"][j] == pytest.approx(psnr_of_mean_mse(mse(pred, real)))
+            assert modes[mode]["psnr_frame_mean"]["mean"][j] == pytest.approx(
+                float(np.mean(np.minimum(psnr(pred, real), 50.0)))
+            )
             assert modes[mode]["psnr"]["n"][j] == 2
         # symbolic accuracy of the baseline: state decoded from frame t0 equals the true state at t0+k
         from worldbagel.envs import decode_frame
@@ -368,9 +375,28 @@ def test_annotated_env_episodes_open_histories_with_the_instruction_and_feed_the
     assert [qa["q"] for qa in ep.annotations[1]["qa"]][0] == GOAL_QUESTION
     (sample,) = make_samples([ep], None, horizons=(1,), context=2)
     assert sample.instruction == GRIDWORLD_INSTRUCTION
-    world = protocol._fresh(_wm(tiny_pipe), sample, sample.c)
+    world = protocol.fresh_history(_wm(tiny_pipe), sample, sample.c)
     assert _texts(world)[0] == GRIDWORLD_INSTRUCTION and world.frames_seen == sample.c + 1
     out = evaluate_text(_wm(tiny_pipe), [ep], max_questions=2, max_new_tokens=2)
     assert out["n"] == 2 and {e["question"] for e in out["examples"]} <= {
         q["q"] for a in ep.annotations for q in a["qa"]
     }
+
+
+def test_auto_annotation_is_the_envs_own_annotator():
+    """annotate=auto (the eval dataset's default): GridWorld steps get gridworld-think's think-mode questions;
+    an unknown name still fails before any env is built."""
+    from worldbagel.data.annotations import GRIDWORLD_INSTRUCTION
+
+    kwargs = {"split": "eval"}
+    (auto,) = record_env_episodes(
+        "WorldBagel/GridWorld-v0", kwargs, episodes=1, seed=3, max_steps=3, annotate="auto"
+    )
+    (think,) = record_env_episodes(
+        "WorldBagel/GridWorld-v0", kwargs, episodes=1, seed=3, max_steps=3, annotate="gridworld-think"
+    )
+    assert (
+        auto.annotations == think.annotations and auto.annotations[0]["instruction"] == GRIDWORLD_INSTRUCTION
+    )
+    with pytest.raises(ConfigError, match="annotate"):
+        record_env_episodes("WorldBagel/GridWorld-v0", kwargs, episodes=1, annotate="gridworld-thinks")

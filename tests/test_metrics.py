@@ -38,6 +38,36 @@ def test_psnr_identical_frames_capped_or_inf():
     assert np.all(np.isinf(M.psnr(a, a, max_db=None)))
 
 
+def test_dataset_psnr_and_capped_frame_mean_known_values():
+    assert M.psnr_of_mean_mse([0.01, 0.001]) == pytest.approx(10 * math.log10(1 / 0.0055))
+    assert M.psnr_of_mean_mse([0.0, 0.0]) == 100.0 and M.psnr_of_mean_mse([0.0], max_db=60) == 60.0
+    assert M.capped_psnr_mean([20.0, 100.0, float("inf")]) == pytest.approx((20 + 50 + 50) / 3)
+    assert M.capped_psnr_mean([20.0, 40.0], cap_db=30) == 25.0
+    with pytest.raises(ConfigError, match="mse_values"):
+        M.psnr_of_mean_mse([])
+    with pytest.raises(ConfigError, match="mse_values"):
+        M.psnr_of_mean_mse([0.1, -1.0])
+
+
+def test_identical_frames_cannot_game_the_headline_psnr():
+    """One exact frame among poor ones wins the per-frame mean (100 dB counts), not the dataset-level PSNR."""
+    real = np.stack([np.full((16, 16, 3), v, np.uint8) for v in (0, 60, 120, 180)])
+    copy = real.copy()
+    copy[1:] = np.clip(real[1:].astype(int) + 40, 0, 255).astype(np.uint8)  # one exact frame, three ~16 dB
+    model = np.clip(real.astype(int) + 8, 0, 255).astype(np.uint8)  # every frame ~30 dB
+    scores = M.HorizonScores([1])
+    scores.add_frames("copy", 1, copy, real, names=("psnr",))
+    scores.add_frames("model", 1, model, real, names=("psnr",))
+    modes = scores.summary()["modes"]
+    assert np.mean(M.psnr(copy, real)) > np.mean(M.psnr(model, real))  # the old aggregate was gamed
+    assert modes["model"]["psnr"]["mean"][0] > modes["copy"]["psnr"]["mean"][0] + 10
+    mse_copy = float(np.mean(M.mse(copy, real)))
+    assert modes["copy"]["psnr"]["mean"][0] == pytest.approx(10 * math.log10(1 / mse_copy))
+    assert modes["copy"][M.PSNR_FRAME_MEAN]["mean"][0] == pytest.approx(
+        float(np.mean(np.minimum(M.psnr(copy, real), 50.0)))
+    )
+
+
 def test_batched_shapes_follow_leading_dims():
     a = RNG.integers(0, 256, (2, 3, 16, 20, 3), dtype=np.uint8)
     b = noisy(a, 20)
@@ -319,11 +349,22 @@ def test_horizon_scores_summary():
     # the square moves further with the horizon, so copying the last frame gets worse (then saturates)
     assert base["mean"][0] < base["mean"][1] < base["mean"][2]
     assert s["modes"][M.SINGLE_STEP]["mse"]["mean"][:4] == [0.0] * 4
+    # psnr is dataset-level: 20 and 30 dB are MSEs 0.01 and 0.001, PSNR of their mean 0.0055
     assert s["modes"][M.OPEN_LOOP]["psnr"] == {
+        "mean": [pytest.approx(10 * math.log10(1 / 0.0055)), None, None, None, None],
+        "std": [None] * 5,
+        "n": [2, 0, 0, 0, 0],
+        "aggregate": "psnr_of_mean_mse",
+    }
+    # ... and the per-frame mean (capped at 50 dB) sits beside it
+    assert s["modes"][M.OPEN_LOOP][M.PSNR_FRAME_MEAN] == {
         "mean": [25.0, None, None, None, None],
         "std": [5.0, None, None, None, None],
         "n": [2, 0, 0, 0, 0],
     }
+    assert list(s["modes"][M.SINGLE_STEP]) == ["psnr", M.PSNR_FRAME_MEAN, "mse"]
+    perfect = s["modes"][M.SINGLE_STEP]
+    assert perfect["psnr"]["mean"][:4] == [100.0] * 4 and perfect[M.PSNR_FRAME_MEAN]["mean"][:4] == [50.0] * 4
     assert "mse" not in s["modes"][M.OPEN_LOOP]
     np.testing.assert_allclose(scores.values(M.OPEN_LOOP, 1, "psnr"), [20.0, 30.0])
     with pytest.raises(ConfigError, match="horizon"):

@@ -42,7 +42,11 @@ def test_metrics_json_roundtrip(tmp_path):
         trajectory={"ate": float("inf"), "rpe": {"trans_rmse": float("nan")}},
     )
     assert doc["schema_version"] == R.SCHEMA_VERSION and "symbolic" not in doc
-    assert doc["frame_prediction"]["higher_is_better"] == {"mse": False, "psnr": True}
+    assert doc["frame_prediction"]["higher_is_better"] == {
+        "mse": False,
+        "psnr": True,
+        "psnr_frame_mean": True,
+    }
     path = R.write_metrics_json(tmp_path / "out" / "metrics.json", doc)
     raw = path.read_text()
     assert "Infinity" not in raw and "NaN" not in raw
@@ -50,7 +54,10 @@ def test_metrics_json_roundtrip(tmp_path):
     assert back["trajectory"] == {"ate": None, "rpe": {"trans_rmse": None}}
     assert back["navigation"] == {"success_rate": 0.5, "n_episodes": 4}
     assert back["run"]["dataset"] == str(tmp_path / "data")
-    assert back["frame_prediction"]["modes"]["single_step"]["psnr"]["mean"][0] == 31.0
+    # psnr is dataset-level (PSNR of the mean MSE of 30 and 32 dB frames); the per-frame mean sits beside it
+    single = back["frame_prediction"]["modes"]["single_step"]
+    assert single["psnr"]["mean"][0] == pytest.approx(10 * np.log10(2 / (10**-3.0 + 10**-3.2)))
+    assert single["psnr"]["aggregate"] == "psnr_of_mean_mse" and single["psnr_frame_mean"]["mean"][0] == 31.0
     assert back["frame_prediction"]["modes"]["open_loop"]["psnr"]["n"] == [1, 0, 0, 0, 0]
     assert [p.name for p in path.parent.iterdir()] == ["metrics.json"]  # no temp files left
 
@@ -91,10 +98,10 @@ def test_horizon_table_content_and_best_marking():
     assert [c.header for c in table.columns] == ["metric", "mode", "k=1", "k=2", "k=4", "k=8", "k=16"]
     text = _render(table)
     assert "psnr ↑" in text and "mse ↓" in text
-    assert "31 ± 1" in text and "25 ± 0" in text
-    # best per horizon is bold: open_loop's 33 at k=1 for psnr, single_step's mse everywhere
+    assert "psnr_frame_mean ↑" in text and "31 ± 1" in text and "25 ± 0" in text  # per-frame mean ± std
+    # best per horizon is bold: open_loop's 33 at k=1 for psnr (dataset-level: no std), single_step's mse
     psnr_k1 = table.columns[2]._cells
-    assert psnr_k1[2] == "[bold]33 ± 0[/bold]" and not psnr_k1[0].startswith("[bold]")
+    assert psnr_k1[2] == "[bold]33[/bold]" and not psnr_k1[0].startswith("[bold]")
     assert table.columns[3]._cells[0].startswith("[bold]")  # k=2: single_step beats copy_last_frame
     assert "-" in table.columns[3]._cells[2]  # open_loop has no k=2 sample
     with pytest.raises(ConfigError, match="lpips"):

@@ -1,7 +1,10 @@
 """`worldbagel eval`: evaluate a world model; metrics.json, tables, horizon plots and a contact sheet.
 
 Tasks (docs/metrics.md, "worldbagel eval"):
-    frames       the NWM frame-prediction protocol (worldbagel.eval.protocol) with copy-last-frame baselines
+    frames       the NWM frame-prediction protocol (worldbagel.eval.protocol) with copy-last-frame and
+                 copy-previous-frame baselines; PSNR is dataset-level (PSNR of the mean MSE)
+    controllability  next frame under every action vs the env's true frames (worldbagel.eval.controllability)
+    lookback     turn left k times and back, open loop, with the model's window and with one frame of history
     navigation   closed-loop episodes of a policy (default the world-model planner) in the env group
     trajectory   open-loop planning to goal frames on continuous-action data: ATE / RPE
     text         exact match on the dataset's Q&A annotations
@@ -50,6 +53,7 @@ def _progress(console: Console) -> Progress:
 
 def resolve_tasks(cfg: EvalConfig, episodes: list | None) -> tuple[list[str], dict[str, str]]:
     """(tasks to run, {task: why it is skipped}) from cfg.tasks (None = every task the data supports)."""
+    from worldbagel.eval.env_replay import EnvReplay
     from worldbagel.eval.heldout import has_continuous_actions
     from worldbagel.eval.qa_eval import collect_questions
 
@@ -59,6 +63,13 @@ def resolve_tasks(cfg: EvalConfig, episodes: list | None) -> tuple[list[str], di
             raise bad_argument("tasks", cfg.tasks, f"use one or more of {list(TASKS)}")
         return list(dict.fromkeys(cfg.tasks)), {}
     tasks, skipped = ["frames"], {}
+    replay = EnvReplay()
+    if episodes and any(replay.why_not(ep) is None for ep in episodes):
+        tasks += ["controllability", "lookback"]
+    else:
+        why = replay.why_not(episodes[0]) if episodes else "no episodes"
+        for name in ("controllability", "lookback"):
+            skipped[name] = f"the episodes do not replay in their env ({why})"
     if cfg.dataset.format == "env":
         tasks.append("navigation")
     else:
@@ -177,6 +188,55 @@ def _frames_task(cfg: EvalConfig, wm, episodes, out: Path, console: Console, doc
     }
 
 
+def _controllability_task(cfg: EvalConfig, wm, episodes, console: Console, doc: dict) -> None:
+    from worldbagel.eval.controllability_eval import evaluate_controllability
+
+    c = cfg.controllability
+    with _progress(console) as bar:
+        task = bar.add_task("controllability", total=None)
+        section, why = evaluate_controllability(
+            wm,
+            episodes,
+            context=c.context,
+            max_trajectories=c.max_trajectories,
+            samples_per_trajectory=c.samples_per_trajectory,
+            max_samples=c.max_samples,
+            batch_size=c.batch_size,
+            exclude=c.exclude,
+            seed=cfg.seed,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
+    if section is None:
+        doc["run"]["skipped"]["controllability"] = why
+    else:
+        doc["controllability"] = section
+
+
+def _lookback_task(cfg: EvalConfig, wm, episodes, console: Console, doc: dict) -> None:
+    from worldbagel.eval.lookback_eval import evaluate_lookback
+
+    lb = cfg.lookback
+    with _progress(console) as bar:
+        task = bar.add_task("look-back", total=None)
+        section, why = evaluate_lookback(
+            wm,
+            episodes,
+            turns=lb.turns,
+            context=lb.context,
+            max_trajectories=lb.max_trajectories,
+            samples_per_trajectory=lb.samples_per_trajectory,
+            max_samples=lb.max_samples,
+            batch_size=lb.batch_size,
+            one_frame_history=lb.one_frame_history,
+            seed=cfg.seed,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
+    if section is None:
+        doc["run"]["skipped"]["lookback"] = why
+    else:
+        doc["lookback"] = section
+
+
 def _navigation_task(cfg: EvalConfig, wm, out: Path, console: Console, doc: dict) -> None:
     from worldbagel.eval.planning import evaluate_navigation, navigation_baselines
 
@@ -262,7 +322,9 @@ def run(cfg: EvalConfig, console: Console) -> int:
     if cfg.tasks is not None:
         resolve_tasks(cfg, None)  # validate names before any slow work
     check_baselines(cfg.navigation.baselines)
-    needs_data = cfg.tasks is None or bool({"frames", "trajectory", "text"} & set(cfg.tasks))
+    needs_data = cfg.tasks is None or bool(
+        {"frames", "controllability", "lookback", "trajectory", "text"} & set(cfg.tasks)
+    )
     episodes = load_heldout(cfg.dataset, cfg.env.id, _env_kwargs(cfg)) if needs_data else None
     tasks, skipped = resolve_tasks(cfg, episodes)
     wm = load_world_model(cfg.model, sampler=cfg.sampler, world=cfg.world, pipe=load_pipeline(cfg.model))
@@ -287,6 +349,10 @@ def run(cfg: EvalConfig, console: Console) -> int:
         t = time.perf_counter()
         if name == "frames":
             _frames_task(cfg, wm, episodes, out, console, doc)
+        elif name == "controllability":
+            _controllability_task(cfg, wm, episodes, console, doc)
+        elif name == "lookback":
+            _lookback_task(cfg, wm, episodes, console, doc)
         elif name == "navigation":
             _navigation_task(cfg, wm, out, console, doc)
         elif name == "trajectory":

@@ -11,7 +11,12 @@ data_range = 1.0 unless given. Every metric first scales frames to [0, 1], so MS
 in [0, 1] units whatever the input dtype, and PSNR uses a peak of 1.
 
 Each metric returns one value per frame: a Python float for a single (H, W, C) frame, otherwise a
-float64 numpy array of the leading shape (...). SSIM follows torchmetrics' default exactly (11-tap
+float64 numpy array of the leading shape (...).
+
+PSNR over a set of frames is aggregated as the PSNR of the mean MSE (`psnr_of_mean_mse`, "dataset-level
+PSNR"): a frame predicted exactly adds an MSE of 0 to the mean, where the mean of per-frame PSNRs would add
+the 100 dB cap and let a few identical frames outweigh many others. `capped_psnr_mean` (per-frame PSNR
+capped at 50 dB, then averaged) is reported beside it. SSIM follows torchmetrics' default exactly (11-tap
 Gaussian window, sigma 1.5, K1 0.01, K2 0.03, reflect padding, mean over the whole padded-and-filtered
 map), which the tests check.
 """
@@ -30,6 +35,12 @@ from worldbagel.errors import bad_argument
 FRAME_METRICS = ("psnr", "ssim", "mse", "l1")
 HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "mse": False, "l1": False}
 DEFAULT_MAX_PSNR_DB = 100.0
+PSNR_FRAME_CAP_DB = 50.0
+"""Cap of each frame's PSNR in `capped_psnr_mean` (the per-frame mean reported beside the headline PSNR)."""
+PSNR_FRAME_MEAN = "psnr_frame_mean"
+"""Name of the per-frame PSNR mean (capped at PSNR_FRAME_CAP_DB) in summaries, beside the headline `psnr`."""
+PSNR_AGGREGATE = "psnr_of_mean_mse"
+"""How a summary's `psnr` cell is aggregated over samples (its "aggregate" key)."""
 _CHUNK = 64  # frames per SSIM convolution call, bounds peak memory
 
 
@@ -105,6 +116,33 @@ def psnr(
     if max_db is not None:
         db = db.clamp(max=float(max_db))
     return _out(db, p.shape[:-3])
+
+
+def mse_from_psnr(db) -> np.ndarray:
+    """Per-frame MSE in [0, 1] units back from per-frame PSNR in dB (inf dB -> 0)."""
+    return np.power(10.0, -np.asarray(db, dtype=np.float64) / 10.0)
+
+
+def psnr_of_mean_mse(mse_values, max_db: float = DEFAULT_MAX_PSNR_DB) -> float:
+    """Dataset-level PSNR: 10 log10(1 / mean MSE) over a set of frames ([0, 1]-scaled MSE values).
+
+    Every frame weighs by its error, so frames predicted exactly cannot outweigh the others; the result is
+    capped at `max_db` (default 100 dB), reached only when every frame is exact (mean MSE 0)."""
+    err = np.asarray(mse_values, dtype=np.float64).reshape(-1)
+    if err.size == 0:
+        raise bad_argument("mse_values", [], "give at least one frame's MSE")
+    if np.isnan(err).any() or (err < 0).any():
+        raise bad_argument("mse_values", err.tolist()[:8], "MSE values must be >= 0 and not NaN")
+    mean = float(err.mean())
+    return float(max_db) if mean <= 0 else min(float(max_db), 10.0 * float(np.log10(1.0 / mean)))
+
+
+def capped_psnr_mean(db_values, cap_db: float = PSNR_FRAME_CAP_DB) -> float:
+    """Mean of per-frame PSNRs, each capped at `cap_db` (default 50 dB) first."""
+    db = np.asarray(db_values, dtype=np.float64).reshape(-1)
+    if db.size == 0:
+        raise bad_argument("db_values", [], "give at least one frame's PSNR")
+    return float(np.minimum(db, float(cap_db)).mean())
 
 
 @lru_cache(maxsize=8)

@@ -9,6 +9,9 @@ Sources (`DatasetConfig.format`):
     nwm            the NWM/GNM layout (worldbagel.data.nwm; traj_data.pkl is a pickle: trusted data only)
     video          a video file (mp4/gif/...), a folder of frame images, or a folder of video files; such
                    episodes have no actions (`has_actions` is False) and are evaluated as continuations
+    lerobot        a LeRobot v2 dataset (worldbagel.data.lerobot; needs pyarrow)
+
+Every format but env is read by `worldbagel.data.episode_source.load_episodes`, as `finetune data=` is.
 
 Every source yields `worldbagel.data.trajectory.Episode`s (T+1 frames, T actions, T+1 infos). A video
 episode stores `None` actions and empty action texts.
@@ -24,11 +27,13 @@ from typing import Any
 import numpy as np
 
 from worldbagel.data.trajectory import Episode
+from worldbagel.data.video_folder import video_episodes  # re-exported: eval's name for the video reader
 from worldbagel.errors import WorldBagelError, bad_argument
 
 from .options import DATASET_FORMATS, DatasetConfig
 
 __all__ = [
+    "episode_env_kwargs",
     "episode_instruction",
     "evenly_spaced",
     "gridworld_size",
@@ -42,7 +47,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 GRIDWORLD_TOPDOWN = "WorldBagel/GridWorld-v0"
-VIDEO_SUFFIXES = (".mp4", ".gif")
+AUTO_ANNOTATE = "auto"
 
 
 def evenly_spaced(n: int, count: int | None) -> list[int]:
@@ -75,7 +80,8 @@ def has_continuous_actions(episode: Episode) -> bool:
     )
 
 
-def _env_kwargs(episode: Episode) -> Mapping[str, Any]:
+def episode_env_kwargs(episode: Episode) -> Mapping[str, Any]:
+    """The env kwargs the episode was recorded with (from its metadata; {} when it records none)."""
     meta = episode.metadata or {}
     inner = meta.get("metadata") if isinstance(meta.get("metadata"), Mapping) else {}
     return inner.get("env_kwargs") or meta.get("env_kwargs") or {}
@@ -87,7 +93,7 @@ def gridworld_size(episode: Episode) -> int | tuple[int, int] | None:
     Only such episodes can be scored by decoding frames (`worldbagel.envs.decode_frame`)."""
     if episode.env_id != GRIDWORLD_TOPDOWN:
         return None
-    kwargs = _env_kwargs(episode)
+    kwargs = episode_env_kwargs(episode)
     if kwargs.get("view", "topdown") != "topdown":
         return None
     if not episode.infos or not all(
@@ -96,48 +102,6 @@ def gridworld_size(episode: Episode) -> int | tuple[int, int] | None:
         return None
     size = kwargs.get("size", 8)
     return tuple(size) if isinstance(size, (list, tuple)) else int(size)
-
-
-def video_episodes(path: str | Path, name: str = "dataset.path") -> list[Episode]:
-    """Episodes without actions from a video file, a folder of frames, or a folder of video files."""
-    from worldbagel.video import read_video
-
-    path = Path(path)
-    if not path.exists():
-        raise bad_argument(
-            name, str(path), "give an existing video file, folder of frames or folder of videos"
-        )
-    if path.is_dir() and not any(p.suffix.lower() in (".png", ".jpg", ".jpeg") for p in path.iterdir()):
-        sources = sorted(p for p in path.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
-        if not sources:
-            raise bad_argument(
-                name, str(path), f"the folder holds neither frames (png/jpg) nor videos {VIDEO_SUFFIXES}"
-            )
-    else:
-        sources = [path]
-    episodes = []
-    for src in sources:
-        frames = read_video(src)
-        if len(frames) < 2:
-            logger.warning("skipping %s: a clip needs at least 2 frames", src)
-            continue
-        n = len(frames) - 1
-        episodes.append(
-            Episode(
-                id=src.stem if src.is_file() else src.name,
-                actions=[None] * n,
-                action_texts=[""] * n,
-                rewards=np.zeros(n, np.float32),
-                terminated=np.zeros(n, bool),
-                truncated=np.zeros(n, bool),
-                infos=[{} for _ in range(n + 1)],
-                annotations=[{} for _ in range(n)],
-                env_id="video",
-                metadata={"source": "video", "path": str(src)},
-                _frames=np.asarray(frames, dtype=np.uint8),
-            )
-        )
-    return episodes
 
 
 def record_env_episodes(
@@ -150,7 +114,8 @@ def record_env_episodes(
     annotate: str | None = None,
 ) -> list[Episode]:
     """Record `episodes` in-memory episodes of a registered policy in an env (infos kept, action texts from the
-    env's action codec; text annotations from the annotator `annotate`, see worldbagel.data.annotations)."""
+    env's action codec; text annotations from the annotator `annotate`, see worldbagel.data.annotations;
+    `auto`: the env's own annotator, `gridworld-think` for GridWorld envs, none for the others)."""
     from worldbagel.actions import codec_for_env
     from worldbagel.data.annotations import make_annotator
     from worldbagel.policies import make_policy
@@ -161,9 +126,11 @@ def record_env_episodes(
     if not (isinstance(max_steps, int) and max_steps >= 1):
         raise bad_argument("dataset.max_steps", max_steps, "use an int >= 1")
     kwargs = dict(env_kwargs or {})
-    annotator = make_annotator(annotate)
+    if annotate != AUTO_ANNOTATE:
+        make_annotator(annotate)  # an unknown name fails before the env is built
     env = first_env(lambda: build_env(env_id, kwargs))
     try:
+        annotator = make_annotator(_annotator_name(annotate, env))
         codec = codec_for_env(env)
         pol = make_policy(policy, env, seed=seed)
         out = []
@@ -200,6 +167,16 @@ def record_env_episodes(
         env.close()
 
 
+def _annotator_name(annotate: str | None, env: Any) -> str | None:
+    """`annotate`, with `auto` resolved: GridWorld envs get `gridworld-think` (how the shipped model answers),
+    other envs no annotations."""
+    if annotate != AUTO_ANNOTATE:
+        return annotate
+    from worldbagel.envs.gridworld import GridWorldEnv
+
+    return "gridworld-think" if isinstance(getattr(env, "unwrapped", env), GridWorldEnv) else None
+
+
 def load_heldout(
     cfg: DatasetConfig, env_id: str | None = None, env_kwargs: Mapping | None = None
 ) -> list[Episode]:
@@ -229,23 +206,9 @@ def load_heldout(
 
 
 def _read(cfg: DatasetConfig, path: Path) -> Sequence[Episode]:
-    if cfg.format == "video":
-        return video_episodes(path)
-    if cfg.format == "nwm":
-        from worldbagel.data.nwm import NWMDataset
+    """The dataset's episodes through the shared episode-source readers (worldbagel.data.episode_source)."""
+    from worldbagel.data.episode_source import NWMSourceConfig, SourceConfig, load_episodes
 
-        ds = NWMDataset(
-            path,
-            split_dir=cfg.split_dir,
-            split=cfg.split,
-            metric_waypoint_spacing=cfg.metric_waypoint_spacing,
-            frame_skip=cfg.frame_skip,
-        )
-        return list(ds)
-    from worldbagel.data.trajectory import TrajectoryDataset
-
-    if not (path / "index.json").is_file():
-        raise bad_argument(
-            "dataset.path", str(path), "no index.json there; give a folder written by `worldbagel collect`"
-        )
-    return list(TrajectoryDataset(path, splits=cfg.splits))
+    nwm = NWMSourceConfig(cfg.split_dir, cfg.split, cfg.metric_waypoint_spacing)
+    source = SourceConfig(cfg.format, cfg.frame_skip, nwm=nwm, lerobot=cfg.lerobot)
+    return load_episodes(path, source, splits=cfg.splits, name="dataset.path")

@@ -20,6 +20,7 @@ from PIL import Image, ImageDraw
 
 from worldbagel.errors import bad_argument
 
+from .frame_metrics import PSNR_FRAME_MEAN
 from .png_canvas import label_font, save_png_atomic
 from .report import METRIC_DIRECTION
 
@@ -222,7 +223,8 @@ def plot_metric_vs_horizon(
     Args:
         summary: `HorizonScores.summary()` or metrics.json's "frame_prediction" section.
         out_dir: folder for the PNGs (created if needed).
-        metrics: which metrics (default: all in the summary, in order).
+        metrics: which metrics (default: all in the summary, in order, except `psnr_frame_mean`: the plots
+            show the headline dataset-level `psnr`).
         backend: "auto", "matplotlib" or "pil" (see the module docstring).
     """
     if backend not in BACKENDS:
@@ -238,7 +240,7 @@ def plot_metric_vs_horizon(
             'backend="matplotlib" needs matplotlib: pip install "worldbagel[plots]" (or use backend="pil")'
         )
     available = list(dict.fromkeys(m for per in summary["modes"].values() for m in per))
-    names = available if metrics is None else list(metrics)
+    names = [m for m in available if m != PSNR_FRAME_MEAN] if metrics is None else list(metrics)
     paths = []
     for metric in names:
         series = _series(summary, metric)

@@ -17,6 +17,11 @@ mean / std (ddof=0) / n per horizon, in the JSON-ready layout documented in docs
      "modes": {mode: {metric: {"mean": [...], "std": [...], "n": [...]}}}}
 
 where each list is aligned with "horizons" and holds None where a horizon has no samples.
+
+PSNR is the exception, so that frames predicted exactly cannot game it: its cell holds the dataset-level
+PSNR (`psnr_of_mean_mse` of the per-frame values converted back to MSE) under "mean", no std, and
+"aggregate": "psnr_of_mean_mse"; a `psnr_frame_mean` cell beside it holds the mean ± std of the per-frame
+PSNRs capped at 50 dB.
 """
 
 from __future__ import annotations
@@ -28,7 +33,15 @@ import numpy as np
 
 from worldbagel.errors import bad_argument
 
-from .frame_metrics import FRAME_METRICS, frame_metrics
+from .frame_metrics import (
+    FRAME_METRICS,
+    PSNR_AGGREGATE,
+    PSNR_FRAME_CAP_DB,
+    PSNR_FRAME_MEAN,
+    frame_metrics,
+    mse_from_psnr,
+    psnr_of_mean_mse,
+)
 from .perceptual import PerceptualMetric
 
 HORIZONS = (1, 2, 4, 8, 16)
@@ -149,7 +162,8 @@ class HorizonScores:
         return np.asarray(self._values.get((mode, int(horizon), metric), []), dtype=np.float64)
 
     def summary(self) -> dict:
-        """{"horizons": [...], "modes": {mode: {metric: {"mean", "std", "n"}}}} with per-horizon lists."""
+        """{"horizons": [...], "modes": {mode: {metric: {"mean", "std", "n"}}}} with per-horizon lists; `psnr`
+        is the dataset-level PSNR with `psnr_frame_mean` beside it (module docstring)."""
         modes: dict[str, dict[str, dict[str, list]]] = {}
         for mode in self._modes:
             per_metric = {}
@@ -157,6 +171,15 @@ class HorizonScores:
                 cells = [self.values(mode, k, metric) for k in self.horizons]
                 if not any(c.size for c in cells):
                     continue
+                if metric == "psnr":
+                    per_metric["psnr"] = {
+                        "mean": [psnr_of_mean_mse(mse_from_psnr(c)) if c.size else None for c in cells],
+                        "std": [None] * len(cells),
+                        "n": [int(c.size) for c in cells],
+                        "aggregate": PSNR_AGGREGATE,
+                    }
+                    cells = [np.minimum(c, PSNR_FRAME_CAP_DB) for c in cells]
+                    metric = PSNR_FRAME_MEAN
                 per_metric[metric] = {
                     "mean": [float(c.mean()) if c.size else None for c in cells],
                     "std": [float(c.std()) if c.size else None for c in cells],

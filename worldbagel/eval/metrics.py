@@ -1,6 +1,9 @@
 """Every evaluation metric of worldbagel in one import (definitions live in the topic modules).
 
     frame_metrics        psnr, ssim, mse, l1, frame_metrics           (predicted vs real frames)
+                         psnr_of_mean_mse, capped_psnr_mean           (PSNR over a set of frames)
+    controllability      controllability                              (next frame follows its action)
+    lookback             lookback_scores, memory_gain_db              (turn away and back, open loop)
     perceptual           LPIPSMetric, DreamSimMetric, FVDMetric        (optional packages, local weights)
     nav_metrics          success_rate, spl, soft_spl, navigation_summary
     trajectory_metrics   ate, rpe, umeyama_alignment, poses_from_xy_yaw
@@ -13,7 +16,20 @@ See docs/metrics.md for definitions, units and the metrics.json layout.
 
 from __future__ import annotations
 
-from .frame_metrics import FRAME_METRICS, HIGHER_IS_BETTER, frame_metrics, l1, mse, psnr, ssim
+from .controllability import ControllabilityResult, controllability
+from .frame_metrics import (
+    FRAME_METRICS,
+    HIGHER_IS_BETTER,
+    PSNR_FRAME_CAP_DB,
+    PSNR_FRAME_MEAN,
+    capped_psnr_mean,
+    frame_metrics,
+    l1,
+    mse,
+    psnr,
+    psnr_of_mean_mse,
+    ssim,
+)
 from .horizons import (
     COPY_LAST_FRAME,
     HORIZONS,
@@ -25,6 +41,7 @@ from .horizons import (
     horizon_targets,
     valid_horizons,
 )
+from .lookback import lookback_scores, memory_gain_db
 from .nav_metrics import (
     navigation_summary,
     soft_spl,
@@ -55,6 +72,8 @@ __all__ = [
     "MODES",
     "OPEN_LOOP",
     "PERCEPTUAL_METRICS",
+    "PSNR_FRAME_CAP_DB",
+    "PSNR_FRAME_MEAN",
     "SINGLE_STEP",
     "STATE_FIELDS",
     "DreamSimMetric",
@@ -63,8 +82,11 @@ __all__ = [
     "LPIPSMetric",
     "PerceptualMetric",
     "SymbolicAccuracy",
+    "ControllabilityResult",
     "ate",
     "ate_errors",
+    "capped_psnr_mean",
+    "controllability",
     "copy_last_frame_predictions",
     "exact_match",
     "frame_metrics",
@@ -73,11 +95,14 @@ __all__ = [
     "horizon_targets",
     "l1",
     "load_perceptual",
+    "lookback_scores",
+    "memory_gain_db",
     "mse",
     "navigation_summary",
     "normalize_answer",
     "poses_from_xy_yaw",
     "psnr",
+    "psnr_of_mean_mse",
     "qa_accuracy",
     "rpe",
     "soft_spl",

@@ -2,6 +2,8 @@
 
     DatasetConfig          held-out data: env-recorded episodes, a trajectory folder, NWM/GNM layout, videos
     FramesEvalConfig       the NWM frame-prediction protocol (horizons, modes, context, sample budget)
+    ControllabilityEvalConfig   next frame under every action, scored against the env's true frames
+    LookbackEvalConfig     turn left k times and back, open loop: what the model's window remembers
     NavigationEvalConfig   closed-loop episodes of a policy in an env (success, SPL, soft-SPL)
     TrajectoryEvalConfig   open-loop planning from a start frame to a goal frame (ATE, RPE)
     TextEvalConfig         exact-match accuracy on the dataset's Q&A annotations
@@ -13,21 +15,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-DATASET_FORMATS = ("env", "trajectories", "nwm", "video")
-TASKS = ("frames", "navigation", "trajectory", "text")
+from worldbagel.data.episode_source import LeRobotSourceConfig
+
+DATASET_FORMATS = ("env", "trajectories", "nwm", "video", "lerobot")
+TASKS = ("frames", "controllability", "lookback", "navigation", "trajectory", "text")
 FRAME_MODES = ("single_step", "open_loop")
 
 
 @dataclass
 class DatasetConfig:
-    """Held-out data of `worldbagel eval` (config group `dataset`: gridworld, trajectories, nwm, video)."""
+    """Held-out data of `worldbagel eval` (config group `dataset`: gridworld, trajectories, nwm, video,
+    lerobot)."""
 
     name: str = "gridworld"
     """Preset name (informational; the yaml file of the `dataset` group sets it)."""
     format: str = "env"
     """env: episodes recorded now from the `env` group with `policy` (nothing stored); trajectories: a folder
     written by `worldbagel collect`; nwm: the NWM/GNM layout (traj_data.pkl + jpgs); video: a video file, a
-    folder of frames, or a folder of video files (no actions: the model continues the clip)."""
+    folder of frames, or a folder of video files (no actions: the model continues the clip); lerobot: a
+    LeRobot v2 dataset (action columns as number texts). Read by worldbagel.data.episode_source."""
     path: str | None = None
     """Dataset folder or video file (formats trajectories, nwm, video)."""
     splits: list[str] | None = None
@@ -39,7 +45,9 @@ class DatasetConfig:
     metric_waypoint_spacing: float = 1.0
     """nwm: metres per typical step (e.g. 0.25 for RECON); trajectory errors are reported in metres."""
     frame_skip: int = 1
-    """nwm: use every k-th pose and frame."""
+    """nwm, video, lerobot: use every k-th frame (nwm: every k-th pose)."""
+    lerobot: LeRobotSourceConfig = field(default_factory=LeRobotSourceConfig)
+    """lerobot: camera key, action columns, text format, episodes (as `finetune source.lerobot.*`)."""
     policy: str = "random"
     """env: registered policy that records the episodes (random covers wall bumps and turns; oracle walks
     shortest paths)."""
@@ -51,7 +59,8 @@ class DatasetConfig:
     """env: steps per recorded episode at most."""
     annotate: str | None = None
     """env: text annotator of the recorded steps (gridworld: instruction, Q&A and thoughts from the symbolic
-    state, as `worldbagel collect annotate=gridworld` writes them); enables the text task."""
+    state, as `worldbagel collect annotate=gridworld` writes them); enables the text task. `auto`: the env's
+    own annotator (gridworld-think for GridWorld envs, none for MiniWorld and the others)."""
 
 
 @dataclass
@@ -84,6 +93,49 @@ class FramesEvalConfig:
     GridWorld with symbolic infos), on (required) or off."""
     contact_sheet_samples: int = 3
     """Samples drawn in contact_sheet.png (0 = no sheet)."""
+
+
+@dataclass
+class ControllabilityEvalConfig:
+    """Controllability (worldbagel/eval/controllability.py): from held-out histories, the next frame under every
+    action of the env; right when nearer (MSE) to that action's true frame than to the other actions'. The true
+    frames come from replaying the episode in its env (episodes need their env id, kwargs and seed)."""
+
+    context: int | None = None
+    """True frames in each history; None = the model's window (its max_history_frames)."""
+    max_trajectories: int | None = 8
+    """Use at most this many trajectories (evenly spread; None = all)."""
+    samples_per_trajectory: int = 2
+    """Histories per trajectory (end points spread evenly over the trajectory)."""
+    max_samples: int | None = 16
+    """Cap on the number of histories (None = no cap)."""
+    batch_size: int = 8
+    """Histories whose action branches are predicted in one batched forward (batch_size x actions frames)."""
+    exclude: list[str] = field(default_factory=lambda: ["stop"])
+    """Action texts left out: stop moves nothing (its true frame is the current one) and ends the episode."""
+
+
+@dataclass
+class LookbackEvalConfig:
+    """The look-back test (worldbagel/eval/lookback.py): from a held-out history, turn left k times and right
+    k times open loop, and compare the last predicted frame with the true one (the start frame); run with the
+    model's window and again with `one_frame_history` frames. Needs turn left / turn right actions (MiniWorld,
+    Habitat)."""
+
+    turns: list[int] = field(default_factory=lambda: [3, 4])
+    """Turns k each way."""
+    context: int | None = None
+    """True frames in each history; None = the model's window (its max_history_frames)."""
+    max_trajectories: int | None = 8
+    """Use at most this many trajectories (evenly spread; None = all)."""
+    samples_per_trajectory: int = 1
+    """Start states per trajectory."""
+    max_samples: int | None = 8
+    """Cap on the number of start states (None = no cap)."""
+    batch_size: int = 8
+    """Rollouts advanced together in one batched forward per step."""
+    one_frame_history: int = 1
+    """History of the comparison run (max_history_frames, no window slack): what the model does without memory."""
 
 
 @dataclass

@@ -36,7 +36,7 @@ import torch
 
 from worldbagel.data.trajectory import Episode
 from worldbagel.errors import bad_argument
-from worldbagel.world_model import WorldModel, predict_batch
+from worldbagel.world_model import WorldModel, WorldModelConfig, predict_batch
 
 from .frame_metrics import FRAME_METRICS
 from .heldout import episode_instruction, evenly_spaced, gridworld_size, has_actions
@@ -49,7 +49,9 @@ __all__ = [
     "FramePredictionResult",
     "FrameSample",
     "evaluate_frame_prediction",
+    "fresh_history",
     "make_samples",
+    "resize_frame",
     "predict_samples",
     "score_samples",
     "window_starts",
@@ -205,7 +207,7 @@ def make_samples(
     for ep, start, t0 in plan:
         valid = tuple(k for k in hs if t0 + k <= ep.length)
         end = t0 + valid[-1]
-        frames = np.stack([_resize(ep.load_frame(t), frame_size) for t in range(start, end + 1)])
+        frames = np.stack([resize_frame(ep.load_frame(t), frame_size) for t in range(start, end + 1)])
         acts = [_action_text(ep, t) for t in range(start, end)] if has_actions(ep) else None
         size = gridworld_size(ep) if symbolic != "off" else None
         if symbolic == "on" and size is None:
@@ -239,7 +241,8 @@ def _action_text(ep: Episode, t: int) -> str:
     )
 
 
-def _resize(frame: np.ndarray, frame_size: Callable[[int, int], tuple[int, int]] | None) -> np.ndarray:
+def resize_frame(frame: np.ndarray, frame_size: Callable[[int, int], tuple[int, int]] | None) -> np.ndarray:
+    """A true frame at the model's size (`frame_size(h, w) -> (H, W)`, bicubic; None keeps it)."""
     frame = np.asarray(frame, dtype=np.uint8)
     if frame_size is None:
         return frame
@@ -252,9 +255,12 @@ def _resize(frame: np.ndarray, frame_size: Callable[[int, int], tuple[int, int]]
 
 
 # ------------------------------------------------------------------------------------------ prediction
-def _fresh(world_model: WorldModel, sample: FrameSample, upto: int) -> WorldModel:
-    """A new history with the sample's true frames 0..upto (and the actions between them)."""
-    w = WorldModel(world_model.pipe, world_model.codec, world_model.config)
+def fresh_history(
+    world_model: WorldModel, sample: FrameSample, upto: int, config: WorldModelConfig | None = None
+) -> WorldModel:
+    """A new history with the sample's true frames 0..upto (and the actions between them), opening with the
+    sample's instruction; `config` replaces the world model's own (e.g. a shorter window)."""
+    w = WorldModel(world_model.pipe, world_model.codec, config or world_model.config)
     w.reset(sample.frames[0], instruction=sample.instruction)
     for i in range(1, upto + 1):
         if sample.actions is not None:
@@ -266,7 +272,7 @@ def _fresh(world_model: WorldModel, sample: FrameSample, upto: int) -> WorldMode
 def _single_step(world_model, batch, generator, chunk: int) -> tuple[list[dict[int, np.ndarray]], int]:
     forks, where = [], []
     for i, s in enumerate(batch):
-        w = _fresh(world_model, s, 0)
+        w = fresh_history(world_model, s, 0)
         seen = 0
         for k in s.horizons:
             last = s.c + k - 1  # the last true frame this prediction may see
@@ -289,7 +295,7 @@ def _single_step(world_model, batch, generator, chunk: int) -> tuple[list[dict[i
 
 
 def _open_loop(world_model, batch, generator) -> tuple[list[dict[int, np.ndarray]], int]:
-    worlds = [_fresh(world_model, s, s.c) for s in batch]
+    worlds = [fresh_history(world_model, s, s.c) for s in batch]
     out: list[dict[int, np.ndarray]] = [{} for _ in batch]
     made = 0
     for j in range(max(s.horizons[-1] for s in batch)):

@@ -7,7 +7,9 @@ metrics.json layout (schema_version 1; every section is optional, see docs/metri
      "run": {...},                                       free-form: command, model, dataset, config
      "frame_prediction": {"horizons": [1, 2, 4, 8, 16],  `HorizonScores.summary()`, plus
                           "modes": {mode: {metric: {"mean": [...], "std": [...], "n": [...]}}},
-                          "higher_is_better": {metric: bool}},
+                          "higher_is_better": {metric: bool}},   (psnr: dataset-level, see horizons.py)
+     "controllability": {"accuracy": float, ...},        `evaluate_controllability()`
+     "lookback": {"turns": {"k4": {...}}, ...},          `evaluate_lookback()`
      "navigation": {...},                                `navigation_summary()`
      "trajectory": {"ate": float, "align": str, "rpe": {...}, ...},
      "text": {"accuracy": float, "correct": int, "n": int, "by_question": {question: {...}}, "examples": [...]},
@@ -32,13 +34,23 @@ from rich.table import Table
 
 from worldbagel.errors import WorldBagelError, bad_argument
 
-from .frame_metrics import HIGHER_IS_BETTER
+from .frame_metrics import HIGHER_IS_BETTER, PSNR_FRAME_MEAN
 
 SCHEMA_VERSION = 1
-SECTIONS = ("run", "frame_prediction", "navigation", "trajectory", "text", "symbolic")
+SECTIONS = (
+    "run",
+    "frame_prediction",
+    "controllability",
+    "lookback",
+    "navigation",
+    "trajectory",
+    "text",
+    "symbolic",
+)
 #: higher-is-better of metrics beyond the frame metrics (for tables, plots and the document)
 METRIC_DIRECTION = {
     **HIGHER_IS_BETTER,
+    PSNR_FRAME_MEAN: True,
     "lpips": False,
     "dreamsim": False,
     "fvd": False,
@@ -75,6 +87,8 @@ def metrics_document(
     trajectory: Mapping | None = None,
     text: Mapping | None = None,
     symbolic: Mapping | None = None,
+    controllability: Mapping | None = None,
+    lookback: Mapping | None = None,
 ) -> dict:
     """Assemble a metrics.json document from the sections that were evaluated (None sections are left out).
 
@@ -100,6 +114,8 @@ def metrics_document(
     sections = dict(
         run=run,
         frame_prediction=frame_prediction,
+        controllability=controllability,
+        lookback=lookback,
         navigation=navigation,
         trajectory=trajectory,
         text=text,
@@ -229,6 +245,8 @@ def scalar_table(section: Mapping, title: str) -> Table:
 
 
 _TITLES = {
+    "controllability": "Controllability",
+    "lookback": "Look-back (memory)",
     "navigation": "Navigation",
     "trajectory": "Trajectory",
     "text": "Text Q&A",
