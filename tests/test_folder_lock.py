@@ -91,3 +91,14 @@ def test_train_vae_refuses_a_locked_out_folder(tmp_path, capsys):
     assert rc == 1
     text = capsys.readouterr().out
     assert "being written by" in text and "another train-vae" in text
+
+
+def test_eval_refuses_a_locked_out_folder(tmp_path, capsys):
+    from worldbagel.cli import main
+
+    out = tmp_path / "eval"
+    with exclusive_folder(out, "another eval"):
+        rc = main(["eval", f"out={out}", "tasks=[frames]", "dataset.episodes=1"])
+    text = capsys.readouterr().out.replace("\n", "")
+    assert rc == 1 and "being written by" in text and "another eval" in text
+    assert not (out / "metrics.json").exists()

@@ -27,6 +27,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from worldbagel.config import EvalConfig
 from worldbagel.errors import bad_argument
 from worldbagel.eval.options import TASKS
+from worldbagel.folder_lock import exclusive_folder
 
 logger = logging.getLogger(__name__)
 
@@ -344,24 +345,24 @@ def run(cfg: EvalConfig, console: Console) -> int:
     def save() -> Path:
         return write_metrics_json(out / "metrics.json", metrics_document(**doc))
 
-    out.mkdir(parents=True, exist_ok=True)
-    for name in tasks:
-        t = time.perf_counter()
-        if name == "frames":
-            _frames_task(cfg, wm, episodes, out, console, doc)
-        elif name == "controllability":
-            _controllability_task(cfg, wm, episodes, console, doc)
-        elif name == "lookback":
-            _lookback_task(cfg, wm, episodes, console, doc)
-        elif name == "navigation":
-            _navigation_task(cfg, wm, out, console, doc)
-        elif name == "trajectory":
-            _trajectory_task(cfg, wm, episodes, doc)
-        else:
-            _text_task(cfg, wm, episodes, console, doc)
-        doc["run"].setdefault("task_seconds", {})[name] = round(time.perf_counter() - t, 2)
-        save()
-    path = save()
+    with exclusive_folder(out, "eval"):  # one writer per output folder
+        for name in tasks:
+            t = time.perf_counter()
+            if name == "frames":
+                _frames_task(cfg, wm, episodes, out, console, doc)
+            elif name == "controllability":
+                _controllability_task(cfg, wm, episodes, console, doc)
+            elif name == "lookback":
+                _lookback_task(cfg, wm, episodes, console, doc)
+            elif name == "navigation":
+                _navigation_task(cfg, wm, out, console, doc)
+            elif name == "trajectory":
+                _trajectory_task(cfg, wm, episodes, doc)
+            else:
+                _text_task(cfg, wm, episodes, console, doc)
+            doc["run"].setdefault("task_seconds", {})[name] = round(time.perf_counter() - t, 2)
+            save()
+        path = save()
     for table in report_tables(printable_document(metrics_document(**doc))):
         console.print(table)
     for task, why in doc["run"]["skipped"].items():
