@@ -39,6 +39,7 @@ __all__ = [
     "DiscreteActionCodec",
     "NavActionCodec",
     "codec_for_env",
+    "codec_for_names",
     "next_action_question",
     "normalize_text",
 ]
@@ -278,8 +279,8 @@ class ContinuousActionCodec(ActionCodec):
             dx = min(max(dx, -self.max_xy), self.max_xy)
             dy = min(max(dy, -self.max_xy), self.max_xy)
             yaw = min(max(yaw, -self.max_yaw_deg), self.max_yaw_deg)
-        else:
-            self._check(repr(action), dx, dy, yaw)
+        else:  # the bounds apply to the printed values: decode's float32 radians of 'dyaw 180.0' encode again
+            self._check(repr(action), round(dx, 2), round(dy, 2), round(yaw, 1))
         return f"dx {_fmt(dx, 2)} dy {_fmt(dy, 2)} dyaw {_fmt(yaw, 1)}"
 
     def decode(self, text: str) -> np.ndarray:
@@ -343,10 +344,7 @@ def codec_for_env(env: Any) -> ActionCodec:
     names = _action_names(env)
     space = getattr(env, "single_action_space", None) or getattr(env, "action_space", None)
     if names is not None:
-        try:
-            return NavActionCodec.from_names(names)
-        except InvalidAction:
-            return DiscreteActionCodec(names)
+        return codec_for_names(names)
     if isinstance(space, gym.spaces.Box) and tuple(space.shape) == (3,):
         return ContinuousActionCodec()
     if isinstance(space, gym.spaces.Discrete):
@@ -354,6 +352,15 @@ def codec_for_env(env: Any) -> ActionCodec:
     raise bad_argument(
         "env", env, f"no action codec for action space {space!r}; give the env an `action_names` attribute"
     )
+
+
+def codec_for_names(names: Sequence[str]) -> ActionCodec:
+    """The codec of a list of action names: a `NavActionCodec` when every name is a navigation phrase, else a
+    `DiscreteActionCodec`."""
+    try:
+        return NavActionCodec.from_names(names)
+    except InvalidAction:
+        return DiscreteActionCodec(names)
 
 
 def _action_names(env: Any) -> tuple[str, ...] | None:

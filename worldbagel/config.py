@@ -12,10 +12,14 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
+from worldbagel.data.episode_source import SourceConfig
+from worldbagel.data.minari_export import MinariConfig
 from worldbagel.data.sequence_plan import DropoutConfig, PackingConfig, PlanConfig
 from worldbagel.eval.options import (
+    ControllabilityEvalConfig,
     DatasetConfig,
     FramesEvalConfig,
+    LookbackEvalConfig,
     NavigationEvalConfig,
     TextEvalConfig,
     TrajectoryEvalConfig,
@@ -31,7 +35,9 @@ class ModelConfig:
     name: str = "gridworld"
     """Preset name (informational; the yaml file of the `model` group sets it)."""
     path: str | None = None
-    """Model folder in the official layout; None selects the world model shipped inside the package."""
+    """Model folder in the official layout, or a Hugging Face repo id (e.g. ByteDance-Seed/BAGEL-7B-MoT) read from
+    the local Hugging Face cache (nothing is downloaded; an existing folder wins); None selects the world model
+    shipped inside the package."""
     dtype: str | None = None
     """Weights dtype: None = fp32 on CPU / stored dtype on CUDA, or float32, bfloat16, float16, keep."""
     device: str = "cpu"
@@ -46,6 +52,15 @@ class ModelConfig:
     sampler: str = "fast"
     """The sampler preset (configs/sampler) this model predicts frames with wherever a command or policy leaves
     the sampler unset; `sampler=<preset>` or `sampler.<field>=...` on a command line wins over it."""
+    max_context_tokens: int | None = None
+    """Most tokens one context may hold (cache plus new tokens); a longer prompt or history fails at once with
+    an error. None: what fits in half the device's free memory at load time (keys/values of every layer plus one
+    layer's activations per token; worldbagel/inference/context_limit.py). Rope positions are bounded by the
+    model's max_position_embeddings as well."""
+    actions: list[str] | None = None
+    """The action texts the model was trained on (an env's `action_names`, in action order). World models built
+    from this config without an env (e.g. `worldbagel predict`) check action text against them, as `imagine`
+    does with its env's codec; None accepts any non-empty text."""
 
 
 @dataclass
@@ -75,7 +90,8 @@ class InfoConfig:
     """`worldbagel info MODEL_DIR`: describe a BAGEL model folder."""
 
     model_dir: str = "???"
-    """Path of a model folder in the official BAGEL-7B-MoT layout (llm_config.json, ema.safetensors, ...)."""
+    """Path of a model folder in the official BAGEL-7B-MoT layout (llm_config.json, ema.safetensors, ...), or a
+    Hugging Face repo id found in the local Hugging Face cache."""
 
     weights: bool = True
     """Also read the safetensors headers to report stored dtypes and file sizes."""
@@ -111,20 +127,25 @@ class GenerateConfig:
 
 @dataclass
 class FinetuneConfig:
-    """`worldbagel finetune model=<group option> [model.path=<folder>] data=<trajectory dir> out=<dir>`."""
+    """`worldbagel finetune model=<group option> [model.path=<folder>] data=<dataset> out=<dir>`."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     """The model to train (group `model`): a BAGEL folder (model.path, or a shipped model), or a from-scratch
     preset (model=scratch-tiny / scratch-small). Its device, dtype and image transforms are used."""
     data: str = "???"
-    """Trajectory folder written by `worldbagel collect` (index.json + episode folders)."""
+    """The training data: a trajectory folder written by `worldbagel collect`, an NWM/GNM dataset, a video
+    file or folder of videos / frame folders, or a LeRobot v2 dataset (`source` says which and how to read
+    it; docs/bring-your-own-data.md)."""
+    source: SourceConfig = field(default_factory=SourceConfig)
+    """How `data` is read: source.format (auto, trajectories, nwm, video, lerobot), frame skip and size, and
+    the options of the nwm and lerobot readers."""
     out: str = "???"
     """Output folder: metrics.jsonl, checkpoints/, and the trained BAGEL folder (ema.safetensors, ...)."""
     vae: str | None = None
     """From-scratch presets only: folder with ae.safetensors + vae_config.json (from `worldbagel train-vae`);
     None = a random autoencoder (only useful for smoke tests)."""
     splits: list[str] | None = None
-    """Dataset splits to train on (None = every episode)."""
+    """Dataset splits to train on: episodes whose split is listed (None = every episode)."""
     sample_posterior: bool = True
     """Draw VAE posterior samples for the latents (official) instead of the posterior means."""
     latent_cache: str | None = None
@@ -244,6 +265,13 @@ class CollectConfig:
     """Parallel worker processes, each with its own env (1 = in this process)."""
     annotate: str | None = None
     """Text annotator adding instructions, question/answer pairs and thoughts per step (e.g. gridworld)."""
+    minari: MinariConfig = field(default_factory=MinariConfig)
+    """Also write the dataset as a Minari dataset: `minari.dataset_id=namespace/name-v0` (the `minari` extra)."""
+    model: ModelConfig | None = None
+    """World model for world-model policies (planner, reasoning), as for rollout: `model=bagel-7b model.path=DIR`;
+    None keeps the policy's own `policy.kwargs.model`."""
+    sampler: SamplerConfig | None = None
+    """Sampling knobs for world-model policies (e.g. `sampler=fast`); None keeps `policy.kwargs.sampler`."""
 
 
 @dataclass
@@ -263,8 +291,8 @@ class PredictConfig:
     instruction: str | None = None
     """Optional text that opens the history (e.g. the task)."""
     max_history_frames: int | None = None
-    """Frames kept in the model's context window (older clip frames are dropped); None: the model's default
-    (`model.world`, else 4)."""
+    """Frames kept in the model's context window: only the clip's last this many frames are encoded and shown
+    before the prediction; None: the model's default (`model.world`, else 4)."""
     seed: int = 0
     """Seed of the flow noise."""
     out: str | None = None
@@ -349,12 +377,18 @@ class EvalConfig:
     policy: PolicyConfig = field(default_factory=lambda: PolicyConfig(name="planner"))
     """Policy of closed-loop navigation (default the world-model planner; group `policy`)."""
     tasks: list[str] | None = None
-    """Any of frames, navigation, trajectory, text; None = every task the data supports (navigation only when
-    dataset.format=env, trajectory only for continuous actions, text only with Q&A annotations)."""
+    """Any of frames, controllability, lookback, navigation, trajectory, text; None = every task the data
+    supports (controllability and lookback only for episodes that replay in their env, lookback only with turn
+    actions, navigation only when dataset.format=env, trajectory only for continuous actions, text only with
+    Q&A annotations)."""
     world: dict[str, Any] = field(default_factory=dict)
     """World-model options (max_history_frames, use_vit, reencode, image_cfg, window_slack)."""
     frames: FramesEvalConfig = field(default_factory=FramesEvalConfig)
     """Frame prediction: horizons, modes, context, sample budget, metrics."""
+    controllability: ControllabilityEvalConfig = field(default_factory=ControllabilityEvalConfig)
+    """Next frame under every action vs the env's true frames."""
+    lookback: LookbackEvalConfig = field(default_factory=LookbackEvalConfig)
+    """Turn away and back open loop, with the model's window and with one frame of history."""
     navigation: NavigationEvalConfig = field(default_factory=NavigationEvalConfig)
     """Closed-loop episodes."""
     trajectory: TrajectoryEvalConfig = field(default_factory=TrajectoryEvalConfig)

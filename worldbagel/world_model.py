@@ -33,6 +33,7 @@ from worldbagel.errors import bad_argument
 from worldbagel.inference.context import Context, Segment, extend_batch, window_batch
 from worldbagel.inference.generate import GenerationConfig, ImageRequest, generate_images, generate_text_batch
 from worldbagel.inference.pipeline import VLM_THINK_SYSTEM_PROMPT, BagelPipeline, split_think
+from worldbagel.inference.value_checks import require_finite, require_int
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +106,7 @@ class WorldModel:
 
     def reset(self, first_obs: np.ndarray, instruction: str | None = None) -> WorldModel:
         """Start a new history from a first observation (and an optional instruction)."""
+        _check_frame("first_obs", first_obs)  # before the old history is dropped
         self._main = self.pipe.new_context()
         self._text_only = self.pipe.new_context() if self.config.image_cfg else None
         self._has_instruction = bool(instruction)
@@ -120,9 +122,7 @@ class WorldModel:
 
     def observe(self, obs: np.ndarray) -> WorldModel:
         """Append an observed frame (uint8 [H, W, 3])."""
-        obs = np.asarray(obs)
-        if obs.ndim != 3 or obs.shape[-1] != 3:
-            raise bad_argument("obs.shape", obs.shape, "expected an RGB frame [H, W, 3]")
+        obs = _check_frame("obs", obs)
         self.frame_size = self.pipe.vae_transform.target_size(obs.shape[0], obs.shape[1])
         append_frames([self], [self.context.image_segments(obs, vae=True, vit=self.config.use_vit)])
         return self
@@ -142,11 +142,20 @@ class WorldModel:
         return self.context.drop_groups(keep + len(groups) - groups.index(frames[-n]), keep, incoming)
 
     def act(self, action: Any) -> WorldModel:
-        """Append an action (raw env action through the codec, or action text)."""
+        """Append an action (raw env action through the codec, or action text: checked by the codec when there
+        is one, which also gives its canonical spelling, as an env action would)."""
         act_batch([self], [action])
         return self
 
     def _encode(self, action: Any) -> str:
+        """The action text of `action`: raw actions through the codec; text decoded by the codec (raising
+        InvalidAction for text outside its vocabulary) and re-encoded, or taken as it is without a codec."""
+        if isinstance(action, str):
+            if self.codec is not None:
+                return self.codec.encode(self.codec.decode(action))
+            if not action.strip():
+                raise bad_argument("action", action, "give non-empty action text, e.g. 'move up'")
+            return action
         if self.codec is None:
             raise bad_argument("action", action, "this world model has no action codec; pass action text")
         return self.codec.encode(action)
@@ -183,12 +192,15 @@ class WorldModel:
     ) -> list[np.ndarray]:
         """Predict `n_frames` next frames; frame i first appends actions[i] when given. Each predicted frame
         is re-encoded into the history so the next prediction sees it."""
+        require_int("n_frames", n_frames, 1, "predict at least 1 frame")
         if actions is not None and len(actions) != n_frames:
             raise bad_argument("actions", actions, f"give exactly n_frames={n_frames} actions (or none)")
         return predict_batch([self], n_frames, [actions] if actions is not None else None, generator)[0]
 
     def imagine(self, action_sequence: list, generator: torch.Generator | None = None) -> list[np.ndarray]:
         """Open-loop rollout of an action sequence on a fork (this history is not changed)."""
+        if len(action_sequence) == 0:
+            raise bad_argument("action_sequence", action_sequence, "give at least one action to imagine")
         return self.fork().predict(len(action_sequence), list(action_sequence), generator)
 
     def continue_video(
@@ -218,12 +230,23 @@ class WorldModel:
         self, question: str, think: bool = False, max_new_tokens: int = 128, **sampling
     ) -> tuple[str, str]:
         """(thought, answer) for a question; thought is '' without think."""
+        if not isinstance(question, str) or not question.strip():
+            raise bad_argument("question", question, "ask a question, e.g. 'Where is the goal?'")
         ctx = self.context.fork()
         if think:
             ctx.add_text(self.think_prompt)
         ctx.add_text(question)
         out = generate_text_batch([ctx], max_new_tokens=max_new_tokens, **sampling)[0]
         return split_think(out.text) if think else ("", out.text.strip())
+
+
+def _check_frame(name: str, obs) -> np.ndarray:
+    """An observed frame as an array: RGB [H, W, 3], finite when it is float."""
+    obs = np.asarray(obs)
+    if obs.ndim != 3 or obs.shape[-1] != 3:
+        raise bad_argument(f"{name}.shape", obs.shape, "expected an RGB frame [H, W, 3]")
+    require_finite(name, obs)
+    return obs
 
 
 def predict_batch(
@@ -238,6 +261,12 @@ def predict_batch(
 
     `absorb=False` leaves the LAST predicted frame out of the histories (decoded only): what a planner wants
     for the final imagined step, saving a VAE encode, a ViT encode and a prefill per world."""
+    require_int("n_frames", n_frames, 1, "predict at least 1 frame")
+    if actions is not None and any(len(acts) != n_frames for acts in actions):
+        raise bad_argument("actions", actions, f"give each world exactly n_frames={n_frames} actions")
+    for w, acts in zip(worlds, actions or []):  # every action checked before the first frame is predicted
+        for a in acts:
+            w._encode(a)
     if not worlds:
         return []
     outs: list[list[np.ndarray]] = [[] for _ in worlds]
@@ -269,7 +298,7 @@ def predict_batch(
 def act_batch(worlds: list[WorldModel], actions: list) -> None:
     """Append one action (raw env action through the codec, or action text) to each world: one packed forward
     for all main contexts and one for all text-only contexts."""
-    texts = [a if isinstance(a, str) else w._encode(a) for w, a in zip(worlds, actions)]
+    texts = [w._encode(a) for w, a in zip(worlds, actions)]  # all checked before any context changes
     for w in worlds:
         w._before_action = w.context.fork()
     extend_batch([w.context for w in worlds], [[w.context.text_segment(t)] for w, t in zip(worlds, texts)])

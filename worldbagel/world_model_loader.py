@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, fields, is_dataclass
 from typing import Any
 
-from worldbagel.actions import ActionCodec
+from worldbagel.actions import ActionCodec, codec_for_names
 from worldbagel.config import ModelConfig, SamplerConfig
 from worldbagel.errors import bad_argument
 from worldbagel.inference.generate import GenerationConfig
@@ -122,6 +122,7 @@ def _key(cfg: ModelConfig) -> tuple:
         cfg.device,
         tuple(cfg.vae_image_size),
         tuple(cfg.vit_image_size),
+        cfg.max_context_tokens,
     )
 
 
@@ -154,12 +155,15 @@ def load_world_model(
     window_slack) as a mapping or a full WorldModelConfig (whose own sampler then wins over `sampler`). A
     mapping is merged over the model's own defaults (`ModelConfig.world`, e.g. the shipped gridworld
     model keeps one frame of history, as it was trained); entries whose value is None are ignored.
+    `codec` None: a codec of the model's own action texts (`ModelConfig.actions`) when it names them.
     """
+    # the model's own defaults; a bare pipe (no model config) gets the dataclass's (no world options, `fast`)
+    own = model_config(model) if pipe is None or model is not None else ModelConfig()
+    if codec is None and own.actions:  # the model's own action vocabulary checks action text
+        codec = codec_for_names(own.actions)
     if isinstance(world, WorldModelConfig):
         config = world
     else:
-        # the model's own defaults; a bare pipe (no model config) gets the dataclass's (no world options, `fast`)
-        own = model_config(model) if pipe is None or model is not None else ModelConfig()
         defaults = dict(own.world)
         if sampler is None:
             sampler = own.sampler

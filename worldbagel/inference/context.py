@@ -7,7 +7,9 @@ Shape legend
 Adding a segment runs the LLM over the new tokens only (the cache supplies the prefix). `fork()` returns a
 branch that shares the cache tensors; appends to either side never touch the other. `window()` drops the
 oldest segment groups and re-prefills what is left (positions restart at 0), which keeps memory bounded in long
-rollouts. Several contexts advance together in one packed forward with `extend_batch`.
+rollouts. Several contexts advance together in one packed forward with `extend_batch`. Every append is checked
+against the pipeline's `context_limit` (position limit and `max_context_tokens`, `context_limit.py`) before any
+of its tensors is built: a too-long input raises `ContextTooLong` and leaves the context as it was.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from typing import TYPE_CHECKING, Literal
 import torch
 
 from worldbagel.inference.cache import KVCache
+from worldbagel.inference.context_limit import segments_extent, text_extent
+from worldbagel.inference.value_checks import require_finite, require_finite_image
 from worldbagel.model.sequence import SequenceBuilder
 
 if TYPE_CHECKING:
@@ -90,7 +94,13 @@ class Context:
     def text_segment(self, text: str | list[int], framed: bool = True) -> Segment:
         """A text segment in this context's next group, to append with `extend` / `extend_batch`."""
         ids = self.pipe.tokenizer.encode(text) if isinstance(text, str) else list(text)
+        n = text_extent(len(ids), framed)
+        self.pipe.context_limit.check(self.describe(n), self.num_tokens + n, self.rope + n)
         return Segment("text", torch.tensor(ids, dtype=torch.long), framed=framed, group=self._take_group())
+
+    def describe(self, new_tokens: int) -> str:
+        """How a limit error names this context plus `new_tokens` appended tokens."""
+        return f"a context of {self.num_tokens:,} tokens plus {new_tokens:,} new ones"
 
     def add_image(
         self, image, vae: bool = True, vit: bool = True, sample: bool | torch.Generator = False
@@ -109,6 +119,7 @@ class Context:
         """`add_image`'s segments (one new group), to append with `extend` / `extend_batch`."""
         if not (vae or vit):
             raise ValueError("add_image needs vae=True and/or vit=True")
+        require_finite_image("image", image)
         group = self._take_group()
         segs = []
         resized = self.pipe.vae_transform.resize(image)
@@ -126,6 +137,7 @@ class Context:
 
     def latent_segments(self, tokens: torch.Tensor, grid: tuple[int, int], vit_image=None) -> list[Segment]:
         """`add_latents`' segments (one new group), to append with `extend` / `extend_batch`."""
+        require_finite("latents", tokens)
         group = self._take_group()
         segs = [Segment("vae", tokens.detach(), grid, group=group)]
         if vit_image is not None:
@@ -163,8 +175,11 @@ class Context:
         if len(groups) <= max_groups:
             return list(incoming)
         kept = set(groups[:keep_first]) | set(groups[len(groups) - (max_groups - keep_first) :])
+        prefill = [s for s in everything if s.group in kept]
+        tokens, positions = segments_extent(prefill)
+        self.pipe.context_limit.check(f"a window re-prefill of {tokens:,} tokens", tokens, positions)
         self.cache, self.rope, self.segments = KVCache(), 0, ()
-        return [s for s in everything if s.group in kept]
+        return prefill
 
 
 def window_batch(contexts: list[Context], max_groups: int, keep_first: int = 0) -> None:
@@ -180,6 +195,9 @@ def extend_batch(contexts: list[Context], segments: list[list[Segment]]) -> None
     if not work:
         return
     pipe = work[0][0].pipe
+    for ctx, segs in work:  # before any tensor of the forward is built
+        tokens, positions = segments_extent(segs)
+        pipe.context_limit.check(ctx.describe(tokens), ctx.num_tokens + tokens, ctx.rope + positions)
     builder = pipe.builder(ropes=[c.rope for c, _ in work], past_lens=[c.num_tokens for c, _ in work])
     for i, (_, segs) in enumerate(work):
         for seg in segs:

@@ -7,10 +7,15 @@ Shape legend
 Text: greedy or sampled decoding from `<|im_start|>` at the context's rope position; generated tokens live in
 a private cache and never enter the context. Images: rectified flow with BAGEL's three-branch CFG; every branch
 of every request is packed into ONE forward per step (noisy tokens never enter any cache).
+
+Every query is checked against the pipeline's `context_limit` before its tensors are built: scoring and image
+queries that would not fit raise `ContextTooLong`; text generation stops where the limit is reached (as at
+`max_new_tokens`, with a warning).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
@@ -19,7 +24,10 @@ import torch
 from worldbagel.errors import bad_argument
 from worldbagel.inference.context import Context
 from worldbagel.inference.sampler import RENORM_TYPES, cfg_active, cfg_combine, flow_schedule
+from worldbagel.inference.value_checks import require_finite, require_finite_number, require_int
 from worldbagel.model.sequence import PackedSequence
+
+logger = logging.getLogger(__name__)
 
 # ============================================================================================ text
 
@@ -105,14 +113,18 @@ def generate_text_batch(
     decoding's (up to float rounding of the wider forward) in fewer forwards; `draft=0` feeds one token.
     `draft_from`: more token sequences the guesses may be copied from (e.g. texts the caller generated before
     in similar contexts), searched before the context's own texts."""
-    if max_new_tokens < 1:
-        raise bad_argument("max_new_tokens", max_new_tokens, "must be >= 1")
+    require_int("max_new_tokens", max_new_tokens, 1, "use an int >= 1")
     if not 0 < top_p <= 1:
         raise bad_argument("top_p", top_p, "must be in (0, 1]")
+    require_int("top_k", top_k, 0, "use an int >= 0 (0: no top-k cut)")
+    require_finite_number("temperature", temperature, "use a finite temperature (<= 0: greedy)")
     if draft < 0:
         raise bad_argument("draft", draft, "use 0 (no guessed tokens) or more")
     greedy = not do_sample or temperature <= 0
     pipe = contexts[0].pipe
+    limit = pipe.context_limit
+    for c in contexts:  # room for the <|im_start|> every answer starts with
+        limit.check(c.describe(1), c.num_tokens + 1, c.rope + 1)
     eos, bos = pipe.special.eos, pipe.special.bos
     caches = [c.cache for c in contexts]
     ropes = [c.rope for c in contexts]
@@ -122,11 +134,25 @@ def generate_text_batch(
     outs = [TextOutput([], "") for _ in contexts]
     active = list(range(len(contexts)))
     while active:
-        feeds = []
+        feeds, fits = [], []
         for i in active:
+            if limit.room(caches[i].length, ropes[i]) < 1:  # the context limit ends this answer here
+                logger.warning(
+                    "text generation stopped after %d tokens: the context reached its limit (%d tokens, "
+                    "%d positions)",
+                    len(outs[i].ids),
+                    limit.max_tokens,
+                    limit.max_positions,
+                )
+                continue
             room = max_new_tokens - len(outs[i].ids) - 1  # guesses beyond the limit are never kept
+            room = min(room, limit.room(caches[i].length, ropes[i]) - 1)
             guess = _lookup_draft(history[i], min(draft, room)) if history is not None and room > 0 else []
             feeds.append([current[i], *guess])
+            fits.append(i)
+        active = fits
+        if not active:
+            break
         builder = pipe.builder(ropes=[ropes[i] for i in active], past_lens=[caches[i].length for i in active])
         for j, fed in enumerate(feeds):
             builder.add_text(fed, sample=j, framed=False)
@@ -173,6 +199,9 @@ def score_text_batch(contexts: list[Context], candidates: list[str]) -> torch.Te
     pipe = contexts[0].pipe
     eos, bos = pipe.special.eos, pipe.special.bos
     ids = [pipe.tokenizer.encode(c) for c in candidates]
+    for ctx in contexts:
+        n = max(len(i) for i in ids) + 1  # <|im_start|> and the longest candidate
+        pipe.context_limit.check(ctx.describe(n), ctx.num_tokens + n, ctx.rope + n)
     pairs = [(ctx, c) for ctx in contexts for c in range(len(candidates))]
     builder = pipe.builder(
         ropes=[ctx.rope for ctx, _ in pairs], past_lens=[ctx.num_tokens for ctx, _ in pairs]
@@ -235,15 +264,20 @@ class GenerationConfig:
     """Run all CFG branches of all requests in one packed forward per step (False: one forward per branch)."""
 
     def check(self) -> None:
-        if self.num_steps < 2:
-            raise bad_argument("num_steps", self.num_steps, "use at least 2 (one model evaluation)")
-        if self.shift <= 0:
+        """Raise ConfigError naming the first invalid knob (wrong type, NaN/inf or out of range)."""
+        require_int("num_steps", self.num_steps, 2, "use an int >= 2 (one model evaluation)")
+        if require_finite_number("shift", self.shift, "use a finite shift > 0 (release 3.0)") <= 0:
             raise bad_argument("shift", self.shift, "must be > 0 (release uses 3.0)")
+        for name in ("cfg_text_scale", "cfg_img_scale", "cfg_renorm_min"):
+            require_finite_number(name, getattr(self, name), "use a finite number (release: 4.0 / 2.0 / 0.0)")
         if self.cfg_renorm_type not in RENORM_TYPES:
             raise bad_argument("cfg_renorm_type", self.cfg_renorm_type, f"use one of {RENORM_TYPES}")
-        lo, hi = self.cfg_interval
+        fix = "use [lo, hi] with 0 <= lo <= hi <= 1"
+        if len(self.cfg_interval) != 2:
+            raise bad_argument("cfg_interval", self.cfg_interval, fix)
+        lo, hi = (require_finite_number("cfg_interval", t, fix) for t in self.cfg_interval)
         if not 0 <= lo <= hi <= 1:
-            raise bad_argument("cfg_interval", self.cfg_interval, "use [lo, hi] with 0 <= lo <= hi <= 1")
+            raise bad_argument("cfg_interval", self.cfg_interval, fix)
 
 
 @dataclass
@@ -267,6 +301,7 @@ def _initial_noise(req: ImageRequest, grid: tuple[int, int], z_dim: int, pipe, g
             tuple(req.latents.shape),
             f"expected [{h * w}, {z_dim}] or [Cz, {h * 2}, {w * 2}]",
         )
+    require_finite("latents", x)
     return x.float().clone()
 
 
@@ -280,6 +315,11 @@ def generate_images(
     cfg = config or GenerationConfig()
     cfg.check()
     pipe = requests[0].context.pipe
+    n = grid[0] * grid[1] + 2  # the noisy image and its two markers, at the context's next position
+    for req in requests:
+        for c in (req.context, req.cfg_text_context, req.cfg_img_context):
+            if c is not None:
+                pipe.context_limit.check(c.describe(n), c.num_tokens + n, c.rope + 1)
     z_dim = pipe.model.config.patch_latent_dim
     xs = [_initial_noise(r, grid, z_dim, pipe, generator) for r in requests]  # fp32 ODE state, [T, Z] each
     ts = flow_schedule(cfg.num_steps, cfg.shift)

@@ -76,6 +76,26 @@ def split_think(text: str) -> tuple[str, str]:
     return thought.strip(), text[end + len("</think>") :].strip()
 
 
+def think_budget_warning(
+    text: str, tokens: int, budget: int, budget_key: str, answer: bool = True
+) -> str | None:
+    """A warning for think-mode output `text` that ends before its answer, saying how many of the `budget`
+    tokens it used and which setting (`budget_key`) raises the budget; None when the thought is complete.
+
+    With `answer` (a text answer follows the thought) the output must close `</think>` and say something
+    after it; without (the thought comes before an image), closing `</think>` is enough."""
+    end = text.find("</think>")
+    if end >= 0 and (not answer or text[end + len("</think>") :].strip()):
+        return None
+    what = "the answer is empty" if answer else "the image follows an unfinished thought"
+    missing = "before </think>" if end < 0 else "right after </think>"
+    used = f"used all {budget} tokens" if tokens >= budget else f"stopped after {tokens} of {budget} tokens"
+    return (
+        f"think mode {used} ({budget_key}={budget}) {missing}: {what}. Raise the budget, "
+        f"e.g. {budget_key}={max(4 * budget, 512)}"
+    )
+
+
 @dataclass
 class InterleavedContexts:
     """The three contexts of one generation (official interleave_inference) and the thinking text."""
@@ -86,6 +106,8 @@ class InterleavedContexts:
     image_size: tuple[int, int] | None
     """(H, W) of the last input image (the default output size), None if there was none."""
     thought: str = ""
+    think_tokens: int = 0
+    """Tokens the thinking text took (`think_budget_warning` tells when they used the whole budget)."""
 
 
 class BagelPipeline:
@@ -245,6 +267,7 @@ class BagelPipeline:
         out = generate_text(ic.context, max_new_tokens=max_think_tokens, **kwargs)
         ic.context.add_text(out.ids)
         ic.thought = out.text
+        ic.think_tokens = len(out.ids)
         return ic
 
     def generate_image(

@@ -12,6 +12,9 @@ from typing import Literal
 
 import torch
 
+from worldbagel.errors import bad_argument
+from worldbagel.inference.value_checks import require_finite_number, require_int
+
 RenormType = Literal["global", "channel", "text_channel"]
 RENORM_TYPES: tuple[str, ...] = ("global", "channel", "text_channel")
 
@@ -26,10 +29,10 @@ def flow_schedule(num_steps: int, shift: float = 1.0) -> torch.Tensor:
 
     Sampling evaluates the model at the first n - 1 points (n - 1 model calls for n points).
     """
-    if num_steps < 2:
-        raise ValueError(f"invalid num_steps={num_steps}: need at least 2 grid points (1 model evaluation)")
-    if shift <= 0:
-        raise ValueError(f"invalid shift={shift}: the timestep shift must be > 0 (release uses 3.0)")
+    require_int("num_steps", num_steps, 2, "need an int >= 2 grid points (1 model evaluation)")
+    fix = "the timestep shift must be a finite number > 0 (release uses 3.0)"
+    if require_finite_number("shift", shift, fix) <= 0:
+        raise bad_argument("shift", shift, fix)
     t = torch.linspace(1, 0, num_steps)
     return shift_time(t, shift)
 
@@ -62,7 +65,12 @@ def cfg_combine(
     step, before image guidance, and not after it).
     """
     if renorm_type not in RENORM_TYPES:
-        raise ValueError(f"invalid cfg_renorm_type={renorm_type!r}; expected one of {RENORM_TYPES}")
+        raise bad_argument("cfg_renorm_type", renorm_type, f"use one of {RENORM_TYPES}")
+    text_scale = require_finite_number(
+        "cfg_text_scale", text_scale, "use a finite guidance scale (<= 1: none)"
+    )
+    img_scale = require_finite_number("cfg_img_scale", img_scale, "use a finite guidance scale (<= 1: none)")
+    require_finite_number("cfg_renorm_min", renorm_min, "use a finite lower clamp (1.0 disables renorm)")
     if text_scale <= 1.0:
         return v_cond
     if v_text_uncond is None:

@@ -3,11 +3,17 @@
 The official loader reads `llm_config.json` (a Qwen2 config) and `vit_config.json` (a SigLIP vision config)
 and then overrides a few values; `config.json` is never read. The autoencoder has no config file in the
 release (FLUX values are hard-coded); worldbagel reads an optional `vae_config.json` and falls back to FLUX.
+
+Every value read from a file is checked against its field's type (an int field holds an integer, sizes are
+positive, floats are finite, ...): a config file that is not a JSON object, or a field of the wrong type, gives
+one CheckpointError naming the file and the field instead of a traceback where the value is first used.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -19,9 +25,58 @@ VIT_CONFIG = "vit_config.json"
 VAE_CONFIG = "vae_config.json"
 
 
-def _pick(cls, raw: dict[str, Any]) -> dict[str, Any]:
-    names = {f.name for f in fields(cls)}
-    return {k: v for k, v in raw.items() if k in names}
+_MAY_BE_ZERO_OR_NEGATIVE = {"shift_factor"}
+"""Numeric fields that may be <= 0 (every other int / float field of a config file must be > 0)."""
+
+
+def _pick(cls, raw: dict[str, Any], file: Path) -> dict[str, Any]:
+    """The entries of a config file's JSON object that are fields of `cls`, each checked against its type."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: _checked(file, f.name, raw[f.name], hints[f.name]) for f in fields(cls) if f.name in raw}
+
+
+def _checked(file: Path, name: str, value: Any, hint: Any) -> Any:
+    """`value` if it fits the type `hint` (int, float, bool, str, list[int], optional); else CheckpointError."""
+
+    def wrong(expected: str) -> CheckpointError:
+        return CheckpointError(
+            f"config file {file}: field {name!r} is {value!r} ({type(value).__name__}) but must be {expected}; "
+            "fix the value or restore the file from the model release"
+        )
+
+    args = typing.get_args(hint)
+    if type(None) in args:  # X | None
+        if value is None:
+            return None
+        hint = next(a for a in args if a is not type(None))
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise wrong("true or false")
+        return value
+    if hint is str:
+        if not isinstance(value, str):
+            raise wrong("a string")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise wrong("an integer")
+        if value < (0 if name in _MAY_BE_ZERO_OR_NEGATIVE or name.endswith("_id") else 1):
+            raise wrong("a positive integer" if not name.endswith("_id") else "an integer >= 0")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise wrong("a finite number")
+        if value <= 0 and name not in _MAY_BE_ZERO_OR_NEGATIVE:
+            raise wrong("a number > 0")
+        return float(value)
+    if typing.get_origin(hint) is list:
+        if not isinstance(value, list) or not value:
+            raise wrong("a non-empty list of positive integers")
+        for v in value:
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise wrong("a non-empty list of positive integers")
+        return list(value)
+    raise TypeError(f"no check for config field {name!r} of type {hint!r}")  # pragma: no cover - schema bug
 
 
 @dataclass
@@ -167,14 +222,14 @@ class BagelConfig:
         path = Path(path)
         llm_raw = _read_json(path / LLM_CONFIG)
         vit_raw = _read_json(path / VIT_CONFIG)
-        llm = LLMConfig(**_pick(LLMConfig, llm_raw))
+        llm = LLMConfig(**_pick(LLMConfig, llm_raw, path / LLM_CONFIG))
         # Official overrides (spec §0, §2.1): qk-norm on, untied embeddings, MoT layers.
         llm.qk_norm = True
         llm.tie_word_embeddings = False
         # The release file has no layer_module (the loader forces MoT); folders we write may name another.
         llm.layer_module = llm_raw.get("layer_module", "Qwen2MoTDecoderLayer")
-        vit = ViTConfig(**_pick(ViTConfig, vit_raw))
-        vit.num_hidden_layers = int(vit_raw.get("num_hidden_layers", 27)) - 1  # official: drop the last layer
+        vit = ViTConfig(**_pick(ViTConfig, vit_raw, path / VIT_CONFIG))
+        vit.num_hidden_layers = vit_raw.get("num_hidden_layers", 27) - 1  # official: drop the last layer
         vae = read_vae_config(path) or VAEConfig()
         cfg = cls(llm=llm, vit=vit, vae=vae)
         for k, v in overrides.items():
@@ -201,18 +256,26 @@ class BagelConfig:
 def read_vae_config(folder: str | Path) -> VAEConfig | None:
     """The folder's `vae_config.json` (written by worldbagel; the release has none), or None without one."""
     file = Path(folder) / VAE_CONFIG
-    return VAEConfig(**_pick(VAEConfig, _read_json(file))) if file.is_file() else None
+    return VAEConfig(**_pick(VAEConfig, _read_json(file), file)) if file.is_file() else None
 
 
 def _read_json(file: Path) -> dict[str, Any]:
+    """A config file's JSON object; CheckpointError naming the file when it is missing, not JSON or not an
+    object."""
     if not file.exists():
         raise CheckpointError(
             f"missing config file {file}: a BAGEL model folder needs {LLM_CONFIG} and {VIT_CONFIG} "
             "(plus ema.safetensors, ae.safetensors and tokenizer files) as in BAGEL-7B-MoT"
         )
     try:
-        return json.loads(file.read_text())
-    except json.JSONDecodeError as exc:
+        raw = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(
             f"config file {file} is not valid JSON ({exc}); restore it from the model release"
         ) from exc
+    if not isinstance(raw, dict):
+        raise CheckpointError(
+            f"config file {file} holds a JSON {type(raw).__name__}, not an object of fields "
+            '({"hidden_size": ..., ...}); restore it from the model release'
+        )
+    return raw

@@ -183,7 +183,7 @@ def load_vae(
         )
     with torch.device("meta"):
         ae = build_vae(cfg)
-    flux_sd = dict(read_tensors(header, dtype=dtype, device=device))
+    flux_sd = dict(read_tensors(header, dtype=dtype, device=device, model_weights=True))
     sd = {k: v.contiguous() for k, v in flux_to_diffusers(flux_sd, ae).items()}
     del flux_sd
     result = ae.load_state_dict(sd, strict=False, assign=True)

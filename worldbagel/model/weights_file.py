@@ -7,6 +7,12 @@ peak is one copy of the weights (plus one tensor when a dtype cast is asked for)
 safetensors layout: 8-byte little-endian header length, a JSON header `{name: {dtype, shape, data_offsets},
 "__metadata__": {...}}`, then the raw little-endian tensor bytes. Files written here are read by the official
 `safetensors` library (tested) and vice versa.
+
+Model weights are checked as they are read (`read_tensors(..., model_weights=True)`): every tensor must be
+stored as floating point (from the header, before anything is read) and hold only finite values (a min/max
+reduction per tensor, after the optional cast; it costs a few percent of the read). A NaN in one weight would
+otherwise spread through every output (`%%%%` text, black images), and an integer tensor would fail deep
+inside torch; here a CheckpointError names the file and the tensor.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import logging
 import math
 import os
 import struct
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -151,13 +157,17 @@ def read_tensors(
     *,
     dtype: torch.dtype | None = None,
     device: torch.device | str = "cpu",
+    model_weights: bool = False,
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield `(name, tensor)` for `names` (all by default), in file order, one buffer per tensor.
 
     `dtype` casts floating-point tensors (integer/bool tensors keep their dtype); `device` moves each
     tensor right after it is read, so host memory holds at most one tensor that is not on its device.
+    `model_weights` checks that every tensor is floating point and finite (see the module docstring).
     """
     wanted = list(header.entries) if names is None else list(names)
+    if model_weights:
+        check_weight_dtypes(header, wanted)
     order = sorted(wanted, key=lambda k: header.entries[k].start)
     try:
         with open(header.path, "rb", buffering=0) as f:
@@ -180,13 +190,60 @@ def read_tensors(
                     if e.nbytes
                     else torch.empty(e.shape, dtype=e.torch_dtype)
                 )
+                stored = t
                 if dtype is not None and t.is_floating_point() and t.dtype != dtype:
                     t = t.to(dtype)
                 if torch.device(device).type != "cpu":
                     t = t.to(device)
+                if model_weights and not all_finite(t):  # on the device: nearly free on a GPU
+                    raise non_finite_weight(header, name, stored, t.cpu())
+                del stored
                 yield name, t
     except OSError as exc:
         raise CheckpointError(f"cannot read weights file {header.path}: {exc}") from None
+
+
+def check_weight_dtypes(header: WeightsHeader, names: Iterable[str]) -> None:
+    """Raise CheckpointError naming the first of `names` that the header stores in a non-floating dtype."""
+    for name in names:
+        e = header.entries[name]
+        if not e.torch_dtype.is_floating_point:
+            raise CheckpointError(
+                f"weights file {header.path}: tensor {name!r} is stored as {e.dtype} ({e.torch_dtype}), but model "
+                "weights are floating point (F32, BF16, F16, ...); the file is corrupt or was written from "
+                "something else than this model: re-download or re-save it"
+            )
+
+
+def all_finite(t: torch.Tensor) -> bool:
+    """True when a floating tensor holds no NaN or inf (its min and max are finite: NaN propagates through both,
+    and a reduction allocates nothing, unlike `isfinite`); non-floating tensors are always finite."""
+    if not t.is_floating_point() or t.numel() == 0:
+        return True
+    try:
+        lo, hi = torch.aminmax(t)
+    except (RuntimeError, NotImplementedError):  # dtypes without an aminmax kernel (float8)
+        lo, hi = torch.aminmax(t.float())
+    return math.isfinite(lo.item()) and math.isfinite(hi.item())
+
+
+def non_finite_weight(
+    header: WeightsHeader, name: str, stored: torch.Tensor, loaded: torch.Tensor
+) -> CheckpointError:
+    """The error for tensor `name` holding NaN/inf after loading: in the file itself, or only after the cast."""
+    if loaded.dtype != stored.dtype and all_finite(stored):
+        return CheckpointError(
+            f"weights file {header.path}: tensor {name!r} overflows {loaded.dtype} when cast from "
+            f"{stored.dtype} (values up to {float(stored.float().abs().max()):.3g}); load it with dtype=float32 "
+            "or dtype=keep"
+        )
+    bad = stored.float().reshape(-1)
+    nan, inf = int(torch.isnan(bad).sum()), int(torch.isinf(bad).sum())
+    return CheckpointError(
+        f"weights file {header.path}: tensor {name!r} holds {nan} NaN and {inf} inf value(s) of "
+        f"{bad.numel()}; the checkpoint is corrupt (or training diverged): re-download it or use an earlier "
+        "checkpoint"
+    )
 
 
 def load_file(
@@ -196,31 +253,78 @@ def load_file(
     return dict(read_tensors(read_header(path), dtype=dtype, device=device))
 
 
+@dataclass(frozen=True)
+class TensorSpec:
+    """The dtype and shape of a tensor that will be written later (all a safetensors header needs)."""
+
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+
+class StreamedTensors:
+    """Tensors written one at a time: `specs` fix the header up front, `fetch(name)` makes each tensor only
+    when the writer reaches it, so a file larger than RAM (or gathered from sharded ranks tensor by tensor)
+    is written with one tensor in memory. `write_file` accepts it in place of a dict; iterating yields
+    `(name, tensor)` in the file's order (what a rank that does not write runs to take part in the same
+    collectives in the same order)."""
+
+    def __init__(self, specs: Mapping[str, TensorSpec], fetch: Callable[[str], torch.Tensor]):
+        self.specs = dict(specs)
+        self.fetch = fetch
+
+    def order(self) -> list[str]:
+        return file_order(self.specs)
+
+    def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
+        for name in self.order():
+            yield name, self.fetch(name)
+
+
+def file_order(specs: Mapping[str, TensorSpec]) -> list[str]:
+    """Tensor order in a file written here: decreasing element size, then name (every tensor starts aligned
+    to its element size)."""
+    return sorted(specs, key=lambda k: (-specs[k].dtype.itemsize, k))
+
+
 def write_file(
-    path: str | Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None
+    path: str | Path,
+    tensors: Mapping[str, torch.Tensor] | StreamedTensors,
+    metadata: Mapping[str, str] | None = None,
 ) -> None:
     """Write `tensors` as a safetensors file atomically (temp file + os.replace), streaming tensor bytes.
 
-    Tensors are laid out by decreasing element size then name, so every tensor starts aligned to its
-    element size; the header is padded with spaces to a multiple of 8 bytes, as the safetensors library does.
+    Tensors are laid out by decreasing element size then name (`file_order`); the header is padded with
+    spaces to a multiple of 8 bytes, as the safetensors library does. A `StreamedTensors` is fetched one
+    tensor at a time, and each tensor it yields must match its spec (else CheckpointError, file not written).
     """
     path = Path(path)
-    names = sorted(tensors, key=lambda k: (-tensors[k].element_size(), k))
+    if isinstance(tensors, StreamedTensors):
+        stream = tensors
+    else:
+        for name, t in tensors.items():
+            if t.dtype not in DTYPE_NAMES:
+                raise CheckpointError(f"cannot save tensor {name!r} of dtype {t.dtype} in safetensors")
+        specs = {k: TensorSpec(t.dtype, tuple(t.shape)) for k, t in tensors.items()}
+        stream = StreamedTensors(specs, tensors.__getitem__)
+    names = stream.order()
     header: dict[str, object] = {}
     if metadata:
         header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
     offset = 0
     for name in names:
-        t = tensors[name]
-        if t.dtype not in DTYPE_NAMES:
-            raise CheckpointError(f"cannot save tensor {name!r} of dtype {t.dtype} in safetensors")
-        nbytes = t.numel() * t.element_size()
+        spec = stream.specs[name]
+        if spec.dtype not in DTYPE_NAMES:
+            raise CheckpointError(f"cannot save tensor {name!r} of dtype {spec.dtype} in safetensors")
         header[name] = {
-            "dtype": DTYPE_NAMES[t.dtype],
-            "shape": list(t.shape),
-            "data_offsets": [offset, offset + nbytes],
+            "dtype": DTYPE_NAMES[spec.dtype],
+            "shape": list(spec.shape),
+            "data_offsets": [offset, offset + spec.nbytes],
         }
-        offset += nbytes
+        offset += spec.nbytes
     raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
     raw += b" " * (-len(raw) % 8)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -229,11 +333,18 @@ def write_file(
             f.write(struct.pack("<Q", len(raw)))
             f.write(raw)
             for name in names:
-                t = tensors[name].detach()
+                t = stream.fetch(name).detach()
+                spec = stream.specs[name]
+                if t.dtype != spec.dtype or tuple(t.shape) != spec.shape:
+                    raise CheckpointError(
+                        f"cannot write {path}: tensor {name!r} is {t.dtype} {list(t.shape)} but its header "
+                        f"entry says {spec.dtype} {list(spec.shape)}"
+                    )
                 if t.device.type != "cpu":
                     t = t.cpu()
                 if t.numel():
                     f.write(t.contiguous().reshape(-1).view(torch.uint8).numpy().data)
+                del t
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
