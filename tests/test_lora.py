@@ -279,3 +279,21 @@ def test_earlier_key_format_loads_and_unknown_options_are_refused(exports, tmp_p
     (old / "adapter_config.json").write_text(json.dumps({**spec, "use_dora": True}))
     with pytest.raises(CheckpointError, match="use_dora"):
         load_bagel(old)
+
+
+def test_adapter_with_a_nan_is_refused_naming_the_tensor(exports, tmp_path):
+    import shutil
+
+    from worldbagel.errors import CheckpointError
+    from worldbagel.model.checkpoint import load_bagel
+    from worldbagel.model.weights_file import load_file, write_file
+
+    unmerged, _, _ = exports
+    bad = tmp_path / "bad"
+    shutil.copytree(unmerged, bad)
+    tensors = load_file(bad / "adapter_model.safetensors")
+    name = sorted(k for k in tensors if k.endswith("lora_B.weight"))[0]
+    tensors[name][0, 0] = float("nan")
+    write_file(bad / "adapter_model.safetensors", tensors)
+    with pytest.raises(CheckpointError, match=name.replace(".", r"\.")):
+        load_bagel(bad)

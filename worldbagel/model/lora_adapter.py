@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from worldbagel.errors import CheckpointError
-from worldbagel.model.weights_file import load_file
+from worldbagel.model.weights_file import read_header, read_tensors
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +98,8 @@ def apply_adapter(model: nn.Module, folder: Path, spec: dict[str, Any] | None = 
     """Merge the adapter of `folder` into `model` in place (see the module docstring)."""
     spec = spec if spec is not None else read_adapter_config(folder)
     file = folder / ADAPTER_FILE
-    lora, full = _split(load_file(file), model, file)
+    tensors = dict(read_tensors(read_header(file), model_weights=True))  # floating and finite, named if not
+    lora, full = _split(tensors, model, file)
     r = int(spec["r"])
     scale = spec["lora_alpha"] / (math.sqrt(r) if spec.get("use_rslora") else r)
     modules = dict(model.named_modules())
