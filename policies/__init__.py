@@ -7,6 +7,9 @@ Exports the `Policy` protocol and the baseline policies:
 - `ScriptedPolicy(actions, codec)`: replays a list of actions or action texts.
 - `make_policy(name, env, seed, **kwargs)` / `register_policy(name, "module:factory")`: policies by name.
 
+Every policy also has Stable-Baselines3's `predict(observation, state, episode_start, deterministic)`, so SB3's
+`evaluate_policy` runs it on an env or a VecEnv (docs/rl.md).
+
 World-model policies (they import torch, so they load on first access):
 
 - `WorldModelPlanner(world_model, ...)`: MPC over imagined rollouts (exhaustive / CEM), goal-image energy.

@@ -9,6 +9,13 @@ A policy maps an observation (and the env's `info`) to an action of the env's ac
 
 Policies that need the env itself (the oracle reads the env's shortest path) implement `bind(env)`;
 `worldbagel.rollout.run_rollouts` calls it whenever it creates an env.
+
+Every `BasePolicy` also speaks Stable-Baselines3's `predict`, so SB3 tools such as `evaluate_policy` take it
+where they take a trained model:
+
+    actions, state = policy.predict(obs, state=None, episode_start=starts, deterministic=True)
+
+One observation gives one action; a batch from a VecEnv (leading n_envs axis) gives actions [n_envs, ...].
 """
 
 from __future__ import annotations
@@ -20,7 +27,9 @@ from typing import Any, Protocol, runtime_checkable
 import gymnasium as gym
 import numpy as np
 
-__all__ = ["BasePolicy", "Policy", "split_vector_infos", "stack_actions"]
+from worldbagel.errors import WorldBagelError, bad_argument
+
+__all__ = ["BasePolicy", "Policy", "single_spaces", "split_vector_infos", "stack_actions"]
 
 
 @runtime_checkable
@@ -41,12 +50,23 @@ class Policy(Protocol):
 
 
 class BasePolicy(ABC):
-    """Convenience base: `act_batch` loops `act` over the batch; `reset` and `bind` do nothing."""
+    """Convenience base: `act_batch` loops `act` over the batch; `reset` and `bind` do nothing; `predict` is
+    Stable-Baselines3's interface on top of `act` / `act_batch`."""
 
     action_space: gym.Space
+    observation_space: gym.Space | None = None
+    """The (single-env) observation space, when known (`from_env` records it): `predict` reads from it whether
+    it got one observation or a batch."""
 
     def reset(self, seed: int | None = None) -> None:  # noqa: B027 - optional hook, stateless default
         """Start a new episode (no state by default)."""
+
+    def start_episode(self, index: int | None = None) -> None:
+        """Start env `index`'s episode afresh at its next action (every env's when None); `predict` calls it
+        for each env whose `episode_start` is True. Default: `reset()` when every env restarts, nothing for
+        one env of a batch; policies that keep per-env state override it."""
+        if index is None:
+            self.reset()
 
     def bind(self, env: Any) -> None:  # noqa: B027 - optional hook, most policies ignore the env
         """Attach the env the policy acts in (no-op unless the policy reads the env)."""
@@ -60,6 +80,116 @@ class BasePolicy(ABC):
         n = len(obs_batch)
         per_env = split_vector_infos(infos, n)
         return stack_actions([self.act(obs_batch[i], per_env[i]) for i in range(n)])
+
+    def predict(
+        self,
+        observation: Any,
+        state: tuple[np.ndarray, ...] | None = None,
+        episode_start: np.ndarray | None = None,
+        deterministic: bool = False,
+    ) -> tuple[np.ndarray, tuple[np.ndarray, ...] | None]:
+        """Stable-Baselines3's `predict`: (actions, state) for one observation or a VecEnv batch.
+
+        A batch has a leading n_envs axis on the policy's `observation_space` (a dict of such arrays for Dict
+        spaces), as SB3 VecEnvs give it; without a known observation space, an observation is a batch exactly
+        when `episode_start` (one flag per env) is given. Actions come back as an ndarray: [n_envs, ...] for a
+        batch, one action otherwise. `episode_start[i]` True starts env i's episode afresh (`start_episode`).
+        `state` is returned as given: worldbagel policies keep their own per-env state, as SB3's
+        non-recurrent policies do. `deterministic` is accepted for SB3's signature and changes nothing:
+        these policies have no separate greedy mode (the random policy stays uniform).
+        """
+        n = self._batch_size(observation, episode_start)
+        starts = None if episode_start is None else np.atleast_1d(np.asarray(episode_start, bool))
+        if n is None:
+            if starts is not None and starts.any():
+                self.start_episode(None)
+            return np.asarray(self.act(observation, {})), state
+        if starts is not None:
+            if len(starts) != n:
+                raise bad_argument(
+                    "episode_start", starts.tolist(), f"give one flag per env: the observation batch has {n}"
+                )
+            if starts.all():
+                self.start_episode(None)
+            else:
+                for i in np.flatnonzero(starts):
+                    self.start_episode(int(i))
+        if isinstance(observation, Mapping):  # a Dict space: one dict per env, as act_batch indexes envs
+            observation = [{k: v[i] for k, v in observation.items()} for i in range(n)]
+        actions = np.asarray(self.act_batch(observation, [{} for _ in range(n)]))
+        if actions.shape[:1] != (n,):
+            raise WorldBagelError(
+                f"{type(self).__name__}.act_batch gave actions of shape {actions.shape} for {n} envs; "
+                "it must return one action per observation"
+            )
+        return actions, state
+
+    def _batch_size(self, observation: Any, episode_start: Any) -> int | None:
+        """n_envs for a batch, None for one observation (see `predict`)."""
+        n = _batch_size_for_space(observation, self.observation_space)
+        if n is not _UNKNOWN:
+            return n
+        if episode_start is None:
+            raise bad_argument(
+                "observation",
+                _describe(observation),
+                f"{type(self).__name__} does not know its observation space, so predict cannot tell one "
+                "observation from a batch: build the policy with from_env(env) (or set policy.observation_space), "
+                "or pass episode_start with one flag per env for a batch",
+            )
+        return len(np.atleast_1d(episode_start))
+
+
+_UNKNOWN = object()
+"""`_batch_size_for_space`: the space cannot tell (no space, or a kind without a fixed shape)."""
+
+
+def _batch_size_for_space(observation: Any, space: gym.Space | None) -> Any:
+    """n_envs when `observation` is `space` with a leading axis, None when it is one element, else _UNKNOWN;
+    a shape that is neither is an error naming both shapes."""
+    if isinstance(space, gym.spaces.Dict):
+        if not isinstance(observation, Mapping) or set(observation) != set(space.spaces):
+            raise bad_argument(
+                "observation", _describe(observation), f"give a dict with the keys {sorted(space.spaces)}"
+            )
+        sizes = {_batch_size_for_space(observation[k], s) for k, s in space.spaces.items()}
+        known = sizes - {_UNKNOWN}
+        if len(known) > 1:
+            raise bad_argument(
+                "observation", _describe(observation), "give every key the same leading n_envs axis (or none)"
+            )
+        return known.pop() if known else _UNKNOWN
+    if not isinstance(
+        space, (gym.spaces.Box, gym.spaces.Discrete, gym.spaces.MultiDiscrete, gym.spaces.MultiBinary)
+    ):
+        return _UNKNOWN
+    shape, want = np.shape(observation), tuple(space.shape)
+    if shape == want:
+        return None
+    if len(shape) == len(want) + 1 and shape[1:] == want:
+        return int(shape[0])
+    raise bad_argument(
+        "observation",
+        f"shape {shape}",
+        f"give one observation of shape {want} or a batch of shape (n_envs, {', '.join(map(str, want))})",
+    )
+
+
+def _describe(observation: Any) -> str:
+    if isinstance(observation, Mapping):
+        return "{" + ", ".join(f"{k!r}: shape {np.shape(v)}" for k, v in observation.items()) + "}"
+    return f"{type(observation).__name__} of shape {np.shape(observation)}"
+
+
+def single_spaces(env: Any) -> tuple[gym.Space | None, gym.Space]:
+    """(observation space, action space) of one env of `env`: a plain env, a gymnasium vector env (its
+    `single_*` spaces) or a Stable-Baselines3 VecEnv (whose plain spaces are already per env)."""
+    obs = getattr(env, "single_observation_space", None)
+    act = getattr(env, "single_action_space", None)
+    return (
+        obs if obs is not None else getattr(env, "observation_space", None),
+        act if act is not None else env.action_space,
+    )
 
 
 def split_vector_infos(infos: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None, n: int) -> list[dict]:

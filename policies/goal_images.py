@@ -62,7 +62,10 @@ class GridWorldGoalImages:
     def __call__(self, info: Mapping[str, Any]) -> np.ndarray:
         if "layout_seed" not in info or "goal" not in info:
             raise bad_argument(
-                "info", sorted(info), "GridWorld goal images need the info's 'layout_seed' and 'goal'"
+                "info",
+                sorted(info),
+                "GridWorld goal images need the info's 'layout_seed' and 'goal' (act / act_batch pass the env's "
+                "info; SB3's predict passes none: give the planner goal=IMAGE or goal=callable)",
             )
         goal = (int(info["goal"][0]), int(info["goal"][1]))
         key = (int(info["layout_seed"]), goal)

@@ -12,6 +12,10 @@ Strategies, tried in this order when the policy is bound to an env:
    `stop_radius` metres. The pose comes from `info` (`agent_pos`, `agent_yaw`, `goal_pos`) or from
    MiniWorld's own objects (`agent.pos`, `agent.dir`, `box.pos`).
 
+Vector envs (gymnasium's `VectorEnv`, or a Stable-Baselines3 `VecEnv` such as `DummyVecEnv` /
+`SubprocVecEnv`) use strategy 1 in every sub-env, through `call` / `env_method`; `predict` (SB3's interface)
+then gives one expert action per env, so SB3's `evaluate_policy` runs the oracle like a trained model.
+
 Limitations: the greedy follower ignores walls, so it is a true oracle only in open rooms (MiniWorld
 OneRoom, Hallway); in FourRooms and Maze it can walk into walls and fail. Strategy 2 is only as good as the
 navmesh. An env with none of these raises a WorldBagelError naming what is missing.
@@ -28,7 +32,7 @@ import numpy as np
 
 from worldbagel.actions import NavActionCodec, codec_for_env
 from worldbagel.errors import WorldBagelError
-from worldbagel.policies.base import BasePolicy, split_vector_infos, stack_actions
+from worldbagel.policies.base import BasePolicy, single_spaces, split_vector_infos, stack_actions
 
 __all__ = ["GreedyFollower", "OraclePolicy"]
 
@@ -56,13 +60,12 @@ class OraclePolicy(BasePolicy):
         return cls(env, stop_radius=stop_radius)
 
     def bind(self, env: Any) -> None:
-        """Attach the env (single or vector) and pick a strategy."""
+        """Attach the env (single, gymnasium vector env or SB3 VecEnv) and pick a strategy."""
         self.env = env
-        self.action_space = getattr(env, "single_action_space", None) or env.action_space
+        self.observation_space, self.action_space = single_spaces(env)
         self._follower = None
-        if _is_vector(env):
-            subs = getattr(env, "envs", None)  # SyncVectorEnv; async sub-envs are checked on first call
-            if subs is not None and not all(_has_attr(e, "optimal_action") for e in subs):
+        if _vector_kind(env) is not None:
+            if not _vector_has_expert(env):
                 raise WorldBagelError(
                     "OraclePolicy on a vector env needs optimal_action() in every sub-env (GridWorld, MiniWorld); "
                     "for other envs run single envs"
@@ -88,6 +91,11 @@ class OraclePolicy(BasePolicy):
     def act(self, obs: Any, info: Mapping[str, Any]) -> Any:
         if self.env is None:
             raise WorldBagelError("OraclePolicy is not bound to an env; call bind(env) or pass env=...")
+        if _vector_kind(self.env) is not None:
+            raise WorldBagelError(
+                "OraclePolicy is bound to a vector env: ask for every env's action at once with "
+                "act_batch(obs_batch, infos) or predict(obs_batch)"
+            )
         if self.strategy == "optimal_action":
             return np.int64(self.env.get_wrapper_attr("optimal_action")())
         if self.strategy == "habitat":
@@ -101,11 +109,21 @@ class OraclePolicy(BasePolicy):
         return np.int64(self._follower.act(*pose))
 
     def act_batch(self, obs_batch: Any, infos: Any) -> np.ndarray:
-        """Vector envs: asks every sub-env for `optimal_action()` through `env.call`."""
-        if self.env is not None and _is_vector(self.env):
-            split_vector_infos(infos, len(obs_batch))
-            return stack_actions([np.int64(a) for a in self.env.call("optimal_action")])
-        return super().act_batch(obs_batch, infos)
+        """Vector envs: asks every sub-env for `optimal_action()` (gymnasium `call`, SB3 `env_method`)."""
+        kind = None if self.env is None else _vector_kind(self.env)
+        if kind is None:
+            return super().act_batch(obs_batch, infos)
+        n = len(obs_batch)
+        split_vector_infos(infos, n)
+        if kind == "gymnasium":
+            actions = self.env.call("optimal_action")
+        else:
+            actions = self.env.env_method("optimal_action")
+        if len(actions) != n:
+            raise WorldBagelError(
+                f"OraclePolicy got {n} observations from a vector env of {len(actions)} envs"
+            )
+        return stack_actions([np.int64(a) for a in actions])
 
     def _habitat_act(self) -> Any:
         follower, goal, codec = self._follower
@@ -172,10 +190,35 @@ def nav_pose(env: Any, info: Mapping[str, Any]) -> tuple[np.ndarray, float, np.n
     return np.array([a[0], -a[2]]), float(agent.dir), np.array([g[0], -g[2]])
 
 
-def _is_vector(env: Any) -> bool:
+def _vector_kind(env: Any) -> str | None:
+    """'gymnasium' for a gymnasium VectorEnv, 'sb3' for a Stable-Baselines3 VecEnv (told by its `env_method`
+    and `num_envs`, so SB3 need not be installed), None for a single env."""
     import gymnasium as gym
 
-    return isinstance(env, gym.vector.VectorEnv)
+    if isinstance(env, gym.vector.VectorEnv):
+        return "gymnasium"
+    if (
+        not isinstance(env, gym.Env)
+        and callable(getattr(env, "env_method", None))
+        and hasattr(env, "num_envs")
+    ):
+        return "sb3"
+    return None
+
+
+def _vector_has_expert(env: Any) -> bool:
+    """Whether every sub-env has `optimal_action()`; async gymnasium sub-envs are checked on the first call."""
+    if _vector_kind(env) == "sb3":
+        has_attr = getattr(env, "has_attr", None)
+        if callable(has_attr):
+            return bool(has_attr("optimal_action"))
+        try:
+            env.get_attr("optimal_action")
+        except AttributeError:
+            return False
+        return True
+    subs = getattr(env, "envs", None)  # SyncVectorEnv
+    return subs is None or all(_has_attr(e, "optimal_action") for e in subs)
 
 
 def _has_attr(env: Any, name: str) -> bool:

@@ -50,6 +50,7 @@ import numpy as np
 import torch
 
 from worldbagel.errors import bad_argument
+from worldbagel.policies.base import single_spaces
 from worldbagel.policies.goal_images import goal_source_for_env, resolve_goal
 from worldbagel.policies.world_model_policy import HistorySlot, WorldModelPolicy
 from worldbagel.world_model import WorldModel, predict_batch
@@ -195,6 +196,7 @@ class WorldModelPlanner(WorldModelPolicy):
             else:
                 built.append(s)
         planner = cls(world_model, action_space=space, scorers=built, seed=seed, **kwargs)
+        planner.observation_space = single_spaces(env)[0]
         planner.bind(env)
         return planner
 

@@ -9,7 +9,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from worldbagel.policies.base import BasePolicy, split_vector_infos
+from worldbagel.policies.base import BasePolicy, single_spaces, split_vector_infos
 
 __all__ = ["RandomPolicy"]
 
@@ -30,8 +30,10 @@ class RandomPolicy(BasePolicy):
     @classmethod
     def from_env(cls, env: Any, seed: int | None = None) -> RandomPolicy:
         """A random policy over an env's (or a vector env's single) action space."""
-        space = getattr(env, "single_action_space", None) or env.action_space
-        return cls(space, seed=seed)
+        obs_space, space = single_spaces(env)
+        policy = cls(space, seed=seed)
+        policy.observation_space = obs_space
+        return policy
 
     def reset(self, seed: int | None = None) -> None:
         if seed is not None:

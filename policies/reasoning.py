@@ -44,6 +44,7 @@ from worldbagel.errors import InvalidAction, bad_argument
 from worldbagel.inference.context import extend_batch
 from worldbagel.inference.generate import generate_text_batch, score_text_batch
 from worldbagel.inference.pipeline import split_think
+from worldbagel.policies.base import single_spaces
 from worldbagel.policies.world_model_policy import HistorySlot, WorldModelPolicy
 from worldbagel.world_model import WorldModel
 
@@ -165,7 +166,9 @@ class ReasoningPolicy(WorldModelPolicy):
         and `world` unless a ready `world_model` is given; the env's action codec parses the answers. Every
         other keyword goes to the constructor."""
         world_model, space, kwargs = cls._from_env_parts(env, preset, kwargs)
-        return cls(world_model, action_space=space, seed=seed, **kwargs)
+        policy = cls(world_model, action_space=space, seed=seed, **kwargs)
+        policy.observation_space = single_spaces(env)[0]
+        return policy
 
     # ------------------------------------------------------------------ Policy protocol
     def reset(self, seed: int | None = None) -> None:

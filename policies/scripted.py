@@ -10,7 +10,7 @@ import numpy as np
 
 from worldbagel.actions import ActionCodec, codec_for_env
 from worldbagel.errors import WorldBagelError, bad_argument
-from worldbagel.policies.base import BasePolicy, split_vector_infos
+from worldbagel.policies.base import BasePolicy, single_spaces, split_vector_infos
 
 __all__ = ["ScriptedPolicy"]
 
@@ -20,8 +20,9 @@ class ScriptedPolicy(BasePolicy):
 
     Texts ("move up", "turn left 30 degrees") are decoded through `codec` when the policy is built, so a
     bad text fails immediately. When the script runs out, `loop=True` starts again from the top; otherwise
-    `act` raises a WorldBagelError. `act_batch` gives every sub-env the same scripted action and advances
-    the script once per call.
+    `act` raises a WorldBagelError. Each env keeps its own place in the script (`act` is env 0): `act_batch`
+    advances every env's place once per call, so envs that start together get the same action, and
+    `start_episode(i)` (SB3's `episode_start` through `predict`) rewinds env i alone.
     """
 
     def __init__(
@@ -52,33 +53,48 @@ class ScriptedPolicy(BasePolicy):
         self.codec = codec
         self.loop = bool(loop)
         self.action_space = action_space
-        self._t = 0
+        self._places: list[int] = []
 
     @classmethod
     def from_env(
         cls, env: Any, actions: Sequence[Any], loop: bool = False, seed: int | None = None
     ) -> ScriptedPolicy:
         """A scripted policy whose texts are decoded with the env's codec (`codec_for_env`)."""
-        space = getattr(env, "single_action_space", None) or env.action_space
-        return cls(actions, codec=codec_for_env(env), loop=loop, action_space=space)
+        obs_space, space = single_spaces(env)
+        policy = cls(actions, codec=codec_for_env(env), loop=loop, action_space=space)
+        policy.observation_space = obs_space
+        return policy
 
     def reset(self, seed: int | None = None) -> None:
-        self._t = 0
+        self._places = []
+
+    def start_episode(self, index: int | None = None) -> None:
+        """Rewind env `index`'s script (every env's when None)."""
+        if index is None:
+            self.reset()
+        elif index < len(self._places):
+            self._places[index] = 0
 
     @property
     def position(self) -> int:
-        """How many actions have been handed out since the last reset."""
-        return self._t
+        """How many actions env 0 has been handed since the last reset."""
+        return self._places[0] if self._places else 0
 
-    def _next(self) -> Any:
-        if self._t >= len(self.actions) and not self.loop:
+    def _join(self, n: int) -> None:
+        """Give envs 0..n-1 a place; a new env joins at env 0's (0 right after a reset)."""
+        start = self.position
+        self._places.extend([start] * (n - len(self._places)))
+
+    def _next(self, index: int = 0) -> Any:
+        self._join(index + 1)
+        t = self._places[index]
+        if t >= len(self.actions) and not self.loop:
             raise WorldBagelError(
                 f"ScriptedPolicy ran out of actions after {len(self.actions)} steps; "
                 "give a longer script, set loop=True, or end the episode sooner"
             )
-        a = self.actions[self._t % len(self.actions)]
-        self._t += 1
-        return a
+        self._places[index] = t + 1
+        return self.actions[t % len(self.actions)]
 
     def act(self, obs: Any = None, info: Mapping[str, Any] | None = None) -> Any:
         return self._next()
@@ -86,8 +102,8 @@ class ScriptedPolicy(BasePolicy):
     def act_batch(self, obs_batch: Any, infos: Any = None) -> np.ndarray:
         n = len(obs_batch)
         split_vector_infos(infos, n)
-        a = np.asarray(self._next())
-        return np.stack([a] * n)
+        self._join(n)
+        return np.stack([np.asarray(self._next(i)) for i in range(n)])
 
 
 def _as_space_value(a: Any, space: gym.Space) -> Any:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from worldbagel.policies.base import BasePolicy, split_vector_infos, stack_actions
+from worldbagel.policies.base import BasePolicy, single_spaces, split_vector_infos, stack_actions
 from worldbagel.world_model import WorldModel
 
 
@@ -77,8 +77,7 @@ class WorldModelPolicy(BasePolicy):
             world_model = load_world_model(model, sampler, codec, world)
         elif world_model.codec is None:
             world_model.codec = codec
-        space = getattr(env, "single_action_space", None) or env.action_space
-        return world_model, space, kwargs
+        return world_model, single_spaces(env)[1], kwargs
 
     @abstractmethod
     def _act(self, observations: list, infos: list[dict]) -> list:

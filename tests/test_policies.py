@@ -123,6 +123,17 @@ def test_scripted_replays_actions_and_texts():
     assert [looping.act(None, {}) for _ in range(5)] == [2, 3, 2, 3, 2]
 
 
+def test_scripted_envs_keep_their_own_place_in_the_script():
+    p = ScriptedPolicy([0, 1, 2, 3])
+    batch = np.zeros((2, 4))
+    assert int(p.act(None, {})) == 0
+    assert p.act_batch(batch).tolist() == [1, 1]  # a new env joins at env 0's place
+    p.start_episode(1)
+    assert p.act_batch(batch).tolist() == [2, 0] and p.position == 3
+    p.start_episode()
+    assert p.act_batch(batch).tolist() == [0, 0]
+
+
 def test_scripted_rejects_bad_scripts_early():
     codec = DiscreteActionCodec(GRID_NAMES)
     with pytest.raises(InvalidAction, match="'fly'"):
