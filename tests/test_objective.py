@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -188,3 +190,62 @@ def test_negative_change_weight_is_named():
 
     with pytest.raises(ConfigError, match="mse_change_weight"):
         TrainConfig(mse_change_weight=-1.0)
+
+
+def test_explicit_timesteps_and_noise_give_the_hand_computed_loss(model):
+    b = batch()
+    g = torch.Generator().manual_seed(11)
+    t = torch.rand(b.num_groups, generator=g)  # one flow time per noise group, used as given (no shift)
+    eps = torch.randn(b.num_mse, Z, generator=g)
+    out = compute_losses(model, b, timesteps=t, noise=eps, shift=3.0, weights=LossWeights(ce=0.5, mse=2.0))
+    # reference: x_t = (1 - t) x0 + t eps on the noisy rows, clean rows keep x0 and t = 0
+    seq = b.seq
+    assert torch.all(seq.vae_t == 0)
+    t_rows = t[b.noise_group][:, None]  # [Nn, 1]
+    x0 = seq.vae_tokens[b.noisy_rows]
+    tokens, vae_t = seq.vae_tokens.clone(), seq.vae_t.clone()
+    tokens[b.noisy_rows] = (1 - t_rows) * x0 + t_rows * eps
+    vae_t[b.noisy_rows] = t_rows[:, 0]
+    hidden, _ = model.forward_packed(dataclasses.replace(seq, vae_tokens=tokens, vae_t=vae_t))
+    ce = F.cross_entropy(model.logits(hidden[seq.ce_idx]), seq.ce_labels)
+    mse = (model.velocity(hidden[seq.noisy_vae_idx]) - (eps - x0)).pow(2).mean()
+    assert out["loss_ce"].item() == pytest.approx(ce.item(), rel=1e-6)
+    assert out["loss_mse"].item() == pytest.approx(mse.item(), rel=1e-6)
+    assert out["loss"].item() == pytest.approx(0.5 * ce.item() + 2.0 * mse.item(), rel=1e-6)
+    again = compute_losses(model, b, timesteps=t, noise=eps, weights=LossWeights(ce=0.5, mse=2.0))
+    assert torch.equal(again["loss"], out["loss"])  # nothing drawn: the same loss every time
+
+
+def test_a_plain_call_equals_its_own_draws_given_explicitly(model):
+    b = batch(target_mode="group")
+    plain = compute_losses(model, b, torch.Generator().manual_seed(5), shift=2.0)
+    gen = torch.Generator().manual_seed(5)  # a plain call draws t (then shifts it), then eps
+    t = sample_timesteps(b.num_groups, gen, 2.0)
+    eps = torch.randn(b.num_mse, Z, generator=gen)
+    explicit = compute_losses(model, b, timesteps=t, noise=eps)
+    for key in ("loss", "ce_sum", "mse_sum"):
+        assert torch.equal(plain[key], explicit[key]), key
+    # only what is not given is drawn: the noise alone given still draws t from the generator
+    half = compute_losses(model, b, torch.Generator().manual_seed(5), shift=2.0, noise=eps)
+    assert torch.equal(half["loss"], plain["loss"])
+
+
+def test_explicit_draws_of_the_wrong_shape_are_named(model):
+    b = batch()
+    with pytest.raises(ConfigError, match=r"timesteps.*\[4\]"):
+        compute_losses(model, b, timesteps=torch.rand(3), noise=torch.randn(b.num_mse, Z))
+    with pytest.raises(ConfigError, match="timesteps.*in \\[0, 1\\]"):
+        compute_losses(model, b, timesteps=torch.tensor([0.5, 1.5, 0.2, 0.1]))
+    with pytest.raises(ConfigError, match=rf"noise.*\[{b.num_mse}, {Z}\]"):
+        compute_losses(model, b, noise=torch.randn(b.num_mse, Z + 1))
+    with pytest.raises(ConfigError, match="ce_norm"):
+        compute_losses(model, b, torch.Generator().manual_seed(0), ce_norm=0.0)
+
+
+def test_given_normalisers_below_one_are_used_as_given(model):
+    # a data-parallel rank's normaliser is total / world_size, which is below 1 for one token over 2 ranks
+    b = batch()
+    own = compute_losses(model, b, torch.Generator().manual_seed(2))
+    half = compute_losses(model, b, torch.Generator().manual_seed(2), ce_norm=0.5, mse_norm=0.25)
+    assert half["loss_ce"].item() == pytest.approx(own["ce_sum"].item() / 0.5, rel=1e-6)
+    assert half["loss_mse"].item() == pytest.approx(own["mse_sum"].item() / 0.25, rel=1e-6)

@@ -311,7 +311,7 @@ def test_finetune_cli_end_to_end(tmp_path):
 def test_activation_checkpointing_gives_the_same_training(parts, tmp_path):
     plain = trainer(parts, tmp_path / "plain", steps=2)
     plain.train()
-    ckpt = trainer(parts, tmp_path / "ckpt", steps=2, activation_checkpointing=True)
+    ckpt = trainer(parts, tmp_path / "ckpt", steps=2, activation_checkpointing="full")
     layer = ckpt.model.language_model.model.layers[0]
     assert "forward" in vars(layer)  # the layer's forward is wrapped in place, names unchanged
     ckpt.train()

@@ -58,8 +58,15 @@ def load_model(cfg: FinetuneConfig, device: torch.device):
     from worldbagel.model.hub import resolve_model_folder
 
     path = resolve_model_folder(m.path) if m.path else shipped_model_dir(m.name)
-    # trainable weights stay fp32 unless model.dtype says otherwise (CUDA computes in bf16 via autocast)
-    loaded = load_bagel(path, dtype=m.dtype or "float32", device=device)
+    # trainable weights stay fp32 unless model.dtype says otherwise (CUDA computes in bf16 via autocast); under
+    # LoRA the frozen base is read straight into train.lora.base_dtype (bf16 on CUDA: no fp32 copy of the base),
+    # and the Trainer turns the adapters and train_modules to fp32
+    dtype = m.dtype or "float32"
+    if m.dtype is None and cfg.train.lora.enabled:
+        from worldbagel.train.lora import base_dtype
+
+        dtype = base_dtype(cfg.train.lora.base_dtype, device)
+    loaded = load_bagel(path, dtype=dtype, device=device)
     return loaded.model, loaded.vae, loaded.tokenizer
 
 

@@ -99,7 +99,16 @@ class PlanConfig:
 
 @dataclass
 class DropoutConfig:
-    """Conditioning-dropout probabilities for classifier-free guidance (per droppable item)."""
+    """Conditioning-dropout probabilities for classifier-free guidance (per droppable item).
+
+    The defaults are the paper's text 0.1 / ViT 0.5 / VAE 0.1; `dropout_preset("release")` (`dropout=release` on
+    the command line) gives the released training script's 0.1 / 0.3 / 0.3 (`ModelArguments` of
+    train/pretrain_unified_navit.py, TRAIN.md; spec 6.2). Only items marked droppable (`PlanItem.cfg`) are
+    dropped, never a CE or MSE target: the official `pack_sequence` drops every `enable_cfg` item, and its
+    `_add_text` marks texts droppable by default even when they carry CE, so there a CE text can vanish with
+    its loss; worldbagel's plans never mark a CE text droppable (answers, thoughts and outcomes are dropped
+    together only by `annotations`).
+    """
 
     text: float = 0.1
     """Action / instruction texts."""
@@ -117,6 +126,22 @@ class DropoutConfig:
             p = getattr(self, name)
             if not 0.0 <= float(p) <= 1.0:
                 raise bad_argument(f"dropout.{name}", p, "a probability must be in [0, 1]")
+
+
+DROPOUT_PRESETS: dict[str, tuple[float, float, float]] = {
+    "paper": (0.1, 0.5, 0.1),
+    "release": (0.1, 0.3, 0.3),
+}
+"""Named (text, vit, vae) conditioning-dropout probabilities: the paper's, and the released training script's
+(configs/dropout/<name>.yaml holds the same values for the command line)."""
+
+
+def dropout_preset(name: str, annotations: float = 0.0) -> DropoutConfig:
+    """The `DropoutConfig` of a named preset (`DROPOUT_PRESETS`)."""
+    if name not in DROPOUT_PRESETS:
+        raise bad_argument("dropout preset", name, f"use one of {sorted(DROPOUT_PRESETS)}")
+    text, vit, vae = DROPOUT_PRESETS[name]
+    return DropoutConfig(text=text, vit=vit, vae=vae, annotations=annotations)
 
 
 @dataclass

@@ -106,15 +106,21 @@ class Bagel(nn.Module):
         return self.vae2llm(tokens.to(self.dtype)) + self.time_embedder(t) + self.latent_pos_embed(pos_ids)
 
     def embed_packed(self, seq: PackedSequence) -> torch.Tensor:
-        """Scatter text, ViT and latent embeddings into the packed input [N, H]."""
+        """Scatter text, ViT and latent embeddings into the packed input [N, H].
+
+        The input takes the dtype of the token embedding's weight as the forward sees it (under FSDP mixed
+        precision the gathered bf16 copy, not the fp32 shards of another unit), and each part is cast to it:
+        the parts may differ under autocast or with fp32 trained modules on a bf16 frozen base (LoRA).
+        """
         h = self.config.llm.hidden_size
-        x = torch.zeros(seq.num_tokens, h, dtype=self.dtype, device=self.device)
+        dtype = self.language_model.model.embed_tokens.weight.dtype
+        x = torch.zeros(seq.num_tokens, h, dtype=dtype, device=self.device)
         if seq.text_idx.numel():
-            x[seq.text_idx] = self.embed_text(seq.text_ids)
+            x[seq.text_idx] = self.embed_text(seq.text_ids).to(dtype)
         if seq.vit_patches is not None and seq.vit_idx.numel():
-            x[seq.vit_idx] = self.embed_vit(seq.vit_patches, seq.vit_pos_ids, seq.vit_lengths)
+            x[seq.vit_idx] = self.embed_vit(seq.vit_patches, seq.vit_pos_ids, seq.vit_lengths).to(dtype)
         if seq.vae_tokens is not None and seq.vae_idx.numel():
-            x[seq.vae_idx] = self.embed_latents(seq.vae_tokens, seq.vae_t, seq.vae_pos_ids)
+            x[seq.vae_idx] = self.embed_latents(seq.vae_tokens, seq.vae_t, seq.vae_pos_ids).to(dtype)
         return x
 
     # ------------------------------------------------------------------ forward

@@ -77,6 +77,30 @@ def inject_lora(model: nn.Module, cfg: LoraConfig) -> list[str]:
     return out
 
 
+def base_dtype(name: str, device: torch.device) -> torch.dtype:
+    """torch dtype of `train.lora.base_dtype` on `device`: auto = bfloat16 on CUDA, float32 elsewhere (CPU bf16
+    matmuls are much slower than fp32 ones)."""
+    if name == "auto":
+        return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    dtypes = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+    if name not in dtypes:
+        raise bad_argument("train.lora.base_dtype", name, f"use one of {('auto', *dtypes)}")
+    return dtypes[name]
+
+
+def cast_lora_model(model: nn.Module, frozen_dtype: torch.dtype) -> None:
+    """Frozen floating-point parameters to `frozen_dtype`, trainable ones (adapters, train_modules) to float32.
+
+    The trainable weights, and so their gradients, optimizer state and EMA, stay fp32 master weights; the frozen
+    base is only read, so it can be stored in the compute dtype (peft creates adapters in the dtype of their base
+    layer, hence the cast back to fp32 here).
+    """
+    for p in model.parameters():
+        want = torch.float32 if p.requires_grad else frozen_dtype
+        if p.is_floating_point() and p.dtype != want:
+            p.data = p.data.to(want)
+
+
 def has_lora(state: dict[str, torch.Tensor]) -> bool:
     return any(".lora_A." in k for k in state)
 

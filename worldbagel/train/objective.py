@@ -11,13 +11,16 @@ eps - x0 from them; clean context rows keep t = 0 (x_t = x0).
 Losses: CE = sum of token cross-entropies / number of CE tokens; MSE = sum over noisy rows of the
 channel-mean squared error (times 1 + change_weight * change of the row, see `frame_change`; the official
 objective is change_weight = 0) / number of noisy rows; loss = ce_weight CE + mse_weight MSE. The normalisers can
-be given from outside (the token counts of a whole optimizer step over all micro-batches and ranks), so that
-splitting a step across gradient accumulation or data-parallel ranks does not change it (as the official
-loop's global token normalisation).
+be given from outside, so a loss spread over gradient-accumulation micro-batches and data-parallel ranks is
+normalised by token counts of more than one pack (`step_normalisers`, two ways, `LossReduction`).
+
+The timesteps and the noise are drawn from `generator` unless given (`timesteps=`, `noise=`), so a loss can be
+reproduced and held against a reference with the same draws.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import torch
@@ -25,6 +28,7 @@ import torch.nn.functional as F
 
 from worldbagel.data.packing import PackedBatch
 from worldbagel.errors import bad_argument
+from worldbagel.train.options import LOSS_REDUCTIONS, LossReduction
 
 
 def shift_timesteps(t: torch.Tensor, shift: float) -> torch.Tensor:
@@ -55,23 +59,47 @@ class FlowInputs:
 
 
 def noise_batch(
-    batch: PackedBatch, generator: torch.Generator | None = None, shift: float = 1.0
+    batch: PackedBatch,
+    generator: torch.Generator | None = None,
+    shift: float = 1.0,
+    timesteps: torch.Tensor | None = None,
+    noise: torch.Tensor | None = None,
 ) -> FlowInputs:
-    """Draw one t per noise group and eps per noisy row; return the noised sequence and eps - x0."""
+    """Draw one t per noise group and eps per noisy row; return the noised sequence and eps - x0.
+
+    `timesteps` ([G], the flow times used as they are: already shifted, in [0, 1]) and `noise` ([Nn, Z], eps
+    of the noisy rows in `batch.noisy_rows` order) replace the draws; only what is not given is drawn from
+    `generator` (t first, then eps, so with neither given the draws are those of a plain call).
+    """
     seq = batch.seq
-    t_group = sample_timesteps(batch.num_groups, generator, shift)  # [G]
+    z = seq.vae_tokens.shape[1] if seq.vae_tokens is not None else 0
+    if timesteps is None:
+        t_group = sample_timesteps(batch.num_groups, generator, shift)  # [G]
+    else:
+        t_group = _given("timesteps", timesteps, (batch.num_groups,))
+        if t_group.numel() and not bool(((t_group >= 0) & (t_group <= 1)).all()):
+            raise bad_argument("timesteps", t_group.tolist(), "flow times must lie in [0, 1]")
+    if noise is not None:
+        noise = _given("noise", noise, (batch.num_mse, z))
     if seq.vae_tokens is None or batch.num_mse == 0:
-        z = seq.vae_tokens.shape[1] if seq.vae_tokens is not None else 0
         return FlowInputs(seq, torch.zeros(0, z), t_group)
     device = seq.vae_tokens.device
     x0 = seq.vae_tokens[batch.noisy_rows].float()  # [Nn, Z]
-    eps = torch.randn(x0.shape, generator=generator).to(device)
+    eps = (torch.randn(x0.shape, generator=generator) if noise is None else noise).to(device)
     t_rows = t_group.to(device)[batch.noise_group][:, None]  # [Nn, 1]
     tokens = seq.vae_tokens.float().clone()
     tokens[batch.noisy_rows] = (1.0 - t_rows) * x0 + t_rows * eps
     vae_t = seq.vae_t.float().clone()
     vae_t[batch.noisy_rows] = t_rows[:, 0]
     return FlowInputs(replace(seq, vae_tokens=tokens, vae_t=vae_t), eps - x0, t_group)
+
+
+def _given(name: str, value: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """A caller's timesteps / noise as float32 on the CPU, checked against the shape the batch needs."""
+    if not torch.is_tensor(value) or tuple(value.shape) != shape:
+        got = tuple(value.shape) if torch.is_tensor(value) else type(value).__name__
+        raise bad_argument(name, got, f"this batch needs a float tensor of shape {list(shape)}")
+    return value.detach().float().cpu()
 
 
 @dataclass
@@ -95,15 +123,20 @@ def compute_losses(
     weights: LossWeights | None = None,
     ce_norm: float | None = None,
     mse_norm: float | None = None,
+    timesteps: torch.Tensor | None = None,
+    noise: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Forward one packed batch and return its loss parts.
 
     Keys: `loss` (weighted, what to backpropagate), `loss_ce`, `loss_mse` (normalised parts), `ce_sum`,
-    `mse_sum` (unnormalised sums), `n_ce`, `n_mse` (token counts). `ce_norm` / `mse_norm` default to this
-    batch's own counts.
+    `mse_sum` (unnormalised sums), `n_ce`, `n_mse` (token counts). `ce_norm` / `mse_norm` (> 0) default to
+    this batch's own counts (at least 1). `timesteps` / `noise` replace the draws (see `noise_batch`).
     """
     weights = weights or LossWeights()
-    flow = noise_batch(batch, generator, shift)
+    for name, norm in (("ce_norm", ce_norm), ("mse_norm", mse_norm)):
+        if norm is not None and not norm > 0:
+            raise bad_argument(name, norm, "a loss normaliser must be > 0 (None = this batch's token count)")
+    flow = noise_batch(batch, generator, shift, timesteps, noise)
     seq = flow.seq
     hidden, _ = model.forward_packed(seq)  # [N, H]
     # Both heads run even on empty selections so every rank calls the same (possibly sharded) modules.
@@ -118,8 +151,8 @@ def compute_losses(
     else:
         mse_sum = pred.sum() * 0.0
     n_ce, n_mse = batch.num_ce, batch.num_mse
-    loss_ce = ce_sum / max(ce_norm if ce_norm is not None else n_ce, 1)
-    loss_mse = mse_sum / max(mse_norm if mse_norm is not None else n_mse, 1)
+    loss_ce = ce_sum / (ce_norm if ce_norm is not None else max(n_ce, 1))
+    loss_mse = mse_sum / (mse_norm if mse_norm is not None else max(n_mse, 1))
     return {
         "loss": weights.ce * loss_ce + weights.mse * loss_mse,
         "loss_ce": loss_ce,
@@ -129,3 +162,50 @@ def compute_losses(
         "n_ce": torch.tensor(float(n_ce)),
         "n_mse": torch.tensor(float(n_mse)),
     }
+
+
+# ------------------------------------------------------------------------------------------------ one step
+
+
+def step_normalisers(
+    counts: torch.Tensor, world_size: int, reduction: LossReduction
+) -> list[tuple[float, float]]:
+    """Per-rank (ce_norm, mse_norm) of each micro-batch of a step, for `compute_losses` (`LossReduction` in
+    worldbagel.train.options says what the two reductions do).
+
+    `counts` [A, 2]: the CE and MSE token counts of micro-batch k summed over all ranks (A = grad_accum).
+    Gradients are averaged over the `world_size` ranks, so each rank divides by total / world_size.
+    """
+    _check_reduction(reduction)
+    rows = [(float(c[0]), float(c[1])) for c in counts]
+    accum = len(rows)
+    if reduction == "pooled":
+        n_ce, n_mse = sum(r[0] for r in rows), sum(r[1] for r in rows)
+        norm = (max(n_ce, 1.0) / world_size, max(n_mse, 1.0) / world_size)
+        return [norm] * accum
+    return [(max(c, 1.0) * accum / world_size, max(m, 1.0) * accum / world_size) for c, m in rows]
+
+
+def step_losses(sums: torch.Tensor, counts: torch.Tensor, reduction: LossReduction) -> tuple[float, float]:
+    """(CE, MSE) of a whole step, as `step_normalisers` weighs them: `sums` / `counts` [A, 2] are the CE / MSE
+    token-loss sums and token counts of each micro-batch, summed over all ranks."""
+    _check_reduction(reduction)
+    s = [(float(x[0]), float(x[1])) for x in sums]
+    n = [(float(x[0]), float(x[1])) for x in counts]
+    if reduction == "pooled":
+        ce_sum, mse_sum, n_ce, n_mse = 0.0, 0.0, 0.0, 0.0
+        for (cs, ms), (nc, nm) in zip(s, n):
+            ce_sum, mse_sum, n_ce, n_mse = ce_sum + cs, mse_sum + ms, n_ce + nc, n_mse + nm
+        return ce_sum / max(n_ce, 1.0), mse_sum / max(n_mse, 1.0)
+    ce = _mean([cs / max(nc, 1.0) for (cs, _), (nc, _) in zip(s, n)])
+    mse = _mean([ms / max(nm, 1.0) for (_, ms), (_, nm) in zip(s, n)])
+    return ce, mse
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / max(len(values), 1)
+
+
+def _check_reduction(reduction: str) -> None:
+    if reduction not in LOSS_REDUCTIONS:
+        raise bad_argument("train.loss_reduction", reduction, f"use one of {LOSS_REDUCTIONS}")

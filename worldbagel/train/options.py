@@ -7,12 +7,55 @@ Defaults follow the official `train/pretrain_unified_navit.py` (spec 6.6) where 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from worldbagel.errors import bad_argument
 
 STAGES = ("full", "align")
 SCHEDULES = ("constant", "cosine")
 AMP_MODES = ("auto", "bf16", "none")
+
+# The choices below are `Literal` aliases for code; the dataclass fields holding them are typed `str` because
+# OmegaConf (the Hydra schemas) rejects `Literal` annotations, and `__post_init__` checks the value instead.
+LossReduction = Literal["per_microbatch", "pooled"]
+"""How the token losses of one optimizer step's micro-batches (gradient accumulation) are combined:
+
+per_microbatch  as the official loop (`train/pretrain_unified_navit.py`): micro-batch k's loss is its token sum
+                over the token count of micro-batch k on all ranks (each rank multiplies by world_size, the
+                data-parallel gradient is the mean over ranks), divided by grad_accum: the step loss is the
+                mean of the micro-batch losses, and a micro-batch with few CE tokens weighs as much as one with
+                many.
+pooled          every CE / MSE token of the step, over all micro-batches and ranks, counts the same (the sum
+                over the step's tokens / their count), so a step's gradient does not depend on how its packs
+                are split between ranks and accumulation (2 ranks x 1 pack == 1 rank x 2 packs).
+
+The two agree when each rank runs one micro-batch per step (grad_accum = 1)."""
+LOSS_REDUCTIONS = ("per_microbatch", "pooled")
+
+ActivationCheckpointing = Literal["auto", "off", "full", "selective"]
+"""Per decoder / ViT layer (worldbagel.model.parallelize.apply_activation_checkpointing):
+
+off        keep every activation for backward.
+full       keep only each layer's input and recompute the whole layer in backward (least memory, one extra
+           forward of the layers).
+selective  op-level selective checkpointing: keep the outputs of the matrix multiplications and attention
+           kernels and recompute the cheap rest (norms, activations, rotary, casts) in backward.
+auto       full for models of at least `AUTO_CHECKPOINT_PARAMS` parameters (BAGEL-7B-MoT: 14.6 B), else off."""
+ACTIVATION_CHECKPOINTING = ("auto", "off", "full", "selective")
+AUTO_CHECKPOINT_PARAMS = 1_000_000_000
+
+LoraBaseDtype = Literal["auto", "bfloat16", "float32"]
+"""dtype of the frozen base weights under LoRA: auto = bfloat16 on CUDA, float32 on CPU (CPU bf16 matmuls are
+much slower than fp32 ones)."""
+LORA_BASE_DTYPES = ("auto", "bfloat16", "float32")
+
+
+def checkpointing_mode(mode: str, num_params: int) -> str:
+    """The activation checkpointing a model of `num_params` parameters gets for `train.activation_checkpointing`:
+    `mode` itself, or for auto full from `AUTO_CHECKPOINT_PARAMS` parameters up and off below."""
+    if mode != "auto":
+        return mode
+    return "full" if num_params >= AUTO_CHECKPOINT_PARAMS else "off"
 
 
 @dataclass
@@ -74,6 +117,15 @@ class LoraConfig:
     """Parameter-name prefixes trained fully next to the adapters (e.g. llm2vae, vae2llm, time_embedder)."""
     merge_on_save: bool = True
     """Export merged weights (a plain BAGEL folder); otherwise the base weights + adapter_model.safetensors."""
+    base_dtype: str = "auto"
+    """dtype of the frozen weights (`LoraBaseDtype`): auto (bfloat16 on CUDA, float32 on CPU), bfloat16 or
+    float32. The adapters and `train_modules` always train in float32 (so do the optimizer state and EMA); a
+    bf16 base halves the frozen weights' memory and is not re-cast at every forward under autocast. With a
+    bfloat16 base, compute runs under bf16 autocast on every device (train.amp=none is refused)."""
+
+    def __post_init__(self) -> None:
+        if self.base_dtype not in LORA_BASE_DTYPES:
+            raise bad_argument("train.lora.base_dtype", self.base_dtype, f"use one of {LORA_BASE_DTYPES}")
 
 
 @dataclass
@@ -126,8 +178,14 @@ class TrainConfig:
     QK-norm (Henry et al., 2020) for L ~ 400 tokens. Meant for from-scratch presets: it overwrites learned
     gains of a pretrained model. Measured: 1.75 trailed the 1.0 init at mid-run of a gridworld run
     (docs/training.md, run H)."""
-    activation_checkpointing: bool = False
-    """Recompute decoder/ViT layer activations in backward (less memory, ~30 % more compute)."""
+    activation_checkpointing: str = "auto"
+    """Per decoder / ViT layer (`ActivationCheckpointing`): off, full (recompute each layer in backward), selective
+    (keep matmul and attention outputs, recompute the rest), or auto (full for models of 1 B parameters or more,
+    so BAGEL-7B-MoT; off for the small presets). Gradients are the same in every mode."""
+    loss_reduction: str = "per_microbatch"
+    """How micro-batches of one step combine with grad_accum > 1 (`LossReduction`): per_microbatch (the official
+    loop: the mean of each micro-batch's token mean over the ranks) or pooled (one token mean over the whole
+    step, independent of how the packs are split between ranks and accumulation)."""
     amp: str = "auto"
     """auto: bf16 autocast on CUDA, fp32 on CPU; bf16; none."""
     log_every: int = 1
@@ -150,6 +208,14 @@ class TrainConfig:
             raise bad_argument("train.stage", self.stage, f"use one of {STAGES}")
         if self.amp not in AMP_MODES:
             raise bad_argument("train.amp", self.amp, f"use one of {AMP_MODES}")
+        if self.activation_checkpointing not in ACTIVATION_CHECKPOINTING:
+            raise bad_argument(
+                "train.activation_checkpointing",
+                self.activation_checkpointing,
+                f"use one of {ACTIVATION_CHECKPOINTING} (full recomputes each layer, off keeps everything)",
+            )
+        if self.loss_reduction not in LOSS_REDUCTIONS:
+            raise bad_argument("train.loss_reduction", self.loss_reduction, f"use one of {LOSS_REDUCTIONS}")
         for name in ("steps", "grad_accum", "log_every", "save_every", "keep_checkpoints"):
             if int(getattr(self, name)) < 1:
                 raise bad_argument(f"train.{name}", getattr(self, name), "must be an integer >= 1")
