@@ -29,7 +29,12 @@ def test_rollout_default_is_the_shipped_planner_on_gridworld(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["rollout", f"out={out}"]) == 0
     names = sorted(p.name for p in out.iterdir())
-    assert names == [f"episode_{i:03d}.{ext}" for i in range(3) for ext in ("gif", "mp4")] + ["metrics.json"]
+    assert names == ["config.yaml"] + [
+        f"episode_{i:03d}.{ext}" for i in range(3) for ext in ("gif", "mp4")
+    ] + [
+        "metrics.json",
+        "overrides.yaml",
+    ]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["env_id"] == "WorldBagel/GridWorld-v0" and metrics["policy"] == "planner"
     eps = metrics["episodes"]

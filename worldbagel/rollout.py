@@ -25,7 +25,9 @@ Videos: a policy that exposes `views() -> {label: image}` (the planner: its imag
 goal image) gets them beside the real frame: real | imagined | goal. The views returned after the action
 of step t are shown with the real frame t + 1 they were meant to predict; frame 0 has blank panels.
 
-The library does not print; pass `progress(done, total, episode_result)` to follow along.
+The library does not print; pass `progress(done, total, episode_result)` to follow episodes, and
+`on_step(episode, steps, limit)` to follow the steps of the running episode (`limit`: its step limit when
+known, from `max_steps`, the env's spec or its own `max_steps`, else None).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +48,16 @@ from worldbagel.data.trajectory_index import atomic_write_text, to_jsonable
 from worldbagel.errors import WorldBagelError, bad_argument
 from worldbagel.policies.base import Policy
 
-__all__ = ["EpisodeResult", "RolloutResult", "build_env", "first_env", "frame_of", "run_rollouts"]
+__all__ = [
+    "EpisodeResult",
+    "RolloutResult",
+    "build_env",
+    "first_env",
+    "frame_of",
+    "policy_kwargs",
+    "run_rollouts",
+    "step_limit",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -159,7 +171,32 @@ def build_env(env_id: str, kwargs: Mapping[str, Any] | None = None) -> Any:
         )
     kw = dict(kwargs or {})
     kw.setdefault("render_mode", "rgb_array")
+    if env_id.startswith("WorldBagel/"):  # the registered TimeLimit follows env.kwargs.max_steps
+        kw = wb_envs.with_step_limits(kw)
     return gym.make(env_id, **kw)
+
+
+def policy_kwargs(
+    policy: str, kwargs: Mapping[str, Any], model: Any = None, sampler: Any = None
+) -> dict[str, Any]:
+    """A policy's factory kwargs with a command's `model=` / `sampler=` groups in place of its own.
+
+    World-model policies (planner, reasoning) name their model and sampler in their kwargs (`policy.kwargs.model`);
+    a command's `model=bagel-7b model.path=DIR` / `sampler=fast` replace them. A policy without those kwargs uses
+    no world model, and giving it one is refused.
+    """
+    out = dict(kwargs)
+    for key, value in (("model", model), ("sampler", sampler)):
+        if value is None:
+            continue
+        if key not in out:
+            raise bad_argument(
+                key,
+                getattr(value, "name", key) if key == "model" else key,
+                f"policy={policy} does not use a world model; use policy=planner or policy=reasoning",
+            )
+        out[key] = value
+    return out
 
 
 def frame_of(obs: Any, env: Any = None) -> np.ndarray | None:
@@ -217,38 +254,44 @@ def run_rollouts(
     keep_frames: bool = False,
     metadata: Mapping[str, Any] | None = None,
     progress: Callable[[int, int, EpisodeResult], None] | None = None,
+    on_step: Callable[[int, int, int | None], None] | None = None,
 ) -> RolloutResult:
     """Run `episodes` episodes of `policy` in envs from `env_factory`; see the module docstring.
 
     `policy` is a Policy (its `bind(env)` is called when present) or a factory `env -> Policy`, called
     whenever a new env is built. `max_steps` caps each episode on top of the env's own limit. With
     `out_dir`, writes `episode_XXX.mp4` / `.gif` (when `video` / `gif`) and metrics.json there.
+    `on_step(episode, steps, limit)` is called after every env step (see the module docstring).
     """
     if not (isinstance(episodes, int) and episodes >= 1):
         raise bad_argument("episodes", episodes, "use an int >= 1")
     if max_steps is not None and not (isinstance(max_steps, int) and max_steps >= 1):
         raise bad_argument("max_steps", max_steps, "use an int >= 1, or None for the env's own limit")
     out = None if out_dir is None else Path(out_dir)
+    # a first env (or policy) that fails to build is a config error: it stops the run before any folder exists
+    env = first_env(env_factory)
+    try:
+        bound = _bind(policy, env)
+    except BaseException:
+        _close(env)
+        raise
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
     result = RolloutResult(
         [], seed=seed, episodes_requested=episodes, out_dir=out, metadata=dict(metadata or {})
     )
-    env, bound = None, None
     for i in range(episodes):
         ep_seed = seed + i
         er = EpisodeResult(episode=i, seed=ep_seed)
         frames: list[np.ndarray] = []
         views: list[dict[str, np.ndarray]] = []
         start = time.perf_counter()
-        if env is None and not result.episodes:  # a first build that fails is a config error: stop
-            env = first_env(env_factory)
-            bound = _bind(policy, env)
         try:
             if env is None:
                 env = env_factory()
                 bound = _bind(policy, env)
-            _run_episode(env, bound, ep_seed, max_steps, er, frames, views)
+            step = None if on_step is None else partial(on_step, i)
+            _run_episode(env, bound, ep_seed, max_steps, er, frames, views, step)
         except Exception as exc:  # an env crash must not take the finished episodes down with it
             er.status, er.error = "failed", f"{type(exc).__name__}: {exc}"
             logger.error("episode %d (seed %d) failed: %s", i, ep_seed, er.error, exc_info=True)
@@ -277,8 +320,10 @@ def _run_episode(
     er: EpisodeResult,
     frames: list[np.ndarray],
     views: list[dict[str, np.ndarray]],
+    on_step: Callable[[int, int | None], None] | None = None,
 ) -> None:
     policy.reset(seed=seed)
+    limit = step_limit(env, max_steps) if on_step is not None else None
     obs, info = env.reset(seed=seed)
     first = frame_of(obs, env)
     if first is not None:
@@ -296,6 +341,8 @@ def _run_episode(
         if frame is not None:
             frames.append(frame)
         done = bool(terminated or truncated) or (max_steps is not None and er.length >= max_steps)
+        if on_step is not None:
+            on_step(er.length, limit)
     if "success" in info:
         er.success = bool(info["success"])
     if "spl" in info and info["spl"] is not None:
@@ -308,6 +355,19 @@ def _run_episode(
     for key in EXTRA_INFO_KEYS:
         if key in info:
             er.extra[key] = info[key]
+
+
+def step_limit(env: Any, max_steps: int | None = None) -> int | None:
+    """The most steps an episode of `env` can take: the least of `max_steps`, the env's registered
+    `max_episode_steps` and its own `max_steps` attribute (GridWorld, MiniWorld, Habitat); None if none is known."""
+    spec = getattr(env, "spec", None)
+    known = [
+        max_steps,
+        getattr(spec, "max_episode_steps", None),
+        getattr(getattr(env, "unwrapped", env), "max_steps", None),
+    ]
+    known = [int(k) for k in known if isinstance(k, (int, np.integer)) and not isinstance(k, bool) and k > 0]
+    return min(known) if known else None
 
 
 def with_views(frames: list[np.ndarray], views: list[dict[str, np.ndarray]]) -> list[np.ndarray]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from worldbagel.errors import bad_argument
+from worldbagel.file_mode import mkstemp
 
 __all__ = [
     "VIDEO_SUFFIXES",
@@ -80,7 +80,7 @@ def write_video(
         raise bad_argument("macro_block_size", macro_block_size, "use 1 or more (16 suits most players)")
     video = _as_video(frames)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=suffix, dir=path.parent)
+    fd, tmp_name = mkstemp(prefix=f".{path.stem}-", suffix=suffix, dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:

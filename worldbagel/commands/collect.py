@@ -27,7 +27,21 @@ from worldbagel.data.minari_export import check_new_dataset_id, export_minari
 from worldbagel.data.trajectory import FRAME_EXTS
 from worldbagel.errors import bad_argument
 from worldbagel.policies import make_policy
-from worldbagel.rollout import build_env, first_env
+from worldbagel.rollout import build_env, first_env, policy_kwargs
+from worldbagel.run_folder import run_folder
+
+
+def headline(cfg: CollectConfig) -> dict[str, float | int | None]:
+    """The figures a sweep's summary shows for the dataset in `cfg.out`: episodes, steps, success rate."""
+    from worldbagel.data.trajectory_index import read_index
+
+    entries = read_index(cfg.out)
+    ok = [e["success"] for e in entries if e.get("success") is not None]
+    return {
+        "episodes": len(entries),
+        "steps": sum(e["length"] for e in entries),
+        "success": sum(ok) / len(ok) if ok else None,
+    }
 
 
 def run(cfg: CollectConfig, console: Console) -> int:
@@ -36,16 +50,20 @@ def run(cfg: CollectConfig, console: Console) -> int:
     if cfg.minari.dataset_id is not None:
         check_new_dataset_id(cfg.minari.dataset_id)  # a bad or taken id fails now, not after the collection
     env_factory = partial(build_env, cfg.env.id, cfg.env.kwargs)
-    policy_factory = partial(make_policy, cfg.policy.name, seed=cfg.seed, **cfg.policy.kwargs)
-    with Progress(
-        TextColumn("[bold]collect[/bold] {task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-    ) as bar:
+    kwargs = policy_kwargs(cfg.policy.name, cfg.policy.kwargs, cfg.model, cfg.sampler)
+    policy_factory = partial(make_policy, cfg.policy.name, seed=cfg.seed, **kwargs)
+    with (
+        run_folder(cfg.out, cfg, "collect"),
+        Progress(
+            TextColumn("[bold]collect[/bold] {task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+        ) as bar,
+    ):
         task = bar.add_task(f"{cfg.env.name} x {cfg.policy.name}", total=None)
 
         def progress(done: int, todo: int, eid: str, error: str | None) -> None:

@@ -9,11 +9,14 @@ import numpy as np
 import torch
 from PIL import Image
 from rich.console import Console
+from rich.markup import escape
 
 from worldbagel.config import GenerateConfig
+from worldbagel.data.trajectory_index import atomic_write_text
 from worldbagel.errors import bad_argument
+from worldbagel.eval.png_canvas import save_png_atomic
 from worldbagel.inference.generate import GenerationConfig
-from worldbagel.inference.pipeline import BagelPipeline
+from worldbagel.inference.pipeline import BagelPipeline, think_budget_warning
 from worldbagel.media import read_image
 
 logger = logging.getLogger(__name__)
@@ -31,6 +34,11 @@ def sampler_to_generation(s) -> GenerationConfig:
         cfg_renorm_min=s.cfg_renorm_min,
         batch_cfg=s.batch_cfg,
     )
+
+
+def _warn(console: Console, warning: str | None) -> None:
+    if warning:
+        console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
 
 
 def run(cfg: GenerateConfig, console: Console) -> int:
@@ -54,18 +62,28 @@ def run(cfg: GenerateConfig, console: Console) -> int:
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if understanding:
-        text = pipe.generate_text(ic.context, max_new_tokens=cfg.max_new_tokens).text
-        out.write_text(text + "\n")
-        console.print(text, markup=False, highlight=False)
+        answer = pipe.generate_text(ic.context, max_new_tokens=cfg.max_new_tokens)
+        atomic_write_text(out, answer.text + "\n")
+        console.print(answer.text, markup=False, highlight=False)
+        if cfg.think:
+            _warn(
+                console,
+                think_budget_warning(answer.text, len(answer.ids), cfg.max_new_tokens, "max_new_tokens"),
+            )
         return 0
     if cfg.think:
         with console.status("thinking"):
             pipe.think(ic, max_think_tokens=cfg.max_new_tokens)
-        console.print(f"[bold]thought:[/bold] {ic.thought}", highlight=False)
+        console.print(f"[bold]thought:[/bold] {escape(ic.thought)}", highlight=False)
+        budget = cfg.max_new_tokens
+        _warn(
+            console, think_budget_warning(ic.thought, ic.think_tokens, budget, "max_new_tokens", answer=False)
+        )
     size = ic.image_size or (512, 512)
     size = (cfg.height or size[0], cfg.width or size[1])
     with console.status(f"denoising {size[0]}x{size[1]} in {gen_config.num_steps - 1} steps"):
         image = pipe.generate_image(ic, image_size=size, config=gen_config, generator=generator)
-    Image.fromarray(np.asarray(image)).save(out)
+    fmt = Image.registered_extensions().get(out.suffix.lower(), "PNG")
+    save_png_atomic(out, lambda tmp: Image.fromarray(np.asarray(image)).save(tmp, format=fmt))
     console.print(f"wrote {out} ({image.shape[1]}x{image.shape[0]})")
     return 0

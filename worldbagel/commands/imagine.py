@@ -13,6 +13,7 @@ first). Writes, in the output folder:
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,7 @@ from worldbagel.commands.predict import run_dir, write_frames
 from worldbagel.config import ImagineConfig
 from worldbagel.data.trajectory_index import atomic_write_text, to_jsonable
 from worldbagel.errors import InvalidAction, bad_argument
+from worldbagel.run_folder import run_folder
 from worldbagel.video import side_by_side, write_video
 
 
@@ -71,17 +73,31 @@ def _fit(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(frame).resize((w, h), Image.BICUBIC))
 
 
+def headline(cfg: ImagineConfig) -> dict[str, float]:
+    """The figures a sweep's summary shows for a finished run in `cfg.out` (its metrics.json means)."""
+    doc = json.loads((Path(cfg.out) / "metrics.json").read_text())
+    names = {"mean_psnr": "PSNR", "mean_ssim": "SSIM", "state_accuracy": "state acc"}
+    return {label: doc[key] for key, label in names.items() if key in doc}
+
+
 def run(cfg: ImagineConfig, console: Console) -> int:
     from worldbagel.actions import codec_for_env
-    from worldbagel.eval.frame_metrics import psnr, ssim
-    from worldbagel.imagined_env import ImaginedEnv
     from worldbagel.rollout import build_env
-    from worldbagel.world_model_loader import load_world_model
 
     real = build_env(cfg.env.id, cfg.env.kwargs)
     codec = codec_for_env(real)
     actions = env_actions(cfg.actions, cfg.steps, real, codec, cfg.seed)
     out = run_dir(cfg.out, "imagine")
+    with run_folder(out, cfg, "imagine"):
+        return _imagine(cfg, console, out, real, codec, actions)
+
+
+def _imagine(cfg: ImagineConfig, console: Console, out: Path, real, codec, actions: list) -> int:
+    from worldbagel.eval.frame_metrics import psnr, ssim
+    from worldbagel.imagined_env import ImaginedEnv
+    from worldbagel.rollout import build_env
+    from worldbagel.world_model_loader import load_world_model
+
     with console.status(f"loading {cfg.model.path or cfg.model.name}"):
         wm = load_world_model(
             cfg.model, cfg.sampler, codec, world={"max_history_frames": cfg.max_history_frames}

@@ -13,7 +13,6 @@ footage (worldbagel/model/domain.py).
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,7 @@ from worldbagel.config import PredictConfig
 from worldbagel.errors import bad_argument
 from worldbagel.eval.png_canvas import save_png_atomic
 from worldbagel.media import read_clip
+from worldbagel.run_folder import default_run_dir, run_folder
 from worldbagel.video import bordered, resize_frames, write_video
 
 logger = logging.getLogger(__name__)
@@ -37,13 +37,7 @@ PREDICTED_BORDER = (255, 0, 255)
 
 def run_dir(out: str | None, prefix: str) -> Path:
     """`out`, or runs/<prefix>-<timestamp> (with a numeric suffix when that folder exists)."""
-    if out:
-        return Path(out)
-    base = Path("runs") / f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
-    path, n = base, 1
-    while path.exists():
-        path, n = base.with_name(f"{base.name}-{n}"), n + 1
-    return path
+    return Path(out) if out else default_run_dir(prefix)
 
 
 def write_frames(folder: Path, frames, prefix: str = "") -> list[Path]:
@@ -78,8 +72,6 @@ def model_folder(model) -> Path:
 
 
 def run(cfg: PredictConfig, console: Console) -> int:
-    from worldbagel.world_model_loader import load_world_model
-
     actions = list(cfg.actions) if cfg.actions is not None else None
     if actions is not None:
         bad = [a for a in actions if not isinstance(a, str) or not a.strip()]
@@ -96,6 +88,13 @@ def run(cfg: PredictConfig, console: Console) -> int:
         raise bad_argument("fps", cfg.fps, "use a positive frame rate")
     clip = read_clip(cfg.video, "video")
     out = run_dir(cfg.out, "predict")
+    with run_folder(out, cfg, "predict"):
+        return _predict(cfg, console, out, clip, actions, n)
+
+
+def _predict(cfg: PredictConfig, console: Console, out: Path, clip: np.ndarray, actions, n: int) -> int:
+    from worldbagel.world_model_loader import load_world_model
+
     with console.status(f"loading {cfg.model.path or cfg.model.name}"):
         wm = load_world_model(cfg.model, cfg.sampler, world={"max_history_frames": cfg.max_history_frames})
     # older frames would leave the window before the prediction: encoding them is wasted work

@@ -9,10 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from worldbagel.config import ReasonConfig
 from worldbagel.data.trajectory_index import atomic_write_text
 from worldbagel.errors import bad_argument
+from worldbagel.inference.pipeline import think_budget_warning
 from worldbagel.media import read_clip
 
 
@@ -31,12 +33,23 @@ def run(cfg: ReasonConfig, console: Console) -> int:
         for frame in frames[1:]:
             wm.observe(frame)
         thought, answer = wm.reason_full(cfg.question, think=cfg.think, max_new_tokens=cfg.max_new_tokens)
+    warning, closed = None, True
     if cfg.think:
-        console.print(f"[bold]thought:[/bold] {thought}", highlight=False)
+        closed = bool(thought)  # split_think: no </think> -> ("", everything said)
+        if not closed:
+            thought, answer = answer, ""  # what was said is the unfinished thought, not an answer
+        said = f"<think> {thought} </think> {answer}" if closed else f"<think> {thought}"
+        # reason_full returns text, not token ids: re-encoding what was said counts them (exact for the byte
+        # tokenizer of the small models, within a token or two for BPE)
+        tokens = len(wm.pipe.tokenizer.encode(said.removeprefix("<think> ")))
+        warning = think_budget_warning(said, tokens, cfg.max_new_tokens, "max_new_tokens")
+        console.print(f"[bold]thought:[/bold] {escape(thought)}", highlight=False)
     console.print(answer, markup=False, highlight=False)
+    if warning:
+        console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
     if cfg.out:
         path = Path(cfg.out)
         path.parent.mkdir(parents=True, exist_ok=True)
-        text = (f"<think> {thought} </think>\n" if cfg.think else "") + answer + "\n"
+        text = (f"<think> {thought}{' </think>' if closed else ''}\n" if cfg.think else "") + answer + "\n"
         atomic_write_text(path, text)
     return 0

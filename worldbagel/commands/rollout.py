@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+import json
 from functools import partial
 from pathlib import Path
 
@@ -12,18 +12,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from worldbagel.config import RolloutConfig
-from worldbagel.errors import bad_argument
 from worldbagel.policies import make_policy
-from worldbagel.rollout import RolloutResult, build_env, run_rollouts
-
-
-def default_run_dir(prefix: str = "rollout") -> Path:
-    """runs/<prefix>-<timestamp>, with a numeric suffix if that folder already exists."""
-    base = Path("runs") / f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
-    path, n = base, 1
-    while path.exists():
-        path, n = base.with_name(f"{base.name}-{n}"), n + 1
-    return path
+from worldbagel.rollout import RolloutResult, build_env, policy_kwargs, run_rollouts
+from worldbagel.run_folder import default_run_dir, run_folder
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -82,30 +73,37 @@ def results_table(result: RolloutResult, title: str) -> Table:
     return table
 
 
-def run(cfg: RolloutConfig, console: Console) -> int:
-    out = Path(cfg.out) if cfg.out else default_run_dir("rollout")
-    env_factory = partial(build_env, cfg.env.id, cfg.env.kwargs)
-    policy_kwargs = dict(cfg.policy.kwargs)
-    for key in ("model", "sampler"):  # `model=...` / `sampler=...` groups feed world-model policies
-        if getattr(cfg, key) is not None:
-            if key not in policy_kwargs:
-                raise bad_argument(
-                    key,
-                    getattr(cfg, key).name if key == "model" else key,
-                    f"policy={cfg.policy.name} does not use a world model; use policy=planner or policy=reasoning",
-                )
-            policy_kwargs[key] = getattr(cfg, key)
-    policy_factory = partial(make_policy, cfg.policy.name, seed=cfg.seed, **policy_kwargs)
-    metadata = {"env": cfg.env.name, "env_id": cfg.env.id, "policy": cfg.policy.name}
-    with Progress(
+def _progress(console: Console) -> Progress:
+    """Two bars: episodes done, and the steps of the running episode (a long planner episode moves too)."""
+    return Progress(
         TextColumn("[bold]rollout[/bold] {task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         console=console,
         transient=True,
-    ) as bar:
+    )
+
+
+def headline(cfg: RolloutConfig) -> dict[str, float | None]:
+    """The figures a sweep's summary shows for a finished run in `cfg.out` (its metrics.json aggregate)."""
+    agg = json.loads((Path(cfg.out) / "metrics.json").read_text())["aggregate"]
+    return {"success": agg["success_rate"], "SPL": agg["spl"]}
+
+
+def run(cfg: RolloutConfig, console: Console) -> int:
+    out = Path(cfg.out) if cfg.out else default_run_dir("rollout")
+    env_factory = partial(build_env, cfg.env.id, cfg.env.kwargs)
+    kwargs = policy_kwargs(cfg.policy.name, cfg.policy.kwargs, cfg.model, cfg.sampler)
+    policy_factory = partial(make_policy, cfg.policy.name, seed=cfg.seed, **kwargs)
+    metadata = {"env": cfg.env.name, "env_id": cfg.env.id, "policy": cfg.policy.name}
+    with run_folder(out, cfg, "rollout"), _progress(console) as bar:
         task = bar.add_task(f"{cfg.env.name} x {cfg.policy.name}", total=cfg.episodes)
+        steps = bar.add_task("episode 0 step", total=None)
+
+        def on_step(episode: int, done: int, limit: int | None) -> None:
+            bar.update(steps, description=f"episode {episode} step", completed=done, total=limit)
+
         result = run_rollouts(
             env_factory,
             policy_factory,
@@ -118,6 +116,7 @@ def run(cfg: RolloutConfig, console: Console) -> int:
             fps=cfg.env.fps,
             metadata=metadata,
             progress=lambda done, total, ep: bar.update(task, completed=done),
+            on_step=on_step,
         )
     console.print(results_table(result, f"{cfg.env.id} x {cfg.policy.name}"))
     for e in result.episodes:

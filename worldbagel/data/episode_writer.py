@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -22,6 +21,7 @@ from PIL import Image
 
 from worldbagel.data.trajectory_index import info_subset, sha256_file, to_jsonable, update_index
 from worldbagel.errors import WorldBagelError, bad_argument
+from worldbagel.file_mode import mkdtemp
 
 __all__ = ["FRAME_EXTS", "EpisodeWriter"]
 
@@ -77,7 +77,7 @@ class EpisodeWriter:
         self.info_keys = None if info_keys is None else tuple(info_keys)
         self.preview_fps = preview_fps
         self.index = bool(index)
-        self._tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{episode_id}-", dir=self.root))
+        self._tmp = Path(mkdtemp(prefix=f".tmp-{episode_id}-", dir=self.root))
         (self._tmp / "frames").mkdir()
         self._steps = open(self._tmp / "steps.jsonl", "w", encoding="utf-8")  # noqa: SIM115 - closed in finish/abort
         self._frame_shape: tuple[int, ...] | None = None
@@ -233,7 +233,7 @@ class EpisodeWriter:
         }
         dest = self.root / self.episode_id
         if dest.exists():  # a previous attempt that never reached the index (or an overwrite)
-            trash = Path(tempfile.mkdtemp(prefix=f".trash-{self.episode_id}-", dir=self.root))
+            trash = Path(mkdtemp(prefix=f".trash-{self.episode_id}-", dir=self.root))
             os.replace(dest, trash / "old")
             shutil.rmtree(trash, ignore_errors=True)
         os.replace(self._tmp, dest)
