@@ -9,6 +9,7 @@ parts of worldbagel add their policies with `register_policy` (e.g. the world-mo
 from __future__ import annotations
 
 import importlib
+import inspect
 from typing import Any
 
 from worldbagel.errors import bad_argument
@@ -42,7 +43,29 @@ def make_policy(name: str, env: Any, seed: int | None = None, **kwargs: Any) -> 
     factory: Any = importlib.import_module(module)
     for part in attr.split("."):
         factory = getattr(factory, part)
-    return factory(env, seed=seed, **{**preset_kwargs(name), **kwargs})
+    merged = {**preset_kwargs(name), **kwargs}
+    _check_kwargs(name, factory, merged)
+    return factory(env, seed=seed, **merged)
+
+
+def _check_kwargs(name: str, factory: Any, kwargs: dict[str, Any]) -> None:
+    """Refuse keyword arguments the policy does not take, naming them and the ones it does (before building,
+    so a typo in `policy.kwargs.<key>` is not a TypeError from deep inside the constructor)."""
+    params = inspect.signature(factory).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = sorted(set(kwargs) - set(params))
+    if unknown:
+        known = sorted(
+            k
+            for k, p in params.items()
+            if k not in ("self", "env", "seed") and p.kind is not p.VAR_POSITIONAL
+        )
+        raise bad_argument(
+            f"policy.kwargs.{unknown[0]}",
+            kwargs[unknown[0]],
+            f"policy '{name}' takes {known or 'no keyword arguments'}",
+        )
 
 
 def preset_kwargs(name: str, required: bool = False) -> dict[str, Any]:

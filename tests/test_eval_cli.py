@@ -52,13 +52,15 @@ def test_eval_on_a_trajectory_folder_writes_every_output(tiny_dir, grid_data, tm
     out = tmp_path / "run"
     args = ["eval", *_tiny(tiny_dir), "dataset=trajectories", f"dataset.path={grid_data}", f"out={out}"]
     assert main([*args, "controllability.max_samples=2"]) == 0
-    names = sorted(p.name for p in out.iterdir())
+    names = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))  # not the writer lock
     assert names == [
+        "config.yaml",
         "contact_sheet.png",
         "horizon_psnr.png",
         "horizon_ssim.png",
         "horizon_symbolic_accuracy.png",
         "metrics.json",
+        "overrides.yaml",
     ]
     doc = read_metrics_json(out / "metrics.json")
     run = doc["run"]

@@ -255,3 +255,15 @@ def test_oracle_uses_habitat_shortest_path_follower_when_importable(monkeypatch)
     acts = [int(policy.act(None, {})) for _ in range(4)]
     assert acts == [2, 0, 1, 3]  # move_forward, turn_left, turn_right, stop (None)
     assert calls[0] == ("init", "SIM", 0.3, False) and calls[1] == ("goal", (1.0, 0.0, -2.0))
+
+
+def test_make_policy_refuses_an_unknown_kwarg_naming_it_and_the_known_ones():
+    from worldbagel.errors import ConfigError
+    from worldbagel.policies import make_policy
+    from worldbagel.rollout import build_env
+
+    env = build_env("WorldBagel/GridWorld-v0", {})
+    with pytest.raises(ConfigError, match=r"policy.kwargs.stop_radus=.*'oracle' takes \['stop_radius'\]"):
+        make_policy("oracle", env, stop_radus=1.0)
+    with pytest.raises(ConfigError, match="'random' takes no keyword arguments"):
+        make_policy("random", env, foo=1)

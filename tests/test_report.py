@@ -224,3 +224,18 @@ def test_contact_sheet_float_frames_and_errors(tmp_path):
         contact_sheet(tmp_path / "s.png", real[0], {}, (1, 2))
     with pytest.raises(ConfigError, match="sample_labels"):
         contact_sheet(tmp_path / "s.png", real, {}, (1, 2), sample_labels=["a", "b"])
+
+
+def test_eval_tables_keep_every_cell_at_80_columns():
+    from table_text import missing_cells, render
+
+    text_section = {
+        "accuracy": 0.90625,
+        "by_question": {"Where is the goal relative to the agent?": 0.875, "What is the next move?": 0.9125},
+        "chance": 0.25,
+    }
+    doc = R.metrics_document(text=text_section, frame_prediction=_summary())
+    for table in R.report_tables(doc):
+        cells = [str(c) for col in table.columns for c in col._cells if c]
+        cells = [c.replace("[bold]", "").replace("[/bold]", "") for c in cells]
+        assert not missing_cells(render(table, 80), cells), table.title

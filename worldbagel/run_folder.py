@@ -78,26 +78,30 @@ def _overrides_yaml(command: str, overrides: Sequence[str]) -> str:
 
 
 @contextlib.contextmanager
-def run_folder(folder: str | Path, cfg: Any, command: str) -> Iterator[Path]:
+def run_folder(folder: str | Path, cfg: Any, command: str, exclusive: bool = False) -> Iterator[Path]:
     """Create `folder` if needed, write config.yaml (and overrides.yaml) into it, and yield it.
 
-    When the block raises and the folder was created here and holds nothing but these files, it is removed:
-    a failed start leaves no run folder behind.
+    `exclusive=True` holds the folder's writer lock for the whole block (eval, train-vae: the command is the
+    only writer); otherwise the lock is held only while the config is written, and the library function that
+    writes the folder (collect, the trainer) takes it for the run. When the block raises and the folder was
+    created here and holds nothing but these files, it is removed: a failed start leaves no run folder behind.
     """
     path = Path(folder)
     created = not path.exists()
     ours = {CONFIG_FILE, LOCK_NAME}
     path.mkdir(parents=True, exist_ok=True)
-    locked = exclusive_folder(path, command) if (path / LOCK_NAME).exists() else contextlib.nullcontext()
-    with locked:
-        atomic_write_text(path / CONFIG_FILE, config_yaml(cfg, path))
-        given = _INVOCATION.get()
-        if given is not None:
-            atomic_write_text(path / OVERRIDES_FILE, _overrides_yaml(*given))
-            ours.add(OVERRIDES_FILE)
-    try:
-        yield path
-    except BaseException:
-        if created and path.is_dir() and {p.name for p in path.iterdir()} <= ours:
-            shutil.rmtree(path, ignore_errors=True)
-        raise
+    with contextlib.ExitStack() as stack:
+        lock = stack.enter_context(exclusive_folder(path, command)) if exclusive else None
+        brief = (path / LOCK_NAME).exists() and lock is None
+        with exclusive_folder(path, command) if brief else contextlib.nullcontext():
+            atomic_write_text(path / CONFIG_FILE, config_yaml(cfg, path))
+            given = _INVOCATION.get()
+            if given is not None:
+                atomic_write_text(path / OVERRIDES_FILE, _overrides_yaml(*given))
+                ours.add(OVERRIDES_FILE)
+        try:
+            yield path
+        except BaseException:
+            if created and path.is_dir() and {p.name for p in path.iterdir()} <= ours:
+                shutil.rmtree(path, ignore_errors=True)
+            raise

@@ -27,18 +27,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from worldbagel.config import EvalConfig
 from worldbagel.errors import bad_argument
 from worldbagel.eval.options import TASKS
-from worldbagel.folder_lock import exclusive_folder
+from worldbagel.run_folder import default_run_dir, run_folder
 
 logger = logging.getLogger(__name__)
-
-
-def default_run_dir(prefix: str = "eval") -> Path:
-    """runs/<prefix>-<timestamp>, with a numeric suffix if that folder already exists."""
-    base = Path("runs") / f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
-    path, n = base, 1
-    while path.exists():
-        path, n = base.with_name(f"{base.name}-{n}"), n + 1
-    return path
 
 
 def _progress(console: Console) -> Progress:
@@ -345,7 +336,7 @@ def run(cfg: EvalConfig, console: Console) -> int:
     def save() -> Path:
         return write_metrics_json(out / "metrics.json", metrics_document(**doc))
 
-    with exclusive_folder(out, "eval"):  # one writer per output folder
+    with run_folder(out, cfg, "eval", exclusive=True):  # config.yaml saved; one writer per folder
         for name in tasks:
             t = time.perf_counter()
             if name == "frames":

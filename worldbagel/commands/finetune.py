@@ -25,6 +25,7 @@ from rich.table import Table
 
 from worldbagel.config import FinetuneConfig
 from worldbagel.errors import bad_argument
+from worldbagel.run_folder import run_folder
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +134,7 @@ def run(cfg: FinetuneConfig, console: Console) -> int:
             f"finetune [bold]{cfg.model.path or cfg.model.name}[/bold] on {len(dataset)} episodes "
             f"({len(data.plans)} samples) -> {cfg.out}"
         )
-        with _progress(console) as progress:
+        with run_folder(cfg.out, cfg, "finetune"), _progress(console) as progress:  # config.yaml saved
             task = progress.add_task("train", total=cfg.train.steps, completed=0, stats="")
 
             def on_step(m: dict) -> None:

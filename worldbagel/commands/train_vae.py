@@ -11,7 +11,7 @@ from rich.table import Table
 
 from worldbagel.config import TrainVAEConfig
 from worldbagel.errors import bad_argument
-from worldbagel.folder_lock import exclusive_folder
+from worldbagel.run_folder import run_folder
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def collect_frames(
 
 
 def run(cfg: TrainVAEConfig, console: Console) -> int:
-    with exclusive_folder(cfg.out, "train-vae"):  # one writer per output folder
+    with run_folder(cfg.out, cfg, "train-vae", exclusive=True):  # config.yaml saved; one writer per folder
         return _train(cfg, console)
 
 

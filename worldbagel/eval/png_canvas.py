@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 from PIL import ImageFont
+
+from worldbagel.file_mode import mkstemp
 
 
 def label_font(size: int) -> ImageFont.ImageFont:
@@ -25,7 +26,7 @@ def save_png_atomic(path: str | os.PathLike, save: Callable[[str], None]) -> Pat
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+    fd, tmp = mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
     os.close(fd)
     try:
         save(tmp)

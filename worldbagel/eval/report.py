@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -32,6 +31,7 @@ from pathlib import Path
 import numpy as np
 from rich.table import Table
 
+from worldbagel.data.trajectory_index import atomic_write_text
 from worldbagel.errors import WorldBagelError, bad_argument
 
 from .frame_metrics import HIGHER_IS_BETTER, PSNR_FRAME_MEAN
@@ -136,16 +136,7 @@ def write_metrics_json(path: str | os.PathLike, document: Mapping) -> Path:
         raise bad_argument("document", sorted(document), "build it with metrics_document(...)")
     text = json.dumps(_jsonable(document), indent=2, allow_nan=False) + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, text)
     return path
 
 
@@ -200,7 +191,7 @@ def horizon_table(
         else list(dict.fromkeys(m for per in modes.values() for m in per))
     )
     table = Table(title=title, title_justify="left")
-    table.add_column("metric", style="cyan", no_wrap=True, max_width=72, overflow="ellipsis")
+    table.add_column("metric", style="cyan", overflow="fold")
     table.add_column("mode", no_wrap=True)
     for k in horizons:
         table.add_column(f"k={k}", justify="right", no_wrap=True)
@@ -228,7 +219,7 @@ def scalar_table(section: Mapping, title: str) -> Table:
     """Two-column table (metric, value) of a flat section such as navigation or text; nested dicts are
     flattened with dotted keys."""
     table = Table(title=title, title_justify="left")
-    table.add_column("metric", style="cyan", no_wrap=True, max_width=72, overflow="ellipsis")
+    table.add_column("metric", style="cyan", overflow="fold")
     table.add_column("value", justify="right", no_wrap=True, min_width=10)
 
     def rows(prefix: str, value) -> None:
