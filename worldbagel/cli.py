@@ -240,6 +240,10 @@ def main(argv: list[str] | None = None) -> int:
         format="%(message)s",
         handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
     )
+    # torchao (imported by peft and diffusers when installed) warns about every CUDA kernel library it cannot
+    # load on a CPU machine, and about torch's pytree deprecations: noise before every command's output
+    for noisy in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.ERROR)
     if args.multirun:
         from worldbagel.cli_multirun import multirun
 

@@ -15,6 +15,7 @@ from hydra.core.config_store import ConfigStore
 from worldbagel.data.episode_source import SourceConfig
 from worldbagel.data.minari_export import MinariConfig
 from worldbagel.data.sequence_plan import DropoutConfig, PackingConfig, PlanConfig
+from worldbagel.errors import bad_argument
 from worldbagel.eval.options import (
     ControllabilityEvalConfig,
     DatasetConfig,
@@ -25,6 +26,8 @@ from worldbagel.eval.options import (
     TrajectoryEvalConfig,
 )
 from worldbagel.model.configuration import VAEConfig
+from worldbagel.model.memory_plan import PlanOptions
+from worldbagel.tracking import TrackerConfig
 from worldbagel.train.options import TrainConfig, VAETrainConfig
 
 
@@ -57,10 +60,27 @@ class ModelConfig:
     an error. None: what fits in half the device's free memory at load time (keys/values of every layer plus one
     layer's activations per token; worldbagel/inference/context_limit.py). Rope positions are bounded by the
     model's max_position_embeddings as well."""
+    quantize: str = "none"
+    """Weight-only quantisation of the LLM experts' linear layers after loading: none, int8 (torchao; CPU and
+    CUDA) or nf4 (bitsandbytes; CUDA only). `worldbagel info DIR plan=true` shows the bytes each needs."""
+    tensor_parallel: int = 1
+    """Split the LLM experts' attention heads and MLPs over this many ranks, for cards too small for one copy
+    (launch with torchrun --nproc_per_node N; worldbagel/model/tensor_parallel.py); 1 = one process."""
     actions: list[str] | None = None
     """The action texts the model was trained on (an env's `action_names`, in action order). World models built
     from this config without an env (e.g. `worldbagel predict`) check action text against them, as `imagine`
     does with its env's codec; None accepts any non-empty text."""
+
+    def __post_init__(self) -> None:
+        from worldbagel.model.quantize import check_mode
+
+        self.quantize = check_mode(self.quantize)
+        if self.tensor_parallel < 1:
+            raise bad_argument(
+                "model.tensor_parallel",
+                self.tensor_parallel,
+                "use 1 (one process) or the number of torchrun ranks",
+            )
 
 
 @dataclass
@@ -95,6 +115,14 @@ class InfoConfig:
 
     weights: bool = True
     """Also read the safetensors headers to report stored dtypes and file sizes."""
+
+    plan: bool = False
+    """Also print the memory plan: bytes of weights (bf16 / int8 / nf4), KV cache, activations and training
+    state, and which 24 / 40 / 48 / 80 / 141 GB cards fit each setting (worldbagel/model/memory_plan.py)."""
+
+    memory: PlanOptions = field(default_factory=PlanOptions)
+    """What the plan is for: frame size, context frames, CFG branches, tensor-parallel ranks, FSDP ranks, token
+    budget, LoRA rank, attention backend and activation bytes (e.g. `memory.height=256 memory.gpus=4`)."""
 
 
 @dataclass
@@ -157,7 +185,14 @@ class FinetuneConfig:
     packing: PackingConfig = field(default_factory=PackingConfig)
     """Token budget of a packed batch."""
     train: TrainConfig = field(default_factory=TrainConfig)
-    """Optimisation, staging/freezing, LoRA, EMA, checkpoints, resume."""
+    """Optimisation, staging/freezing, LoRA, EMA, checkpoints, resume, validation interval."""
+    val_data: str | None = None
+    """Held-out episodes for the validation loss (read like `data`, with `source`); None: `val_fraction`."""
+    val_fraction: float = 0.0
+    """Without val_data: hold out this fraction of `data`'s episodes (the last ones, at least one) for the
+    validation loss; 0 = no validation. Evaluated every `train.val_every` steps (worldbagel/train/validation.py)."""
+    tracker: TrackerConfig = field(default_factory=TrackerConfig)
+    """TensorBoard / W&B: losses, predicted frames of held-out windows, the config (worldbagel/tracking.py)."""
 
 
 @dataclass
@@ -186,6 +221,8 @@ class TrainVAEConfig:
     """Architecture (FLUX layout; downsample must be 2**(len(ch_mult)-1), widths divisible by 32)."""
     train: VAETrainConfig = field(default_factory=VAETrainConfig)
     """Optimisation."""
+    tracker: TrackerConfig = field(default_factory=TrackerConfig)
+    """TensorBoard / W&B: recon / kl losses, real | reconstructed frames, the config."""
 
 
 @dataclass
@@ -237,6 +274,8 @@ class RolloutConfig:
     None keeps the policy's own `policy.kwargs.model` (default: the shipped gridworld model)."""
     sampler: SamplerConfig | None = None
     """Sampling knobs for world-model policies (e.g. `sampler=fast`); None keeps `policy.kwargs.sampler`."""
+    tracker: TrackerConfig = field(default_factory=lambda: TrackerConfig(media_every=1))
+    """TensorBoard / W&B: per-episode return, success, SPL, length; the episode videos; the config."""
 
 
 @dataclass
@@ -399,6 +438,8 @@ class EvalConfig:
     """Seed of the flow noise and of the planner."""
     out: str | None = None
     """Run folder; None writes to runs/eval-<timestamp>."""
+    tracker: TrackerConfig = field(default_factory=TrackerConfig)
+    """TensorBoard / W&B: the headline figures, the contact sheet, the config."""
 
 
 SCHEMAS: dict[str, type] = {

@@ -123,6 +123,8 @@ def _key(cfg: ModelConfig) -> tuple:
         tuple(cfg.vae_image_size),
         tuple(cfg.vit_image_size),
         cfg.max_context_tokens,
+        cfg.quantize,
+        cfg.tensor_parallel,
     )
 
 

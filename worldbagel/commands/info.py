@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
 from worldbagel.config import InfoConfig
 from worldbagel.model.folder_info import PARTS, inspect_folder
 from worldbagel.model.hub import resolve_model_folder
+from worldbagel.model.memory_plan import GPU_SIZES_GB, MemoryPlan, memory_plan
 
 
 def _size(n: int) -> str:
@@ -81,4 +83,63 @@ def run(cfg: InfoConfig, console: Console) -> int:
         dtypes = ", ".join(f"{d} ({_count(n)})" for d, n in sorted(f.dtypes.items()))
         files.add_row(f.name, _size(f.size), dtypes)
     console.print(files)
+    if cfg.plan:
+        print_plan(memory_plan(c, cfg.memory), console)
     return 0
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:,.1f}"
+
+
+_SHORT = {
+    "autoencoder": "AE",
+    "KV cache": "KV",
+    "activations": "act",
+    "gradients": "grad",
+    "optimizer": "optim",
+}
+
+
+def print_plan(plan: MemoryPlan, console: Console) -> None:
+    """The memory plan as three tables: tokens, inference settings, training settings (GiB per GPU; a card
+    column says whether the setting fits a card of that many GB)."""
+    o, f = plan.options, plan.frame
+    act = "bf16" if o.act_bytes == 2 else "fp32"
+    head = Table(
+        title=f"Memory plan: {o.height}x{o.width} frames, {act} activations, {o.attention} attention"
+    )
+    head.add_column("quantity")
+    head.add_column("value", justify="right")
+    rows = [
+        ("Bagel parameters / tensors", f"{plan.params.total:,} / {plan.params.tensors:,}"),
+        ("quantised by int8 / nf4 (decoder linears)", f"{plan.params.quant_weights:,}"),
+        ("tokens per frame: VAE / ViT / text", f"{f.vae:,} / {f.vit:,} / {f.text:,}"),
+        ("KV cache per token / per frame", f"{plan.kv_per_token:,} B / {plan.kv_per_frame / 2**20:,.1f} MiB"),
+        ("context frames / tokens (main context)", f"{o.context_frames} / {plan.context_tokens:,}"),
+        ("training pack / sample tokens", f"{o.token_budget:,} / {o.sample_tokens or o.token_budget:,}"),
+    ]
+    for r in rows:
+        head.add_row(*r)
+    console.print(head)
+    for kind, caption in (
+        ("inference", f"AE autoencoder, {o.cfg_branches} CFG branches batched, TP tensor parallel"),
+        ("training", f"per rank, FSDP over {o.gpus}, LoRA rank {o.lora_rank}, AC act. checkpointing"),
+    ):
+        settings = [s for s in plan.settings if s.kind == kind]
+        parts = list(dict.fromkeys(p.name for s in settings for p in s.parts))
+        table = Table(
+            title=f"{kind.capitalize()} (GiB per GPU; {caption})",
+            box=box.SIMPLE_HEAD,
+            pad_edge=False,
+            collapse_padding=True,
+        )
+        table.add_column("setting", no_wrap=True)
+        for name in [*parts, "total"]:
+            table.add_column(_SHORT.get(name, name), justify="right")
+        for gb in GPU_SIZES_GB:
+            table.add_column(f"{gb}G", justify="center")
+        for s in settings:
+            fits = ["[green]yes[/green]" if s.fits(gb) else "[red]no[/red]" for gb in GPU_SIZES_GB]
+            table.add_row(s.name, *[_gib(s.part(n)) for n in parts], f"[bold]{_gib(s.total)}[/bold]", *fits)
+        console.print(table)

@@ -59,7 +59,10 @@ def as_unit_frames(frames, name: str = "frames", data_range: float | None = None
         arr = np.asarray(frames)
         if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
             raise bad_argument(name, type(frames).__name__, "pass a numeric numpy array or torch tensor")
-        t = torch.from_numpy(np.ascontiguousarray(arr))
+        # a read-only array (np.frombuffer frames) is copied: torch.from_numpy would share unwritable memory
+        t = torch.from_numpy(
+            arr if arr.flags.writeable and arr.flags.c_contiguous else np.array(arr, order="C")
+        )
     if t.ndim < 3 or t.shape[-1] not in (1, 3):
         raise bad_argument(
             f"{name}.shape",

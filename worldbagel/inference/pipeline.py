@@ -138,13 +138,35 @@ class BagelPipeline:
         self.context_limit = limit_for(model, max_context_tokens)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, dtype=None, device=None, **transform_kwargs) -> BagelPipeline:
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        dtype=None,
+        device=None,
+        quantize=None,
+        tensor_parallel: int = 1,
+        **transform_kwargs,
+    ) -> BagelPipeline:
         """Load model, VAE and tokenizer from an official-layout folder, or from the local Hugging Face cache
-        when `path` is a repo id such as "ByteDance-Seed/BAGEL-7B-MoT" (nothing is downloaded)."""
+        when `path` is a repo id such as "ByteDance-Seed/BAGEL-7B-MoT" (nothing is downloaded).
+
+        `quantize` (none, int8, nf4) quantises the LLM experts' linears after loading
+        (`worldbagel.model.quantize`); `tensor_parallel` > 1 splits them over that many torchrun ranks
+        (`worldbagel.model.tensor_parallel`)."""
         from worldbagel.model.checkpoint import load_bagel
         from worldbagel.model.hub import resolve_model_folder
+        from worldbagel.model.quantize import check_mode, quantize_model
+        from worldbagel.model.tensor_parallel import load_tensor_parallel
 
-        loaded = load_bagel(resolve_model_folder(path), dtype=dtype, device=device)
+        quantize = check_mode(quantize)  # a wrong mode fails before minutes of loading
+        folder = resolve_model_folder(path)
+        if tensor_parallel > 1:
+            loaded = load_tensor_parallel(
+                folder, tensor_parallel, dtype=dtype, device=device, quantize=quantize
+            )
+        else:
+            loaded = load_bagel(folder, dtype=dtype, device=device)
+            quantize_model(loaded.model, quantize)
         return cls(loaded.model, loaded.vae, loaded.tokenizer, **transform_kwargs)
 
     @classmethod
@@ -158,6 +180,8 @@ class BagelPipeline:
             vae_transform=ImageTransform(*cfg.vae_image_size),
             vit_transform=ImageTransform(*cfg.vit_image_size),
             max_context_tokens=cfg.max_context_tokens,
+            quantize=cfg.quantize,
+            tensor_parallel=cfg.tensor_parallel,
         )
 
     @property

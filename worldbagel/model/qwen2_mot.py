@@ -168,9 +168,10 @@ class Qwen2MLP(nn.Module):
 
 
 def fused_linear(x: torch.Tensor, projections: Sequence[nn.Module]) -> list[torch.Tensor]:
-    """[p(x) for p in projections] with one matmul when every projection is a plain nn.Linear (weights
-    stacked; on CPU the small model's step is bound by per-op cost). Wrapped ones (LoRA) run their own forward."""
-    if not all(type(p) is nn.Linear for p in projections):
+    """[p(x) for p in projections] with one matmul when every projection is a plain nn.Linear with plain
+    weights (stacked; on CPU the small model's step is bound by per-op cost). Wrapped ones (LoRA) and weights
+    held as tensor subclasses (quantised weights, tensor-parallel DTensor shards) run their own forward."""
+    if not all(type(p) is nn.Linear and type(p.weight) in (nn.Parameter, torch.Tensor) for p in projections):
         return [p(x) for p in projections]
     weight = torch.cat([p.weight for p in projections])  # [sum(out), in]
     biases = [p.bias for p in projections]

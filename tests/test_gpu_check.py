@@ -1,0 +1,64 @@
+"""scripts/gpu_check.py: its CPU rehearsal (`--smoke`) runs every section and writes one JSON; a failing or
+overrunning section is recorded and the others still run."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.py"
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_smoke_runs_every_section_into_one_json(tmp_path):
+    check = _module()
+    out = tmp_path / "smoke.json"
+    report = check.main(["--smoke", "--inline", "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(report, default=str))
+    assert report["complete"] and report["ok"] and report["smoke"]
+    sections = report["sections"]
+    assert list(sections) == list(check.SECTIONS)
+    failed = {k: v.get("error") for k, v in sections.items() if not v["ok"]}
+    assert not failed, failed
+    assert all(s["seconds"] > 0 and s["budget_s"] == check.SECTIONS[k] for k, s in sections.items())
+    flex = sections["flex_attention"]["result"]
+    assert flex["float32"]["forward_rel"] < 1e-5 and 0 < flex["bfloat16"]["forward_rel"] < 2e-2
+    parity = sections["bf16_parity"]["result"]
+    assert 0 < parity["latents_rel"] < 0.05 and 0 < parity["logits_rel"] < 0.05
+    row = sections["bench_scale"]["result"]["rows"][0]
+    assert (
+        row["seconds_per_frame"] > 0
+        and row["seconds_per_frame_unbatched"] > 0
+        and row["text_tokens_per_s"] > 0
+    )
+    lora = sections["lora_step"]["result"]
+    assert lora["step_s"] > 0 and lora["tokens"] > 0 and lora["plan_parts_gib"]["activations"] > 0
+    tests = sections["gpu_tests"]["result"]
+    assert tests["tests"] >= 2 and tests["skipped"] == tests["tests"] and not tests["failed"]  # no CUDA here
+
+
+def _run(tmp_path, *argv: str) -> tuple[int, dict]:
+    out = tmp_path / "check.json"
+    cmd = [sys.executable, str(SCRIPT), "--smoke", "--out", str(out), *argv]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    return run.returncode, json.loads(out.read_text())
+
+
+def test_a_failing_or_overrunning_section_is_recorded(tmp_path):
+    rc, report = _run(tmp_path, "--sections", "environment,flex_attention", "--fail", "flex_attention")
+    env, flex = report["sections"]["environment"], report["sections"]["flex_attention"]
+    assert rc == 1 and report["complete"] and not report["ok"]
+    assert env["ok"] and env["result"]["torch"]  # ran in its own process, before the failure
+    assert not flex["ok"] and "injected failure" in flex["error"] and "Traceback" in flex["traceback"]
+    rc, report = _run(tmp_path, "--sections", "environment", "--budget-scale", "0.005")
+    env = report["sections"]["environment"]
+    assert rc == 1 and not env["ok"] and env["error"] == "timed out after 0 s"
