@@ -18,6 +18,7 @@ from worldbagel.eval.png_canvas import save_png_atomic
 from worldbagel.inference.generate import GenerationConfig
 from worldbagel.inference.pipeline import BagelPipeline, think_budget_warning
 from worldbagel.media import read_image
+from worldbagel.model.tensor_parallel import is_rank_zero
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,8 @@ def run(cfg: GenerateConfig, console: Console) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     if understanding:
         answer = pipe.generate_text(ic.context, max_new_tokens=cfg.max_new_tokens)
+        if not is_rank_zero():  # tensor-parallel ranks compute the same answer: one writes and prints
+            return 0
         atomic_write_text(out, answer.text + "\n")
         console.print(answer.text, markup=False, highlight=False)
         if cfg.think:
@@ -83,6 +86,8 @@ def run(cfg: GenerateConfig, console: Console) -> int:
     size = (cfg.height or size[0], cfg.width or size[1])
     with console.status(f"denoising {size[0]}x{size[1]} in {gen_config.num_steps - 1} steps"):
         image = pipe.generate_image(ic, image_size=size, config=gen_config, generator=generator)
+    if not is_rank_zero():
+        return 0
     fmt = Image.registered_extensions().get(out.suffix.lower(), "PNG")
     save_png_atomic(out, lambda tmp: Image.fromarray(np.asarray(image)).save(tmp, format=fmt))
     console.print(f"wrote {out} ({image.shape[1]}x{image.shape[0]})")
