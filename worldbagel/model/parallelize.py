@@ -1,8 +1,9 @@
 """Distributed training: FSDP2 sharding, activation checkpointing and the few collectives the trainer needs.
 
-This is the only module that imports `torch.distributed`. Launch with torchrun, e.g.
+This module and `dcp_storage` (sharded checkpoint files) are the only ones that import `torch.distributed`.
+Launch with torchrun, e.g.
 
-    torchrun --nproc_per_node 8 -m worldbagel.cli finetune model=... data=... train.activation_checkpointing=true
+    torchrun --nproc_per_node 8 -m worldbagel.cli finetune model=... data=... train.activation_checkpointing=full
 
 Sharding (`apply_fsdp`) follows the official wrap policy (spec 6.6) with FSDP2's `fully_shard`: every LLM
 decoder layer and every ViT encoder layer is its own unit, `lm_head` and `llm2vae` are units too (they run
@@ -11,13 +12,26 @@ connector, heads, norms, position tables). `forward_packed` is registered as an 
 root's parameters are gathered for it. Every rank must run the same units in the same order: the loss always
 calls both heads (possibly on zero rows) and the data keeps at least one ViT image per pack.
 
-Activation checkpointing (`apply_activation_checkpointing`) re-runs each decoder / ViT layer in backward
-(non-reentrant `torch.utils.checkpoint`), by wrapping the layer's `forward` in place so parameter names
-(and checkpoints) do not change.
+Activation checkpointing (`apply_activation_checkpointing`, per decoder / ViT layer as torchtitan applies it,
+non-reentrant `torch.utils.checkpoint`) wraps the layer's `forward` in place so parameter names (and checkpoints)
+do not change. `full` keeps only each layer's input and re-runs the layer in backward; `selective` is op-level
+selective checkpointing (`create_selective_checkpoint_contexts`): the outputs of matrix multiplications and
+attention kernels are kept and everything else (norms, SiLU, rotary, casts, routing copies) is recomputed, so
+backward re-runs only cheap element-wise work. Measured peaks: docs/benchmarks.md.
+
+Mixed precision under FSDP (`apply_fsdp(param_dtype=torch.bfloat16)`, what the trainer passes when it computes
+in bf16): the sharded parameters stay in their loaded dtype (fp32) and are the master weights the optimizer
+updates (its AdamW state is created like them, fp32 and sharded); each unit all-gathers a bf16 copy for forward
+and backward, and gradients are reduce-scattered in fp32 onto the fp32 shards.
+
+Sharded state (`sharded_model_state`, `sharded_optimizer_state`): what each rank holds, as DCP's state-dict
+helpers give it; worldbagel.model.dcp_storage (the other module that imports torch.distributed) writes and
+reads it.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -25,7 +39,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.checkpoint import checkpoint
+from torch.utils.checkpoint import checkpoint, noop_context_fn
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +105,8 @@ def apply_fsdp(
     """Shard a Bagel with FSDP2 `fully_shard` (per decoder / ViT layer, the two output heads, then the root).
 
     `mesh` defaults to a 1-D mesh over all ranks on the model's device type. `param_dtype` (e.g. bf16 on
-    CUDA) sets the compute dtype of gathered parameters; gradients are reduced in fp32.
+    CUDA) sets the compute dtype of gathered parameters; gradients are reduced in fp32, and the sharded
+    parameters keep their own dtype (fp32 master weights, which the optimizer and its state follow).
     """
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
@@ -113,17 +128,63 @@ def apply_fsdp(
     return model
 
 
-def apply_activation_checkpointing(model: nn.Module) -> int:
-    """Recompute every decoder / ViT layer in backward; returns the number of layers wrapped."""
+def apply_activation_checkpointing(model: nn.Module, mode: str = "full") -> int:
+    """Checkpoint every decoder / ViT layer: `mode` full, selective or off (see the module docstring).
+
+    Wraps each layer's `forward` in place (parameter names and checkpoints unchanged); calling it again
+    replaces the earlier wrapping, and off restores the plain forward. Returns the number of layers wrapped.
+    """
+    if mode not in ("off", "full", "selective"):
+        raise ValueError(f"invalid activation checkpointing mode={mode!r}; expected off, full or selective")
     layers = decoder_layers(model)
     for layer in layers:
-        inner = layer.forward
+        inner = getattr(layer, "_plain_forward", None) or layer.forward
+        if mode == "off":
+            if "_plain_forward" in vars(layer):
+                del layer.forward, layer._plain_forward
+            continue
+        context = _selective_contexts if mode == "selective" else noop_context_fn
 
-        def forward(*args, _inner=inner, **kwargs):
-            return checkpoint(_inner, *args, use_reentrant=False, **kwargs)
+        def forward(*args, _inner=inner, _context=context, **kwargs):
+            return checkpoint(_inner, *args, use_reentrant=False, context_fn=_context, **kwargs)
 
+        layer._plain_forward = inner
         layer.forward = forward
-    return len(layers)
+    return 0 if mode == "off" else len(layers)
+
+
+@functools.cache
+def _saved_ops() -> frozenset:
+    """Ops whose outputs selective checkpointing keeps: matrix multiplications (the LLM / ViT linears, the CPU
+    attention's `baddbmm` / `bmm`) and the fused attention kernels (SDPA, FlexAttention)."""
+    aten = torch.ops.aten
+    names = (
+        "mm",
+        "addmm",
+        "bmm",
+        "baddbmm",
+        "_scaled_dot_product_flash_attention",
+        "_scaled_dot_product_efficient_attention",
+        "_scaled_dot_product_cudnn_attention",
+        "_scaled_dot_product_flash_attention_for_cpu",
+    )
+    ops = {getattr(aten, n).default for n in names if hasattr(aten, n)}
+    from torch._higher_order_ops import flex_attention
+
+    ops.add(flex_attention)
+    return frozenset(ops)
+
+
+def _selective_contexts():
+    """torch.utils.checkpoint `context_fn` of selective mode: save `_saved_ops` outputs, recompute the rest."""
+    from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
+
+    saved = _saved_ops()
+
+    def policy(ctx, op, *args, **kwargs):
+        return CheckpointPolicy.MUST_SAVE if op in saved else CheckpointPolicy.PREFER_RECOMPUTE
+
+    return create_selective_checkpoint_contexts(policy)
 
 
 # ------------------------------------------------------------------------------------------------ collectives
@@ -231,3 +292,55 @@ def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, osd
         optimizer.state[p] = {
             k: (v.to(p.device) if torch.is_tensor(v) and v.dim() else v) for k, v in s.items()
         }
+
+
+# ------------------------------------------------------------------------------------------------ sharded state
+# A sharded checkpoint (worldbagel.train.sharded_checkpoint) holds these tensors as each rank has them: under
+# FSDP the DTensor shards of the parameters, of the optimizer state and of the EMA, never gathered. The
+# files are written and read by worldbagel.model.dcp_storage.
+
+
+def sharded_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state as this rank holds it (DTensor shards under FSDP), aliasing the parameters."""
+    if not is_distributed():
+        return dict(model.state_dict())
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    return get_model_state_dict(model)
+
+
+def load_sharded_model_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load a state shaped like `sharded_model_state(model)` back into the model, strictly."""
+    if not is_distributed():
+        model.load_state_dict(state, strict=True)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    set_model_state_dict(model, state, options=StateDictOptions(strict=True))
+
+
+def sharded_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """Optimizer state keyed by parameter name, each tensor as this rank holds it (no gather).
+
+    An optimizer that has not stepped yet gets its state created first (torch's helper runs one step with
+    zero gradients and learning rate 0, which leaves the parameters unchanged), so a resume has tensors of
+    the right shapes to read into.
+    """
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, optimizer)
+
+
+def load_sharded_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, osd: dict) -> None:
+    """Inverse of `sharded_optimizer_state`."""
+    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, optimizer, osd)
+
+
+def broadcast_int(value: int) -> int:
+    """Rank 0's `value` on every rank (identity in a single process)."""
+    if not is_distributed():
+        return value
+    t = torch.tensor([value if dist.get_rank() == 0 else 0], dtype=torch.int64)
+    return int(all_reduce_sum(t)[0])

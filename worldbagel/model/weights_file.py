@@ -6,7 +6,9 @@ the peak (page cache + tensors). Here each tensor is read with plain `readinto` 
 peak is one copy of the weights (plus one tensor when a dtype cast is asked for). The format is the public
 safetensors layout: 8-byte little-endian header length, a JSON header `{name: {dtype, shape, data_offsets},
 "__metadata__": {...}}`, then the raw little-endian tensor bytes. Files written here are read by the official
-`safetensors` library (tested) and vice versa.
+`safetensors` library (tested) and vice versa. Writing streams too: `write_file` takes a dict or a
+`StreamedTensors` (the header from shapes and dtypes given up front, each tensor fetched only when its bytes
+are written), so an export gathered tensor by tensor from sharded ranks never holds the whole state.
 
 Model weights are checked as they are read (`read_tensors(..., model_weights=True)`): every tensor must be
 stored as floating point (from the header, before anything is read) and hold only finite values (a min/max

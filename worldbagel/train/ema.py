@@ -9,7 +9,9 @@ import torch
 
 
 class EMA:
-    """Shadow copies of trainable parameters (sharded like them under FSDP)."""
+    """Shadow copies of trainable parameters, sharded like them under FSDP: each rank keeps the shadows of
+    its own shards (DTensors), and nothing gathers them whole: sharded checkpoints save and load each rank's
+    pieces (worldbagel.train.sharded_checkpoint) and the export gathers one tensor at a time."""
 
     def __init__(self, named_params: Iterable[tuple[str, torch.Tensor]], decay: float):
         self.decay = decay
