@@ -15,7 +15,6 @@ from hydra.core.config_store import ConfigStore
 from worldbagel.data.episode_source import SourceConfig
 from worldbagel.data.minari_export import MinariConfig
 from worldbagel.data.sequence_plan import DropoutConfig, PackingConfig, PlanConfig
-from worldbagel.errors import bad_argument
 from worldbagel.eval.options import (
     ControllabilityEvalConfig,
     DatasetConfig,
@@ -25,84 +24,12 @@ from worldbagel.eval.options import (
     TextEvalConfig,
     TrajectoryEvalConfig,
 )
+from worldbagel.inference.sampler import SamplerConfig
 from worldbagel.model.configuration import VAEConfig
 from worldbagel.model.memory_plan import PlanOptions
 from worldbagel.tracking import TrackerConfig
 from worldbagel.train.options import TrainConfig, VAETrainConfig
-
-
-@dataclass
-class ModelConfig:
-    """Which BAGEL folder to load and how (config group `model`: bagel-7b, gridworld, tiny)."""
-
-    name: str = "gridworld"
-    """Preset name (informational; the yaml file of the `model` group sets it)."""
-    path: str | None = None
-    """Model folder in the official layout, or a Hugging Face repo id (e.g. ByteDance-Seed/BAGEL-7B-MoT) read from
-    the local Hugging Face cache (nothing is downloaded; an existing folder wins); None selects the world model
-    shipped inside the package."""
-    dtype: str | None = None
-    """Weights dtype: None = fp32 on CPU / stored dtype on CUDA, or float32, bfloat16, float16, keep."""
-    device: str = "cpu"
-    """Torch device, e.g. cpu or cuda:0."""
-    vae_image_size: list[int] = field(default_factory=lambda: [1024, 512, 16])
-    """VAE-side image transform: max side, min side, stride (official 1024/512/16)."""
-    vit_image_size: list[int] = field(default_factory=lambda: [980, 224, 14])
-    """ViT-side image transform: max side, min side, stride (official 980/224/14)."""
-    world: dict[str, Any] = field(default_factory=dict)
-    """This model's WorldModelConfig defaults (e.g. `max_history_frames: 1` for a model trained on one context
-    frame); options given to a command or policy win over them."""
-    sampler: str = "fast"
-    """The sampler preset (configs/sampler) this model predicts frames with wherever a command or policy leaves
-    the sampler unset; `sampler=<preset>` or `sampler.<field>=...` on a command line wins over it."""
-    max_context_tokens: int | None = None
-    """Most tokens one context may hold (cache plus new tokens); a longer prompt or history fails at once with
-    an error. None: what fits in half the device's free memory at load time (keys/values of every layer plus one
-    layer's activations per token; worldbagel/inference/context_limit.py). Rope positions are bounded by the
-    model's max_position_embeddings as well."""
-    quantize: str = "none"
-    """Weight-only quantisation of the LLM experts' linear layers after loading: none, int8 (torchao; CPU and
-    CUDA) or nf4 (bitsandbytes; CUDA only). `worldbagel info DIR plan=true` shows the bytes each needs."""
-    tensor_parallel: int = 1
-    """Split the LLM experts' attention heads and MLPs over this many ranks, for cards too small for one copy
-    (launch with torchrun --nproc_per_node N; worldbagel/model/tensor_parallel.py); 1 = one process."""
-    actions: list[str] | None = None
-    """The action texts the model was trained on (an env's `action_names`, in action order). World models built
-    from this config without an env (e.g. `worldbagel predict`) check action text against them, as `imagine`
-    does with its env's codec; None accepts any non-empty text."""
-
-    def __post_init__(self) -> None:
-        from worldbagel.model.quantize import check_mode
-
-        self.quantize = check_mode(self.quantize)
-        if self.tensor_parallel < 1:
-            raise bad_argument(
-                "model.tensor_parallel",
-                self.tensor_parallel,
-                "use 1 (one process) or the number of torchrun ranks",
-            )
-
-
-@dataclass
-class SamplerConfig:
-    """Rectified-flow sampling knobs (config group `sampler`)."""
-
-    num_steps: int = 50
-    """Grid points of the flow schedule (num_steps - 1 model evaluations)."""
-    shift: float = 3.0
-    """Timestep shift (release: 3.0)."""
-    cfg_text_scale: float = 4.0
-    """Text guidance scale; <= 1 disables guidance."""
-    cfg_img_scale: float = 2.0
-    """Image guidance scale; <= 1 disables image guidance."""
-    cfg_interval: list[float] = field(default_factory=lambda: [0.0, 1.0])
-    """Guidance applies at times t in (lo, hi]."""
-    cfg_renorm_type: str = "text_channel"
-    """global, channel or text_channel."""
-    cfg_renorm_min: float = 0.0
-    """Lower clamp of the renorm scale (1.0 disables renorm)."""
-    batch_cfg: bool = True
-    """Run the CFG branches in one batched forward."""
+from worldbagel.world_model_loader import ModelConfig
 
 
 @dataclass

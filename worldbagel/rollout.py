@@ -10,8 +10,9 @@ finished are kept. metrics.json is rewritten atomically after every episode, so 
 the metrics of the episodes it finished.
 
 metrics.json (see `RolloutResult.to_json`):
-- top level: `seed`, `episodes_requested`, any `metadata` given (e.g. env id and policy name),
-  `episodes` (a list) and `aggregate`.
+- top level: `seed`, `episodes_requested`, any `metadata` given (`worldbagel rollout`: env name and id,
+  policy name, and `policy_metadata`: the policy kwargs, the world model's name and path, the sampler and the
+  code version with its git SHA), `episodes` (a list) and `aggregate`.
 - per episode: `episode` (index), `seed`, `status` ("ok" | "failed"), `length` (steps taken), `return`
   (sum of rewards), `success` (bool, or null when the env does not report it), `spl` (from the env's
   final info when it reports `spl`; else, when the reset info has a shortest-path `distance` as in
@@ -44,8 +45,9 @@ from typing import Any
 
 import numpy as np
 
-from worldbagel.data.trajectory_index import atomic_write_text, to_jsonable
+from worldbagel.atomic_files import atomic_write_text
 from worldbagel.errors import WorldBagelError, bad_argument
+from worldbagel.json_values import to_jsonable
 from worldbagel.policies.base import Policy
 
 __all__ = [
@@ -55,6 +57,7 @@ __all__ = [
     "first_env",
     "frame_of",
     "policy_kwargs",
+    "policy_metadata",
     "run_rollouts",
     "step_limit",
 ]
@@ -199,6 +202,34 @@ def policy_kwargs(
     return out
 
 
+def policy_metadata(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """What metrics.json records about the acting policy and the code: `policy_kwargs` (the factory's kwargs,
+    as `policy_kwargs` gives them), `model` (name and path of a world-model policy's model, else None),
+    `sampler` (the flow sampler it predicts with: the given one, else its model's own preset; None without a
+    world model), and `code_version` (package version, git SHA: worldbagel/code_version.py)."""
+    from dataclasses import asdict, is_dataclass
+
+    from worldbagel.code_version import code_version
+
+    def plain(value: Any) -> Any:
+        return asdict(value) if is_dataclass(value) and not isinstance(value, type) else value
+
+    out: dict[str, Any] = {
+        "policy_kwargs": {k: plain(v) for k, v in kwargs.items()},
+        "model": None,
+        "sampler": None,
+        "code_version": code_version(),
+    }
+    if "model" in kwargs:  # a world-model policy (planner, reasoning): resolve presets as it will
+        from worldbagel.world_model_loader import model_config
+        from worldbagel.world_model_loader import sampler_config as generation_config
+
+        model = model_config(plain(kwargs["model"]))
+        out["model"] = {"name": model.name, "path": model.path}
+        out["sampler"] = asdict(generation_config(plain(kwargs.get("sampler")) or model.sampler))
+    return out
+
+
 def frame_of(obs: Any, env: Any = None) -> np.ndarray | None:
     """The RGB frame [H, W, 3] uint8 of an observation (array, or dict with 'rgb'/'image'), else env.render()."""
     if isinstance(obs, Mapping):
@@ -255,13 +286,16 @@ def run_rollouts(
     metadata: Mapping[str, Any] | None = None,
     progress: Callable[[int, int, EpisodeResult], None] | None = None,
     on_step: Callable[[int, int, int | None], None] | None = None,
+    on_episode: Callable[[EpisodeResult, list[np.ndarray], float], None] | None = None,
 ) -> RolloutResult:
     """Run `episodes` episodes of `policy` in envs from `env_factory`; see the module docstring.
 
     `policy` is a Policy (its `bind(env)` is called when present) or a factory `env -> Policy`, called
     whenever a new env is built. `max_steps` caps each episode on top of the env's own limit. With
     `out_dir`, writes `episode_XXX.mp4` / `.gif` (when `video` / `gif`) and metrics.json there.
-    `on_step(episode, steps, limit)` is called after every env step (see the module docstring).
+    `on_step(episode, steps, limit)` is called after every env step (see the module docstring), and
+    `on_episode(result, frames, fps)` after every episode with the frames its videos show (with the policy's
+    views) and their frame rate.
     """
     if not (isinstance(episodes, int) and episodes >= 1):
         raise bad_argument("episodes", episodes, "use an int >= 1")
@@ -299,12 +333,17 @@ def run_rollouts(
                 _close(env)
             env, bound = None, None
         er.wall_s = time.perf_counter() - start
-        if out is not None and frames and (video or gif):
-            _write_videos(out, er, with_views(frames, views), fps or _env_fps(env), video, gif)
+        written = out is not None and (video or gif)
+        shown = with_views(frames, views) if frames and (written or on_episode is not None) else []
+        rate = fps or _env_fps(env)
+        if written and shown:
+            _write_videos(out, er, shown, rate, video, gif)
         if keep_frames and frames:
             er.frames = np.stack(frames)
         result.episodes.append(er)
         result.write_metrics()
+        if on_episode is not None:
+            on_episode(er, shown, rate)
         if progress is not None:
             progress(i + 1, episodes, er)
     if env is not None:

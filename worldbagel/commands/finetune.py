@@ -26,6 +26,7 @@ from rich.table import Table
 from worldbagel.config import FinetuneConfig
 from worldbagel.errors import bad_argument
 from worldbagel.run_folder import run_folder
+from worldbagel.tracking import require_backend
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +72,53 @@ def load_model(cfg: FinetuneConfig, device: torch.device):
     return loaded.model, loaded.vae, loaded.tokenizer
 
 
+def split_heldout(cfg: FinetuneConfig, episodes: list) -> tuple[list, list]:
+    """(training episodes, held-out episodes for the validation loss): `val_data`'s episodes, or the last
+    `val_fraction` of `episodes` (at least one, and at least one left to train on), or none."""
+    from worldbagel.data.episode_source import load_episodes
+
+    if not 0.0 <= cfg.val_fraction < 1.0:
+        raise bad_argument(
+            "val_fraction", cfg.val_fraction, "use a fraction in [0, 1) (0: no held-out episodes)"
+        )
+    if cfg.val_data:
+        heldout = load_episodes(cfg.val_data, cfg.source, name="val_data")
+        if not heldout:
+            raise bad_argument("val_data", cfg.val_data, "holds no valid episode (see the warnings above)")
+        return episodes, heldout
+    if cfg.val_fraction == 0.0:
+        return episodes, []
+    if len(episodes) < 2:
+        raise bad_argument(
+            "val_fraction", cfg.val_fraction, f"data has {len(episodes)} episode: give val_data=DIR instead"
+        )
+    n = min(max(1, round(cfg.val_fraction * len(episodes))), len(episodes) - 1)
+    return episodes[:-n], episodes[-n:]
+
+
+def _preview(cfg: FinetuneConfig, episodes: list):
+    """The predicted-frame preview the tracker logs (None when it records no media), drawn with the model's
+    own sampler preset (`model.sampler`) and world-model options (`model.world`)."""
+    from worldbagel.model.transforms import ImageTransform
+    from worldbagel.train.preview import FramePreview
+    from worldbagel.world_model_loader import sampler_config as generation_config
+
+    t = cfg.tracker
+    if t.backend == "none" or not t.media_every or not (t.media_samples or t.media_frames):
+        return None
+    return FramePreview(
+        episodes,
+        cfg.plan,
+        t.media_samples,
+        t.media_frames,
+        ImageTransform(*cfg.model.vae_image_size),
+        ImageTransform(*cfg.model.vit_image_size) if cfg.plan.vit else None,
+        sampler=generation_config(cfg.model.sampler),
+        world=cfg.model.world,
+        seed=cfg.train.seed,
+    )
+
+
 def _progress(console: Console) -> Progress:
     return Progress(
         TextColumn("[bold]train"),
@@ -92,12 +140,15 @@ def run(cfg: FinetuneConfig, console: Console) -> int:
     from worldbagel.train.latent_cache import FrameEncoder
     from worldbagel.train.loop import Trainer
 
+    # a missing tensorboard / wandb package stops the run before any data or weights load
+    require_backend(cfg.tracker)
     env = par.init_distributed(cfg.model.device)
     try:
         torch.manual_seed(cfg.train.seed)
         dataset = load_episodes(cfg.data, cfg.source, splits=cfg.splits, name="data")
         if len(dataset) == 0:
             raise bad_argument("data", cfg.data, "holds no valid episode (see the warnings above)")
+        dataset, heldout = split_heldout(cfg, dataset)
         model, vae, tokenizer = load_model(cfg, env.device)
         mcfg = model.config
         if cfg.plan.vit and not mcfg.visual_und:
@@ -126,29 +177,52 @@ def run(cfg: FinetuneConfig, console: Console) -> int:
             vit_max_side=mcfg.vit_max_num_patch_per_side,
             latent_max_side=mcfg.max_latent_size,
         )
-        trainer = Trainer(model, data, cfg.train, cfg.out, vae, tokenizer, env, config_snapshot=asdict(cfg))
+        validation = None
+        if heldout:
+            from worldbagel.train.validation import Validation, heldout_data
+
+            val = heldout_data(heldout, data, tokenizer.encode)
+            validation = Validation(val, cfg.train.val_packs, seed=cfg.train.seed)
+        trainer = Trainer(
+            model,
+            data,
+            cfg.train,
+            cfg.out,
+            vae,
+            tokenizer,
+            env,
+            config_snapshot=asdict(cfg),
+            tracking=cfg.tracker,
+            validation=validation,
+            preview=None if env.distributed else _preview(cfg, heldout or dataset),
+        )
         if not env.is_main:
             trainer.train()
             return 0
+        held = f", {len(heldout)} held out" if heldout else ""
         console.print(
             f"finetune [bold]{cfg.model.path or cfg.model.name}[/bold] on {len(dataset)} episodes "
-            f"({len(data.plans)} samples) -> {cfg.out}"
+            f"({len(data.plans)} samples{held}) -> {cfg.out}"
         )
         with run_folder(cfg.out, cfg, "finetune"), _progress(console) as progress:  # config.yaml saved
             task = progress.add_task("train", total=cfg.train.steps, completed=0, stats="")
+            last_val = [""]  # the latest validation loss stays on the bar between evaluations
 
             def on_step(m: dict) -> None:
                 stats = (
                     f"loss {m['loss']:.4f} ce {m['loss_ce']:.3f} mse {m['loss_mse']:.4f} "
                     f"{m['tokens_per_s']:.0f} tok/s lr {m['lr']:.1e}"
                 )
+                if "val_loss" in m:
+                    last_val[0] = f" val {m['val_loss']:.4f}"
+                stats += last_val[0]
                 progress.update(task, completed=m["step"], stats=stats)
 
             result = trainer.train(on_step)
         table = Table(title=f"finetune: {result.steps} steps")
         table.add_column("metric")
         table.add_column("value", justify="right")
-        for k in ("loss", "loss_ce", "loss_mse", "grad_norm", "tokens_per_s"):
+        for k in ("loss", "loss_ce", "loss_mse", "val_loss", "grad_norm", "tokens_per_s"):
             if k in result.last_metrics:
                 table.add_row(k, f"{result.last_metrics[k]:.4f}")
         table.add_row("model folder", str(result.out_dir))

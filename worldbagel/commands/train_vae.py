@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from contextlib import closing
+from dataclasses import asdict
 
 import numpy as np
 from rich.console import Console
@@ -12,6 +14,7 @@ from rich.table import Table
 from worldbagel.config import TrainVAEConfig
 from worldbagel.errors import bad_argument
 from worldbagel.run_folder import run_folder
+from worldbagel.tracking import open_tracker, require_backend
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +53,7 @@ def collect_frames(
 
 
 def run(cfg: TrainVAEConfig, console: Console) -> int:
+    require_backend(cfg.tracker)  # a missing tensorboard / wandb fails before any frame is read
     with run_folder(cfg.out, cfg, "train-vae", exclusive=True):  # config.yaml saved; one writer per folder
         return _train(cfg, console)
 
@@ -62,14 +66,18 @@ def _train(cfg: TrainVAEConfig, console: Console) -> int:
         frames += collect_frames(extra, cfg.splits, None)
     sources = ", ".join([cfg.data, *cfg.extra_data])
     console.print(f"train-vae on {len(frames)} frames from {sources} -> {cfg.out}")
-    with Progress(
-        TextColumn("[bold]vae"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[stats]}"),
-        TimeElapsedColumn(),
-        console=console,
-    ) as progress:
+    tracking = closing(open_tracker(cfg.tracker, cfg.out, "train-vae", asdict(cfg)))  # closed when done
+    with (
+        tracking as tracker,
+        Progress(
+            TextColumn("[bold]vae"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[stats]}"),
+            TimeElapsedColumn(),
+            console=console,
+        ) as progress,
+    ):
         task = progress.add_task("vae", total=cfg.train.steps, stats="")
 
         def on_step(m: dict) -> None:
@@ -80,7 +88,16 @@ def _train(cfg: TrainVAEConfig, console: Console) -> int:
             from worldbagel.model.vae import load_vae
 
             init = load_vae(cfg.init)
-        vae, logs = train_vae(frames, init.config if init else cfg.vae, cfg.train, on_step, init=init)
+        vae, logs = train_vae(
+            frames,
+            init.config if init else cfg.vae,
+            cfg.train,
+            on_step,
+            init=init,
+            tracker=tracker,
+            track_every=cfg.tracker.every,
+            media_every=cfg.tracker.media_every,
+        )
     save_trained_vae(vae, cfg.out, logs)
     x = frames_tensor(frames[: min(len(frames), 64)], cfg.train.image_size).to(vae.device)
     table = Table(title="train-vae")

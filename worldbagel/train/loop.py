@@ -1,9 +1,11 @@
 """The fine-tuning loop: staged / LoRA training of a Bagel on packed trajectory batches.
 
 One optimizer step consumes `world_size * grad_accum` consecutive packs of the data stream (rank r takes
-packs r*accum .. r*accum+accum-1 of the step). Loss normalisers are the CE / MSE token counts of the whole
-step over all ranks, so a step's gradient does not depend on how its packs are split between ranks and
-accumulation (2 ranks x 1 pack == 1 rank x 2 packs). Before every step the global RNGs are re-seeded from
+packs r*accum .. r*accum+accum-1 of the step). Loss normalisers are CE / MSE token counts over all ranks:
+per micro-batch, as the official loop (`train.loss_reduction=per_microbatch`, the default: the step loss is the
+mean of the micro-batches' token means), or of the whole step (`pooled`: a step's gradient then does not depend
+on how its packs are split between ranks and accumulation, 2 ranks x 1 pack == 1 rank x 2 packs); the two are
+the same with grad_accum=1. Before every step the global RNGs are re-seeded from
 (seed, step, rank), and the data stream is a pure function of its cursor, so a resumed run reproduces the
 uninterrupted one exactly.
 
@@ -26,9 +28,10 @@ import os
 import random
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -37,13 +40,22 @@ from torch import nn
 from worldbagel.errors import WorldBagelError, bad_argument
 from worldbagel.folder_lock import exclusive_folder
 from worldbagel.model import parallelize as par
+from worldbagel.tracking import NullTracker, Tracker, TrackerConfig, open_tracker
 from worldbagel.train.data_stream import TrainingData, derive_seed
 from worldbagel.train.ema import EMA
-from worldbagel.train.export import export_folder
-from worldbagel.train.objective import LossWeights, compute_losses
-from worldbagel.train.options import TrainConfig
-from worldbagel.train.stages import apply_stage, init_position_tables, init_qk_norm_gains
+from worldbagel.train.export import ExportWeights, export_folder
+from worldbagel.train.objective import LossWeights, compute_losses, step_losses, step_normalisers
+from worldbagel.train.options import TrainConfig, checkpointing_mode
+from worldbagel.train.sharded_checkpoint import (
+    load_sharded_checkpoint,
+    read_on_every_rank,
+    save_sharded_checkpoint,
+    warn_if_resharded,
+    with_kernel_flags,
+)
+from worldbagel.train.stages import apply_stage
 from worldbagel.train.state import (
+    LoadedCheckpoint,
     TrainState,
     latest_checkpoint,
     load_latest_checkpoint,
@@ -51,6 +63,10 @@ from worldbagel.train.state import (
     save_checkpoint,
     set_rng_state,
 )
+
+if TYPE_CHECKING:
+    from worldbagel.train.preview import FramePreview
+    from worldbagel.train.validation import Validation
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +102,10 @@ class Trainer:
     """Trains `model` (a Bagel, already on its device; under torchrun on `env.device`) on `data`.
 
     `vae` / `tokenizer` go into the exported folder; `env` is the process's place in a torchrun job
-    (`parallelize.init_distributed`), a single process by default.
+    (`parallelize.init_distributed`), a single process by default. `tracking` says where scalars and predicted
+    frames go (worldbagel.tracking, opened by the main rank); `validation` (worldbagel.train.validation) adds
+    val_loss every `cfg.val_every` steps; `preview` (worldbagel.train.preview, single process only) draws the
+    predicted frames logged every `tracking.media_every` steps.
     """
 
     def __init__(
@@ -99,6 +118,9 @@ class Trainer:
         tokenizer=None,
         env: par.DistEnv | None = None,
         config_snapshot: dict | None = None,
+        tracking: TrackerConfig | None = None,
+        validation: Validation | None = None,
+        preview: FramePreview | None = None,
     ):
         self.cfg = cfg
         self.data = data
@@ -112,16 +134,28 @@ class Trainer:
         self._check_out_dir()
 
         apply_stage(model, cfg)
-        init_position_tables(model, cfg)
-        init_qk_norm_gains(model, cfg)
+        self.amp = cfg.amp == "bf16" or (cfg.amp == "auto" and self.device.type == "cuda")
         if cfg.lora.enabled:
-            from worldbagel.train.lora import inject_lora
+            from worldbagel.train.lora import base_dtype, cast_lora_model, inject_lora
 
             inject_lora(model, cfg.lora)
+            frozen_dtype = base_dtype(cfg.lora.base_dtype, self.device)
+            if frozen_dtype != torch.float32:
+                if cfg.amp == "none":
+                    raise bad_argument(
+                        "train.amp",
+                        cfg.amp,
+                        f"a {frozen_dtype} LoRA base (train.lora.base_dtype={cfg.lora.base_dtype}) computes "
+                        "under bf16 autocast: use train.amp=auto or bf16, or train.lora.base_dtype=float32",
+                    )
+                self.amp = True
+            cast_lora_model(model, frozen_dtype)
         self.trainable = [n for n, p in model.named_parameters() if p.requires_grad]
-        if cfg.activation_checkpointing:
-            par.apply_activation_checkpointing(model)
-        self.amp = cfg.amp == "bf16" or (cfg.amp == "auto" and self.device.type == "cuda")
+        self.checkpointing = checkpointing_mode(
+            cfg.activation_checkpointing, sum(p.numel() for p in model.parameters())
+        )
+        if self.checkpointing != "off":
+            par.apply_activation_checkpointing(model, self.checkpointing)
         if self.env.distributed:
             par.apply_fsdp(model, param_dtype=torch.bfloat16 if self.amp else None)
         self.model = model.train()
@@ -145,7 +179,13 @@ class Trainer:
             )
         self.state = TrainState()
         self.weights = LossWeights(cfg.ce_weight, cfg.mse_weight, cfg.mse_change_weight)
-        self._tb = None
+        self.tracking = tracking or TrackerConfig()
+        self.tracker: Tracker = NullTracker()
+        self.validation = validation
+        if preview is not None and self.env.distributed:
+            logger.warning("predicted-frame previews need a single process; this run logs none")
+            preview = None
+        self.preview = preview
 
     # ------------------------------------------------------------------ setup helpers
     def _named_trainable(self) -> list[tuple[str, torch.Tensor]]:
@@ -164,22 +204,38 @@ class Trainer:
     def _resume(self) -> None:
         if self.env.is_main:
             remove_partial_checkpoints(self.out_dir)
-        ck = load_latest_checkpoint(self.out_dir)
+        ck = load_latest_checkpoint(self.out_dir, read=self._read_checkpoint)
         if ck is None:
             logger.info("resume requested but %s has no checkpoint: starting from step 0", self.out_dir)
             return
-        path = ck.path
-        par.load_full_state_dict(self.model, ck.model_state)
-        named = dict(self._named_trainable())
-        par.load_optimizer_state(self.model, self.optimizer, ck.optim_state)
-        if self.ema is not None:
-            if ck.ema_state is None:
-                raise WorldBagelError(f"checkpoint {path} has no EMA but train.ema_decay > 0")
-            self.ema.load_state_dict({n: par.shard_like(named[n], t) for n, t in ck.ema_state.items()})
+        if not ck.sharded:
+            self._load_whole(ck)
+        else:
+            warn_if_resharded(ck, self.env.world_size, self.cfg.grad_accum)
         set_rng_state(ck.rng_json, ck.rng_tensors)
         self.state = ck.state
         self._truncate_metrics(ck.state.step)
-        logger.info("resumed from %s (step %d, data cursor %d)", path, ck.state.step, ck.state.cursor)
+        logger.info("resumed from %s (step %d, data cursor %d)", ck.path, ck.state.step, ck.state.cursor)
+
+    def _read_checkpoint(self, path: Path) -> LoadedCheckpoint:
+        """Read one checkpoint on all ranks together; a sharded one is loaded into the model, optimizer and
+        EMA here, so that a shard that fails to load makes `load_latest_checkpoint` fall back too."""
+        ck = read_on_every_rank(path, self.env.rank)
+        if ck.sharded:
+            load_sharded_checkpoint(ck, self.model, self.optimizer, self.ema)
+        return ck
+
+    def _load_whole(self, ck: LoadedCheckpoint) -> None:
+        """Load a whole-tensor checkpoint (every rank reads all of it; FSDP then keeps each rank's shards)."""
+        par.load_full_state_dict(self.model, ck.model_state)
+        named = dict(self._named_trainable())
+        par.load_optimizer_state(
+            self.model, self.optimizer, with_kernel_flags(ck.optim_state, self.optimizer)
+        )
+        if self.ema is not None:
+            if ck.ema_state is None:
+                raise WorldBagelError(f"checkpoint {ck.path} has no EMA but train.ema_decay > 0")
+            self.ema.load_state_dict({n: par.shard_like(named[n], t) for n, t in ck.ema_state.items()})
 
     def _truncate_metrics(self, step: int) -> None:
         """Drop metric lines written after the checkpoint (a killed run may have logged further, or torn
@@ -211,15 +267,14 @@ class Trainer:
         first = self.state.cursor + env.rank * accum
         cursors = list(range(first, first + accum))
         batches = [self.data.batch(c, self.device) for c in cursors]
+        # [accum, 3]: CE, MSE and all tokens of micro-batch k, summed over the ranks
         counts = par.all_reduce_sum(
-            torch.tensor([[b.num_ce, b.num_mse, b.num_tokens] for b in batches], dtype=torch.float64).sum(0)
+            torch.tensor([[b.num_ce, b.num_mse, b.num_tokens] for b in batches], dtype=torch.float64)
         )
-        n_ce, n_mse, n_tok = (float(x) for x in counts)
-        # per-rank normalisers: FSDP averages gradients over ranks, so sum/(total/world) gives sum/total
-        ce_norm, mse_norm = max(n_ce, 1.0) / env.world_size, max(n_mse, 1.0) / env.world_size
-        sums = torch.zeros(2, dtype=torch.float64)
+        norms = step_normalisers(counts[:, :2], env.world_size, cfg.loss_reduction)
+        sums = torch.zeros(accum, 2, dtype=torch.float64)
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.amp else nullcontext()
-        for cursor, batch in zip(cursors, batches):
+        for k, (cursor, batch) in enumerate(zip(cursors, batches)):
             with autocast:
                 parts = compute_losses(
                     self.model,
@@ -227,13 +282,12 @@ class Trainer:
                     self.data.noise_generator(cursor),
                     cfg.timestep_shift,
                     self.weights,
-                    ce_norm=ce_norm,
-                    mse_norm=mse_norm,
+                    ce_norm=norms[k][0],
+                    mse_norm=norms[k][1],
                 )
             parts["loss"].backward()
-            sums += torch.tensor([float(parts["ce_sum"]), float(parts["mse_sum"])], dtype=torch.float64)
-        ce_sum, mse_sum = (float(x) for x in par.all_reduce_sum(sums))
-        loss_ce, loss_mse = ce_sum / max(n_ce, 1.0), mse_sum / max(n_mse, 1.0)
+            sums[k] = torch.tensor([float(parts["ce_sum"]), float(parts["mse_sum"])], dtype=torch.float64)
+        loss_ce, loss_mse = step_losses(par.all_reduce_sum(sums), counts[:, :2], cfg.loss_reduction)
         loss = self.weights.ce * loss_ce + self.weights.mse * loss_mse
         grad_norm = par.clip_grad_norm(self.params, cfg.optim.grad_clip)
         return {
@@ -241,7 +295,7 @@ class Trainer:
             "loss_ce": loss_ce,
             "loss_mse": loss_mse,
             "grad_norm": grad_norm,
-            "tokens": int(n_tok),
+            "tokens": int(counts[:, 2].sum()),
         }
 
     # ------------------------------------------------------------------ run
@@ -251,8 +305,18 @@ class Trainer:
         The main rank holds the output folder's writer lock for the whole run (worldbagel.folder_lock): a
         second run into the same `out` fails at once instead of interleaving checkpoints and metrics.
         """
-        lock = exclusive_folder(self.out_dir, "finetune") if self.env.is_main else nullcontext()
-        with lock:
+        with ExitStack() as held:
+            failure = None
+            if self.env.is_main:
+                try:
+                    held.enter_context(exclusive_folder(self.out_dir, "finetune"))
+                except Exception as exc:  # noqa: BLE001 - re-raised below, after telling the other ranks
+                    failure = exc
+            if par.broadcast_flag(failure is not None):  # every rank stops, none waits in a collective
+                raise failure or WorldBagelError(
+                    f"rank 0 could not take the writer lock of {self.out_dir}: see its error"
+                )
+            held.callback(lambda: self.tracker.close())  # opened in _train; closed before the lock goes
             return self._train(on_step)
 
     def _train(self, on_step: Callable[[dict], None] | None) -> TrainResult:
@@ -261,7 +325,7 @@ class Trainer:
             self._resume()
         if env.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            self._open_tensorboard()
+            self._open_tracker()
         metrics: dict = {}
         last_ckpt = latest_checkpoint(self.out_dir)
         world_packs = env.world_size * cfg.grad_accum
@@ -302,8 +366,12 @@ class Trainer:
                 "epoch": epoch,
                 "time": dt,
             }
-            if env.is_main and (self.state.step % cfg.log_every == 0 or self.state.step == cfg.steps):
+            metrics.update(self._validate())  # every rank: the forward may be collective
+            logged = self.state.step % cfg.log_every == 0 or self.state.step == cfg.steps
+            if env.is_main and (logged or "val_loss" in metrics):
                 self._log(metrics)
+            if env.is_main:
+                self._track(metrics)
             if self.state.step % cfg.save_every == 0 or self.state.step == cfg.steps:
                 last_ckpt = self.save_checkpoint()
             if env.is_main and on_step is not None:
@@ -313,26 +381,45 @@ class Trainer:
         return TrainResult(self.state.step, self.out_dir, metrics, last_ckpt)
 
     # ------------------------------------------------------------------ outputs
-    def _open_tensorboard(self) -> None:
-        if not self.cfg.tensorboard or self._tb is not None:
-            return
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError as exc:
-            from worldbagel.errors import DependencyNotInstalled
+    def _open_tracker(self) -> None:
+        """The main rank's tracker, with the run's config; a resumed run continues the tracked one."""
+        resumed = self.state.step + 1 if self.cfg.resume and self.state.step > 0 else None
+        self.tracker = open_tracker(
+            self.tracking, self.out_dir, "finetune", self.snapshot, resume_step=resumed
+        )
 
-            raise DependencyNotInstalled(
-                "train.tensorboard=true needs the tensorboard package: pip install tensorboard"
-            ) from exc
-        self._tb = SummaryWriter(str(self.out_dir / "tensorboard"))
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.amp else nullcontext()
+
+    def _validate(self) -> dict:
+        """val_loss / val_loss_ce / val_loss_mse at every `val_every`-th step and the last one, else {}."""
+        step = self.state.step
+        if self.validation is None or not (step % self.cfg.val_every == 0 or step == self.cfg.steps):
+            return {}
+        return self.validation.evaluate(
+            self.model, self.weights, self.cfg.timestep_shift, self.device, self._autocast()
+        )
+
+    def _track(self, metrics: dict) -> None:
+        """Send the step's scalars (every `tracker.every` steps, the last and every validated one) and predicted
+        frames (every `tracker.media_every` steps and the last) to the tracker; main rank."""
+        t, step = self.tracking, self.state.step
+        last = step == self.cfg.steps
+        if step % t.every == 0 or last or "val_loss" in metrics:  # a no-op with tracker.backend=none
+            scalars = {f"train/{k}": v for k, v in metrics.items() if k != "step" and k[:4] != "val_"}
+            scalars.update({f"val/{k[4:]}": v for k, v in metrics.items() if k[:4] == "val_"})
+            self.tracker.log_scalars(step, scalars)
+        media = t.backend != "none" and t.media_every and (step % t.media_every == 0 or last)
+        if media and self.preview is not None:  # sampling costs time: only when something records it
+            images, video = self.preview.render(self.model, self.vae, self.tokenizer, self._autocast())
+            if images:
+                self.tracker.log_images(step, "predicted/next_frame", images)
+            if video is not None:
+                self.tracker.log_video(step, "predicted/open_loop", video, fps=4.0)
 
     def _log(self, metrics: dict) -> None:
         with open(self.out_dir / METRICS, "a") as f:
             f.write(json.dumps(metrics) + "\n")
-        if self._tb is not None:
-            for k, v in metrics.items():
-                if k != "step":
-                    self._tb.add_scalar(f"train/{k}", v, metrics["step"])
         every = max(1, self.cfg.steps // 20)  # about 20 INFO lines per run, every step at DEBUG
         logger.log(
             logging.INFO if metrics["step"] % every == 0 else logging.DEBUG,
@@ -346,20 +433,32 @@ class Trainer:
             metrics["tokens_per_s"],
         )
 
-    def _ema_full(self) -> dict[str, torch.Tensor] | None:
-        if self.ema is None:
-            return None
-        return {n: par.full_tensor(t).detach().cpu() for n, t in self.ema.state_dict().items()}
-
     def save_checkpoint(self) -> Path | None:
-        """Write a resumable checkpoint (collective under FSDP; rank 0 writes)."""
+        """Write a resumable checkpoint (worldbagel.train.state): whole tensors from a single process, each
+        rank's shards under FSDP (collective), so no rank gathers the model, optimizer or EMA."""
+        if not self.env.distributed:
+            return self._save_whole()
+        return save_sharded_checkpoint(
+            self.out_dir,
+            self.state,
+            self.model,
+            self.optimizer,
+            self.ema,
+            self.env,
+            self.snapshot,
+            self.cfg.keep_checkpoints,
+        )
+
+    def _save_whole(self) -> Path | None:
+        """Whole tensors, written by the main rank. Under FSDP this gathers model, optimizer and EMA (every
+        rank holds the whole EMA for a moment): scripts/bench_checkpoint.py measures it against the shards."""
         model_state = par.full_state_dict(self.model)
         optim_state = par.optimizer_state(self.model, self.optimizer)
-        ema_state = self._ema_full()
+        ema_state = None
+        if self.ema is not None:
+            ema_state = {n: par.full_tensor(t).detach().cpu() for n, t in self.ema.state_dict().items()}
         path = None
         if self.env.is_main:
-            if self.ema is None:
-                ema_state = None
             path = save_checkpoint(
                 self.out_dir,
                 self.state,
@@ -373,17 +472,18 @@ class Trainer:
         return path
 
     def export(self) -> None:
-        """Write the BAGEL folder (EMA -> ema.safetensors, raw -> model.safetensors) into out_dir."""
-        raw = par.full_state_dict(self.model)
-        ema = self._ema_full()
-        if self.env.is_main:
-            export_folder(
-                self.out_dir,
-                self.bagel_config,
-                raw,
-                ema,
-                self.cfg.lora,
-                self.vae,
-                self.tokenizer,
-                source=getattr(self.model, "pretrained_dir", None),
-            )
+        """Write the BAGEL folder (EMA -> ema.safetensors, raw -> model.safetensors) into out_dir.
+
+        One tensor at a time: under FSDP each parameter (and its EMA shadow) is gathered alone, written by
+        the main rank and dropped, so no rank ever holds the whole model or EMA.
+        """
+        export_folder(
+            self.out_dir,
+            self.bagel_config,
+            ExportWeights.from_model(self.model, self.ema.state_dict() if self.ema is not None else None),
+            self.cfg.lora,
+            self.vae,
+            self.tokenizer,
+            source=getattr(self.model, "pretrained_dir", None),
+            write=self.env.is_main,
+        )

@@ -160,24 +160,10 @@ class TrainConfig:
     expert and the generation heads train."""
     train_pos_embed: bool = False
     """Let the 2-D position tables (`latent_pos_embed`, `vit_pos_embed`) train from their sin-cos start. The
-    official recipe keeps them frozen; at a small hidden size neighbouring cells' sin-cos rows are nearly
-    parallel (cosine 0.98 at hidden 128), and a from-scratch model may separate them if they train (run E in
-    docs/training.md: they moved, but did not separate). Never under stage=align; under freeze_und only the
-    latent table. The saved folder keeps the official layout (the tables are in the state dict either way)."""
-    pos_embed_init: str = "sincos"
-    """sincos: the tables start from their official sin-cos values; random: the tables that train (needs
-    train_pos_embed=true) restart as Gaussian rows of the same norm, nearly orthogonal between cells (sin-cos
-    rows of adjacent cells have cosine 0.98 at hidden 128). Applied when a run starts; a resumed run keeps its
-    checkpoint's tables. Measured: random trailed sin-cos at 8,500 steps of a gridworld run (docs/training.md,
-    run G)."""
-    qk_norm_gain_init: float | None = None
-    """None keeps the LLM's q/k-norm weights as built or loaded; a number sets every `q_norm*` / `k_norm*` weight
-    (both experts) to it when a run starts (a resumed run keeps its checkpoint's). The attention logit of
-    RMS-normalised q and k is at most gain^2 * sqrt(head_dim) (5.7 at the official init 1.0 and head_dim 32),
-    too flat for a token to single out one neighbouring cell; 1.75 gives ~17, the log2(L^2 - L) scale of
-    QK-norm (Henry et al., 2020) for L ~ 400 tokens. Meant for from-scratch presets: it overwrites learned
-    gains of a pretrained model. Measured: 1.75 trailed the 1.0 init at mid-run of a gridworld run
-    (docs/training.md, run H)."""
+    official recipe keeps them frozen. At a small hidden size the sin-cos rows of neighbouring cells are nearly
+    parallel, so a from-scratch model gets the chance to tell cells apart by training them (the gridworld
+    recipe does). Never under stage=align; under freeze_und only the latent table. The saved folder keeps the
+    official layout (the tables are in the state dict either way)."""
     activation_checkpointing: str = "auto"
     """Per decoder / ViT layer (`ActivationCheckpointing`): off, full (recompute each layer in backward), selective
     (keep matmul and attention outputs, recompute the rest), or auto (full for models of 1 B parameters or more,
@@ -194,8 +180,11 @@ class TrainConfig:
     """Checkpoint every this many steps (and at the end)."""
     keep_checkpoints: int = 2
     """Checkpoints kept on disk (older ones are deleted)."""
-    tensorboard: bool = False
-    """Also write TensorBoard scalars (needs the tensorboard package)."""
+    val_every: int = 100
+    """Validation loss every this many steps (and at the last step) when the run has held-out episodes
+    (finetune `val_data` / `val_fraction`); the same packs, noise and timesteps every time."""
+    val_packs: int = 4
+    """Packed batches of held-out windows the validation loss averages over (at most; the first ones)."""
     resume: bool = False
     """Continue from the newest checkpoint in the output folder (exactly: same data, noise and RNG)."""
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -216,7 +205,8 @@ class TrainConfig:
             )
         if self.loss_reduction not in LOSS_REDUCTIONS:
             raise bad_argument("train.loss_reduction", self.loss_reduction, f"use one of {LOSS_REDUCTIONS}")
-        for name in ("steps", "grad_accum", "log_every", "save_every", "keep_checkpoints"):
+        counts = ("steps", "grad_accum", "log_every", "save_every", "keep_checkpoints")
+        for name in (*counts, "val_every", "val_packs"):
             if int(getattr(self, name)) < 1:
                 raise bad_argument(f"train.{name}", getattr(self, name), "must be an integer >= 1")
         if self.mse_change_weight < 0:

@@ -26,6 +26,7 @@ from worldbagel.errors import bad_argument
 from worldbagel.model.configuration import VAE_CONFIG, VAEConfig
 from worldbagel.model.transforms import ImageTransform
 from worldbagel.model.vae import AE_FILE, FluxVAE, save_vae
+from worldbagel.tracking import Tracker
 from worldbagel.train.options import VAETrainConfig
 
 logger = logging.getLogger(__name__)
@@ -80,6 +81,22 @@ def weighted_reconstruction(
 
 
 @torch.no_grad()
+def reconstruction_images(vae: FluxVAE, x: torch.Tensor) -> list[np.ndarray]:
+    """`real | reconstructed` uint8 [H', W', 3] per frame of x ([N, 3, H, W] in [-1, 1]; posterior mean)."""
+    from worldbagel.video import side_by_side
+
+    mean, _ = vae.moments(x)
+    x_hat = vae.ae.decoder(mean)
+
+    def pixels(t: torch.Tensor) -> np.ndarray:
+        return ((t.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+
+    return [
+        side_by_side([pixels(a), pixels(b)], labels=["real", "reconstructed"])[0] for a, b in zip(x, x_hat)
+    ]
+
+
+@torch.no_grad()
 def calibrate(vae: FluxVAE, x: torch.Tensor, batch_size: int = 32) -> tuple[float, float]:
     """Set the config's shift/scale so scaled posterior means of `x` have mean 0 and std 1."""
     means = torch.cat([vae.moments(x[i : i + batch_size])[0].float() for i in range(0, len(x), batch_size)])
@@ -95,8 +112,14 @@ def train_vae(
     cfg: VAETrainConfig,
     on_step: Callable[[dict], None] | None = None,
     init: FluxVAE | None = None,
+    tracker: Tracker | None = None,
+    track_every: int = 1,
+    media_every: int = 0,
 ) -> tuple[FluxVAE, list[dict]]:
-    """Train a fresh autoencoder (or `init`) on `frames`; returns it and the logged metrics."""
+    """Train a fresh autoencoder (or `init`) on `frames`; returns it and the logged metrics.
+
+    `tracker` (worldbagel.tracking) gets vae/loss, vae/recon, vae/kl and vae/lr every `track_every` steps and
+    `real | reconstructed` images of four fixed frames every `media_every` steps (0: none), both at the last."""
     torch.manual_seed(cfg.seed)
     device = torch.device(cfg.device)
     x_all = frames_tensor(frames, cfg.image_size)
@@ -117,6 +140,7 @@ def train_vae(
     warmup = max(1, cfg.steps // 20)
     gen = torch.Generator().manual_seed(cfg.seed)
     n = len(x_all)
+    media_idx = torch.linspace(0, n - 1, min(n, 4)).round().long()  # the frames shown reconstructed
     logs = []
     for step in range(cfg.steps):
         for g in opt.param_groups:
@@ -140,6 +164,14 @@ def train_vae(
             raise bad_argument(
                 "lr", cfg.lr, f"the VAE loss became {float(loss)} at step {step + 1}; lower it"
             )
+        done, last = step + 1, step + 1 == cfg.steps
+        if tracker is not None and (done % track_every == 0 or last):
+            lr = opt.param_groups[0]["lr"]
+            values = {"loss": loss.item(), "recon": rec.item(), "kl": kl.item(), "lr": lr}
+            tracker.log_scalars(done, {f"vae/{k}": v for k, v in values.items()})
+        if tracker is not None and media_every and (done % media_every == 0 or last):
+            shown = reconstruction_images(vae, x_all[media_idx].to(device))
+            tracker.log_images(done, "vae/reconstruction", shown)
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
             m = {"step": step + 1, "loss": loss.item(), "recon": rec.item(), "kl": kl.item()}
             logs.append(m)
