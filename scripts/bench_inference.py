@@ -19,8 +19,9 @@ from rich.console import Console
 from rich.table import Table
 
 from worldbagel.inference.context import add_segment
-from worldbagel.inference.generate import GenerationConfig, ImageRequest, generate_images
+from worldbagel.inference.generate import ImageRequest, generate_images
 from worldbagel.inference.pipeline import BagelPipeline
+from worldbagel.inference.sampler import SamplerConfig
 from worldbagel.model.bagel import Bagel
 from worldbagel.model.configuration import BagelConfig, LLMConfig, ViTConfig
 from worldbagel.model.tokenizer import load_tokenizer
@@ -106,7 +107,7 @@ def bench(
     name: str, pipe: BagelPipeline, side: int, steps: int, repeats: int, console: Console
 ) -> list[tuple]:
     grid = pipe.latent_grid(side, side)
-    nocfg = GenerationConfig(num_steps=steps, cfg_text_scale=1.0, cfg_img_scale=1.0)
+    nocfg = SamplerConfig(num_steps=steps, cfg_text_scale=1.0, cfg_img_scale=1.0)
     rows = []
     cached, uncached = {}, {}
     for n in (1, 8, 32):
@@ -137,8 +138,8 @@ def bench(
     ic = pipe.interleave_contexts([(rng.rand(side, side, 3) * 255).astype(np.uint8), "turn left 30 degrees"])
     noise = torch.randn(grid[0] * grid[1], pipe.model.config.patch_latent_dim)
     req = ImageRequest(ic.context, ic.cfg_text_context, ic.cfg_img_context, noise)
-    cfg_b = GenerationConfig(num_steps=steps, cfg_interval=(0.0, 1.0), batch_cfg=True)
-    cfg_s = GenerationConfig(num_steps=steps, cfg_interval=(0.0, 1.0), batch_cfg=False)
+    cfg_b = SamplerConfig(num_steps=steps, cfg_interval=(0.0, 1.0), batch_cfg=True)
+    cfg_s = SamplerConfig(num_steps=steps, cfg_interval=(0.0, 1.0), batch_cfg=False)
     tb = timed(lambda: generate_images([req], grid, cfg_b), repeats)
     ts_ = timed(lambda: generate_images([req], grid, cfg_s), repeats)
     rows.append(

@@ -4,7 +4,7 @@
                                        [--frames 8] [--candidates 4] [--repeats 3] [--episodes 8]
                                        [--quality auto|on|off]
 
-Every figure is measured in this one run on this machine (docs/benchmarks.md, "World model", records them).
+Every figure is measured in this one run on this machine (docs/benchmarks.md, "Shipped gridworld model", records them).
 
 - Speed: an 8-frame open-loop rollout (`WorldModel.imagine`, random GridWorld actions, the model's real
   frame size) from a 2-frame history, timed per sampling setting (round-robin over the settings): the model's

@@ -10,7 +10,7 @@ runs out of time is recorded with its error, and the next one still runs; the JS
     flex_attention  FlexAttention on CUDA (fp32 and bf16, forward and backward) against the CPU reference path
                     (`attend_packed_sdpa` in fp32) on packed samples with caches and causal / full / noise splits
     bf16_parity     the tiny fixture in bf16 on the device against fp32 on the CPU: image latents and text logits
-    bench_scale     scripts/bench_bagel_scale.py at the 7B shapes with random weights: seconds per 256^2 and 512^2
+    bench_scale     worldbagel/bench/bagel_scale.py at the 7B shapes with random weights: seconds per 256^2 and 512^2
                     frame with the release sampler, CFG branches batched and one forward per branch, peak memory
                     against the memory plan, text tokens/s
     lora_step       one LoRA training step (adapters on the trainer's default targets, activation checkpointing)
@@ -188,11 +188,12 @@ def _generations(pipe):
     import numpy as np
     import torch
 
-    from worldbagel.inference.generate import GenerationConfig, generate_text
+    from worldbagel.inference.generate import generate_text
+    from worldbagel.inference.sampler import SamplerConfig
 
     frame = (np.random.RandomState(0).rand(64, 64, 3) * 255).astype("uint8")
     ic = pipe.interleave_contexts([frame, "move forward"])
-    config = GenerationConfig(num_steps=6)
+    config = SamplerConfig(num_steps=6)
     latents = pipe.generate_image(ic, config=config, generator=torch.Generator().manual_seed(0), decode=False)
     text = generate_text(ic.context.fork(), max_new_tokens=8, return_logits=True, draft=0)
     return latents.latents.float().cpu(), torch.stack(text.logits).float().cpu(), text.ids
@@ -220,17 +221,20 @@ def bf16_parity(smoke: bool) -> dict:
 
 
 def bench_scale(smoke: bool) -> dict:
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import bench_bagel_scale
+    from dataclasses import asdict
+
+    from worldbagel.bench.bagel_scale import ScaleOptions, measure_scale
 
     if smoke:
-        argv = ["--tiny", "--device", "cpu", "--sizes", "64", "--steps", "3", "--text-tokens", "4"]
-        argv += ["--context-frames", "2", "--repeats", "1"]
+        options = ScaleOptions(
+            tiny=True, device="cpu", sizes=(64,), steps=3, text_tokens=4, context_frames=2, repeats=1
+        )
     else:
         _device(smoke)
-        argv = ["--device", "cuda", "--sizes", "256,512", "--steps", "50", "--text-tokens", "32"]
-        argv += ["--context-frames", "4", "--repeats", "1", "--batch-cfg", "both"]
-    return {"argv": argv, "rows": bench_bagel_scale.main(argv)}
+        options = ScaleOptions(
+            device="cuda", sizes=(256, 512), steps=50, text_tokens=32, context_frames=4, repeats=1
+        )
+    return {"options": asdict(options), "rows": measure_scale(options, FIXTURE)}
 
 
 def _pack(config, frames: int, side: int, vit_side: int, text: int, device: str):
@@ -256,9 +260,7 @@ def lora_step(smoke: bool) -> dict:
     import torch
     import torch.nn.functional as F
 
-    sys.path.insert(0, str(ROOT / "scripts"))
-    from bench_bagel_scale import build_model, tiny_config
-
+    from worldbagel.bench.bagel_scale import build_model, tiny_config
     from worldbagel.model.configuration import BagelConfig
     from worldbagel.model.memory_plan import PlanOptions, memory_plan
     from worldbagel.model.parallelize import apply_activation_checkpointing

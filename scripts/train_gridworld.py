@@ -3,17 +3,16 @@
     python scripts/train_gridworld.py --out runs/gridworld [--install]     # the shipped model's recipe
     python scripts/train_gridworld.py --out runs/gw --episodes 400 --vae-steps 600 --steps 14000 --preset scratch-deep
 
-The defaults are run J's recipe (docs/training.md), then two later stages. Run J's autoencoder loses the goal
-ring under the agent; a second `train-vae` stage (`--decoder-steps`) retrains the decoder alone on agent-on-goal
-frames, which keeps the latents (and so the world model's training) unchanged. A last stage of three
-`finetune` phases (`--think-phases`, think runs T1, T4, T5) teaches the finished world model to answer the
+The recipe chains the project's own commands (steps 1-6 below; the command-chaining parts live in
+worldbagel/recipes/gridworld.py). The autoencoder's first `train-vae` stage learns the latents the world model
+trains on; a second stage (`--decoder-steps`) retrains its decoder alone on agent-on-goal frames, whose 1-pixel
+goal ring the first decoder loses, which keeps the latents (and so the world model's training) unchanged. A last
+stage of `finetune` phases (`--think-phases`, `THINK_PHASES`) teaches the finished world model to answer the
 next-move question by thinking: it writes the right-hand wall follower's walk from the goal to the agent
 (`annotate=gridworld-think`, `plan.think_samples=true`) while its frame samples keep the world model as it was.
-From nothing the whole recipe took 53 minutes on 2 cores (run R, docs/training.md: autoencoders 7, stage 3
-28, think stage 18). Whether the think stage learns to read each cell's open sides is luck: T1 did, run R's
-phase 1 (same recipe, its own stage 3) stayed on the plateau, and the shipped model is T1's line (T5). Of 13
-tries at the walk only T1 learned it (docs/training.md, "Where the wall reading stalls"), so `--install` keeps
-the shipped model when a rebuild scores lower on the held-out check.
+Whether the think stage learns to read each cell's open sides depends on the stage-3 model it starts from, and
+a rebuild often stays on a plateau, so `--install` keeps the installed model when a rebuild scores lower on the
+held-out check. Timings and the history of the recipe: docs/log/gridworld-experiments.md.
 
 1. `worldbagel collect` random-policy and shortest-path (oracle) GridWorld episodes on training layouts,
    annotated with questions, answers and thoughts from the symbolic state (worldbagel/data/annotations.py);
@@ -34,9 +33,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import shutil
-import time
 from collections import Counter
+from dataclasses import fields
 from pathlib import Path
 
 import gymnasium as gym
@@ -45,7 +45,6 @@ import torch
 
 import worldbagel.envs  # noqa: F401  (registers the envs)
 from worldbagel.actions import DiscreteActionCodec, next_action_question
-from worldbagel.cli import main as cli
 from worldbagel.data.annotations import (
     GOAL_QUESTION,
     GRIDWORLD_THINK_PROMPT,
@@ -55,10 +54,20 @@ from worldbagel.data.annotations import (
     walk_thought,
 )
 from worldbagel.envs.grid_frames import decode_frame
-from worldbagel.inference.generate import GenerationConfig
 from worldbagel.inference.pipeline import BagelPipeline
+from worldbagel.inference.sampler import SamplerConfig
 from worldbagel.model.domain import DOMAIN_FILE
 from worldbagel.model.transforms import ImageTransform
+from worldbagel.recipes.gridworld import (
+    THINK_PHASES,
+    RecipeOptions,
+    collect_episodes,
+    install_regressions,
+    model_folder,
+    run_command,
+    schedule_overrides,
+    think_stage,
+)
 from worldbagel.world_model import WorldModel, WorldModelConfig
 
 ASSETS = Path(__file__).resolve().parents[1] / "worldbagel" / "assets" / "gridworld"
@@ -66,26 +75,10 @@ ASSETS = Path(__file__).resolve().parents[1] / "worldbagel" / "assets" / "gridwo
 NOT_SHIPPED = {"model.safetensors", "metrics.jsonl"}
 
 
-def step(args: list[str]) -> None:
-    print("+ worldbagel " + " ".join(args), flush=True)
-    t = time.time()
-    rc = cli(args)
-    if rc != 0:
-        raise SystemExit(f"worldbagel {args[0]} failed with exit code {rc}")
-    print(f"  ({time.time() - t:.0f} s)", flush=True)
-
-
-def model_folder(out: Path) -> Path:
-    hits = sorted(p.parent for p in out.rglob("ema.safetensors") if "checkpoints" not in p.parts)
-    if not hits:
-        raise SystemExit(f"no trained model folder (ema.safetensors) under {out}")
-    return hits[-1]
-
-
 def vae_acceptance(vae_dir: Path, episodes: int = 20, steps: int = 5) -> tuple[float, float, float]:
     """Autoencoder round trips on held-out layouts: shares of (frames whose reconstruction decodes to the frame's
     true state, agent-on-goal frames whose agent survives, agent-on-goal frames whose goal ring survives too).
-    Run J's autoencoder: 0.992, 1.0, 0.0; with --vae-success-repeat 2 --vae-rarity-radius 2: 1.0, 1.0, 1.0."""
+    The first `train-vae` stage alone usually keeps the agent but loses the ring; the decoder stage keeps both."""
     from worldbagel.model.vae import load_vae
 
     vae = load_vae(vae_dir)
@@ -119,7 +112,7 @@ def vae_acceptance(vae_dir: Path, episodes: int = 20, steps: int = 5) -> tuple[f
         agent_ok.append(
             got is not None and (got["agent"], got["heading"]) == (want["agent"], want["heading"])
         )
-        # the whole state, goal ring included: a lost ring makes every imagined arrival undecodable (run J: 0 / 40)
+        # the whole state, goal ring included: a lost ring makes every imagined arrival undecodable
         ring_ok.append(got == want)
     return float(np.mean(ok)), float(np.mean(agent_ok)), float(np.mean(ring_ok))
 
@@ -147,11 +140,11 @@ def held_out_check(
     )
     env = gym.make("WorldBagel/GridWorld-v0", split="eval")
     codec = DiscreteActionCodec(env.unwrapped.action_names)
-    sampler = GenerationConfig(num_steps=sampling_steps, cfg_text_scale=1.0, cfg_img_scale=1.0)
+    sampler = SamplerConfig(num_steps=sampling_steps, cfg_text_scale=1.0, cfg_img_scale=1.0)
     # as the model was trained (one context frame) and as configs/model/gridworld.yaml keeps its history
     # reencode=pixels (configs/model/gridworld.yaml): a predicted frame is decoded and encoded again like a real
-    # one; its generated latents re-entering as they are drift into undecodable frames over 8 steps (T5: 56 / 60
-    # open-loop rollouts right, 59 / 60 with pixels). Run J's first decoder made the pixel round trip the worse one.
+    # one, which puts it back on the encoder's latents; generated latents re-entering as they are pile up their
+    # small errors and drift into undecodable frames over 8 steps
     world = WorldModelConfig(
         sampler=sampler,
         max_history_frames=1,
@@ -223,7 +216,7 @@ def held_out_check(
         "answer_exact_match": answers_ok / max(answers_n, 1),
         "think_next_action_accuracy": think_ok / think_n if think_n else None,
         "think_mean_thought_chars": float(np.mean(lengths)) if lengths else None,
-        # "none": the whole walk right; "open sides": a cell's walls misread (run R's plateau), ...
+        # "none": the whole walk right; "open sides": a cell's walls misread (the plateau's error), ...
         "think_first_error": dict(first_errors.most_common()) if think_n else None,
         # the goal question plain, the next-action question in think mode (how the model is meant to answer it)
         "answer_exact_match_think": (goal_ok + think_ok) / (answers_n / 2 + think_n) if think_n else None,
@@ -234,110 +227,13 @@ def held_out_check(
     }
 
 
-def collect_episodes(out: Path, random_episodes: int, oracle_episodes: int, annotate: str) -> None:
-    """`worldbagel collect` random-policy episodes, then shortest-path ones, into one folder (resumes)."""
-    for policy, total in (("random", random_episodes), ("oracle", random_episodes + oracle_episodes)):
-        step(
-            [
-                "collect",
-                "env=gridworld",
-                f"policy={policy}",
-                f"episodes={total}",
-                f"out={out}",
-                f"annotate={annotate}",
-            ]
-        )
-
-
-def schedule_overrides(args: argparse.Namespace, steps: int, lr: float) -> list[str]:
-    """The schedule, checkpoint and plan overrides every `finetune` of the recipe shares."""
-    return [
-        f"train.steps={steps}",
-        f"train.optim.lr={lr}",
-        "train.optim.warmup_steps=100",
-        "train.optim.schedule=cosine",
-        f"train.resume={str(args.resume).lower()}",
-        "train.save_every=250",
-        f"train.timestep_shift={args.shift}",
-        f"train.ema_decay={args.ema_decay}",
-        # one latent cache for every fine-tune: the think stage's frames are mostly stage 3's (same collection
-        # seeds), so they are encoded once
-        f"latent_cache={args.out / 'latent_cache'}",
-        "plan.context_frames=1",
-        f"plan.outcomes={str(not args.no_outcomes).lower()}",
-    ]
-
-
-THINK_PHASES = (("more", 3000, 5e-4), ("more", 2500, 3e-4), ("mix", 1500, 2e-4))
-"""The think stage's fine-tunes, each from the last one's model: (data, steps, peak lr). `more`: stage 3's random
-episodes and 600 shortest-path ones (more states to think about); `mix`: stage 3's own mix (400 + 200), which
-puts back the wall check next to the goal that the shortest-path-heavy data had worn down (think runs T1, T4,
-T5, docs/training.md)."""
-
-
-INSTALL_METRICS = (
-    "next_frame_symbolic_accuracy",
-    "open_loop_8_symbolic_accuracy",
-    "think_next_action_accuracy",
-    "answer_exact_match_think",
-)
-"""The held-out figures `--install` compares with the installed model's before replacing it."""
-
-
-def install_regressions(metrics: dict, installed_report: Path, tolerance: float) -> list[str]:
-    """'name: new < installed' for each INSTALL_METRICS figure more than `tolerance` below the installed model's
-    held_out.json ([] when nothing is installed). A rebuild whose think stage stayed on the plateau (run R: think
-    answers 0.54 against 0.85) must not silently replace the shipped model."""
-    if not installed_report.is_file():
-        return []
-    installed = json.loads(installed_report.read_text())
-    return [
-        f"{key}: {metrics[key]:.3f} < {installed[key]:.3f}"
-        for key in INSTALL_METRICS
-        if isinstance(metrics.get(key), (int, float))
-        and isinstance(installed.get(key), (int, float))
-        and metrics[key] < installed[key] - tolerance
-    ]
-
-
-def think_stage(args: argparse.Namespace, world_model: Path, out: Path) -> Path:
-    """Fine-tune the finished world model on think-mode next-move questions (the walk from the goal); returns
-    the folder of the last phase."""
-    data = {"more": out / "data_more", "mix": out / "data_mix"}
-    collect_episodes(data["mix"], args.episodes, args.oracle_episodes, "gridworld-think")
-    collect_episodes(data["more"], args.episodes, args.think_oracle_episodes, "gridworld-think")
-    phases = THINK_PHASES[: args.think_phases]
-    for i, (name, steps, lr) in enumerate(phases):
-        phase_out = out / f"phase{i + 1}"
-        step(
-            [
-                "finetune",
-                "model=tiny",
-                f"model.path={world_model}",
-                "model.vae_image_size=[64,64,8]",
-                "model.vit_image_size=[56,56,14]",
-                "sample_posterior=false",
-                # each think question is a sample of its own (frame, system text, question, walk, answer); the
-                # frame windows beside them keep the world model (run M put the walk inside them: frames broke)
-                "plan.think_samples=true",
-                f"dropout.annotations={args.annotation_dropout}",
-                "dropout.vae=0.0",
-                f"train.mse_change_weight={args.change_weight}",
-                f"train.train_pos_embed={str(not args.frozen_pos_embed).lower()}",
-                f"data={data[name]}",
-                f"out={phase_out}",
-                *schedule_overrides(args, steps, lr),
-            ]
-        )
-        world_model = model_folder(phase_out)
-    return world_model
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, default=Path("runs/gridworld"))
-    ap.add_argument("--episodes", type=int, default=400, help="random-policy episodes")
-    ap.add_argument("--oracle-episodes", type=int, default=200, help="shortest-path episodes")
+    ap.add_argument("--out", type=Path, default=RecipeOptions.out)
+    ap.add_argument("--episodes", type=int, default=RecipeOptions.episodes, help="random-policy episodes")
+    ap.add_argument(
+        "--oracle-episodes", type=int, default=RecipeOptions.oracle_episodes, help="shortest-path episodes"
+    )
     ap.add_argument("--vae-steps", type=int, default=600)
     ap.add_argument("--vae-frames", type=int, default=4000)
     ap.add_argument(
@@ -356,31 +252,29 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=14000, help="fine-tune steps (one cosine schedule)")
     ap.add_argument("--preset", default="scratch-deep")
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--ema-decay", type=float, default=0.998)
+    ap.add_argument("--ema-decay", type=float, default=RecipeOptions.ema_decay)
     ap.add_argument(
         "--change-weight",
         type=float,
-        default=2.0,
+        default=RecipeOptions.change_weight,
         help="train.mse_change_weight: extra flow-matching weight of the tokens that change (the agent)",
     )
-    ap.add_argument("--shift", type=float, default=3.0, help="train.timestep_shift (more high-noise steps)")
-    ap.add_argument("--annotation-dropout", type=float, default=0.5, help="dropout.annotations")
+    ap.add_argument(
+        "--shift",
+        type=float,
+        default=RecipeOptions.shift,
+        help="train.timestep_shift (more high-noise steps)",
+    )
+    ap.add_argument(
+        "--annotation-dropout",
+        type=float,
+        default=RecipeOptions.annotation_dropout,
+        help="dropout.annotations",
+    )
     ap.add_argument(
         "--frozen-pos-embed",
         action="store_true",
         help="keep the sin-cos position tables fixed (official recipe; default: train.train_pos_embed=true)",
-    )
-    ap.add_argument(
-        "--pos-embed-init",
-        choices=("sincos", "random"),
-        default="sincos",
-        help="train.pos_embed_init: random restarts the trained position tables as near-orthogonal rows",
-    )
-    ap.add_argument(
-        "--qk-gain",
-        type=float,
-        default=None,
-        help="train.qk_norm_gain_init: start every q/k-norm gain here (sharper attention; default: 1.0 init)",
     )
     ap.add_argument(
         "--no-outcomes",
@@ -402,7 +296,7 @@ def main() -> None:
     ap.add_argument(
         "--think-oracle-episodes",
         type=int,
-        default=600,
+        default=RecipeOptions.think_oracle_episodes,
         help="shortest-path episodes of the think stage's `more` data (beside --episodes random ones)",
     )
     ap.add_argument("--resume", action="store_true")
@@ -421,6 +315,10 @@ def main() -> None:
     args = ap.parse_args()
     if not 0 <= args.think_phases <= len(THINK_PHASES):
         ap.error(f"--think-phases {args.think_phases}: use 0 (skip the think stage) to {len(THINK_PHASES)}")
+    opts = RecipeOptions(**{f.name: getattr(args, f.name) for f in fields(RecipeOptions)})
+    logging.basicConfig(
+        level=logging.INFO, format="%(message)s"
+    )  # run_command logs each command and its time
     out = args.out
     data, vae, ring, wm_out = out / "data", out / "vae", out / "vae_ring", out / "wm"
     think_out = out / "wm_think"
@@ -429,7 +327,7 @@ def main() -> None:
         # layouts (they end with the agent stepping onto the goal, which random episodes rarely show)
         collect_episodes(data, args.episodes, args.oracle_episodes, "gridworld")
         if not (vae / "ae.safetensors").is_file():
-            step(
+            run_command(
                 [
                     "train-vae",
                     f"data={data}",
@@ -448,8 +346,8 @@ def main() -> None:
             )
         if args.decoder_steps and not (ring / "ae.safetensors").is_file():
             # the decoder alone learns the agent-on-goal frames (goal ring kept, no halo): the encoder, the latents
-            # and everything the world model learns from them stay run J's
-            step(
+            # and everything the world model learns from them stay those of the first stage
+            run_command(
                 [
                     "train-vae",
                     f"data={data}",
@@ -478,35 +376,33 @@ def main() -> None:
             print(
                 "  (the ring is lost: --vae-success-repeat 2 --vae-rarity-radius 2 --vae-steps 1000 keep it)"
             )
-        step(
+        run_command(
             [
                 "finetune",
                 f"model={args.preset}",
                 "model.vae_image_size=[64,64,8]",  # one latent token per maze cell (VAE /4, patch 2)
                 "sample_posterior=false",
                 # half the samples without their Q&A/thought texts: at inference a frame is predicted from
-                # frames and actions alone (run B, trained always with them, erased the agent without them)
+                # frames and actions alone (a model trained always with them erases the agent without them)
                 f"dropout.annotations={args.annotation_dropout}",
                 # the clean context frame is never dropped: image guidance is not used by this model, and a
                 # sample without its frame cannot say where the agent goes (a blur target)
                 "dropout.vae=0.0",
                 # the agent covers 1-2 of a frame's 64 tokens: weight the tokens that change from the context
                 f"train.mse_change_weight={args.change_weight}",
-                # adjacent cells' sin-cos rows have cosine 0.98 at hidden 128; run E trained the tables (not ablated)
+                # adjacent cells' sin-cos rows have cosine 0.98 at hidden 128: the tables train to tell them apart
                 f"train.train_pos_embed={str(not args.frozen_pos_embed).lower()}",
-                f"train.pos_embed_init={args.pos_embed_init}",
-                f"train.qk_norm_gain_init={'null' if args.qk_gain is None else args.qk_gain}",
                 "model.vit_image_size=[56,56,14]",
                 f"data={data}",
                 f"vae={vae}",
                 f"out={wm_out}",
-                *schedule_overrides(args, args.steps, args.lr),
+                *schedule_overrides(opts, args.steps, args.lr),
                 f"plan.success_repeat={args.success_repeat}",
             ]
         )
     folder = model_folder(wm_out)
     if args.think_phases and not args.skip_train:
-        folder = think_stage(args, folder, think_out)
+        folder = think_stage(opts, folder, think_out)
     elif args.think_phases:
         folder = model_folder(think_out / f"phase{args.think_phases}")
     metrics = held_out_check(

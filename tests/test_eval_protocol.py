@@ -17,7 +17,6 @@ from worldbagel.data.nwm import poses_to_actions
 from worldbagel.data.trajectory import Episode
 from worldbagel.errors import ConfigError
 from worldbagel.eval import protocol
-from worldbagel.eval.frame_metrics import mse, psnr, psnr_of_mean_mse, ssim
 from worldbagel.eval.heldout import gridworld_size, has_actions, record_env_episodes, video_episodes
 from worldbagel.eval.planning import (
     GoalDistanceInfo,
@@ -33,10 +32,11 @@ from worldbagel.eval.protocol import (
     window_starts,
 )
 from worldbagel.eval.qa_eval import collect_questions, evaluate_text
-from worldbagel.inference.generate import GenerationConfig
+from worldbagel.frame_metrics import mse, psnr, psnr_of_mean_mse, ssim
+from worldbagel.inference.sampler import SamplerConfig
 from worldbagel.world_model import WorldModel, WorldModelConfig
 
-FAST = GenerationConfig(num_steps=3, cfg_text_scale=1.0, cfg_img_scale=1.0)
+FAST = SamplerConfig(num_steps=3, cfg_text_scale=1.0, cfg_img_scale=1.0)
 
 
 @pytest.fixture(scope="module")
@@ -276,7 +276,6 @@ def _nwm_episode(pipe_frame, n=6, seed=0) -> Episode:
 
 
 def test_trajectory_planning_ate_rpe_keys_and_zero_motion_baseline(tiny_pipe, frame):
-    pytest.importorskip("worldbagel.policies.planner")
     from worldbagel.eval.planning import evaluate_trajectory_planning
     from worldbagel.eval.trajectory_metrics import ate
 

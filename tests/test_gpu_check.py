@@ -1,35 +1,27 @@
-"""scripts/gpu_check.py: its CPU rehearsal (`--smoke`) runs every section and writes one JSON; a failing or
-overrunning section is recorded and the others still run."""
+"""scripts/gpu_check.py, run as a command: its CPU rehearsal (`--smoke`) runs every section and writes one JSON;
+a failing or overrunning section is recorded and the others still run."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.py"
-
-
-def _module():
-    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+SECTIONS = ["environment", "flex_attention", "bf16_parity", "bench_scale", "lora_step", "gpu_tests"]
+"""The sections the check promises, in order (the script's docstring)."""
 
 
 def test_smoke_runs_every_section_into_one_json(tmp_path):
-    check = _module()
-    out = tmp_path / "smoke.json"
-    report = check.main(["--smoke", "--inline", "--out", str(out)])
-    assert json.loads(out.read_text()) == json.loads(json.dumps(report, default=str))
-    assert report["complete"] and report["ok"] and report["smoke"]
+    rc, report = _run(tmp_path, "--inline")
+    assert rc == 0 and report["complete"] and report["ok"] and report["smoke"]
     sections = report["sections"]
-    assert list(sections) == list(check.SECTIONS)
+    assert list(sections) == SECTIONS
     failed = {k: v.get("error") for k, v in sections.items() if not v["ok"]}
     assert not failed, failed
-    assert all(s["seconds"] > 0 and s["budget_s"] == check.SECTIONS[k] for k, s in sections.items())
+    assert all(s["seconds"] > 0 and s["budget_s"] > 0 for s in sections.values())
+    assert sum(s["budget_s"] for s in sections.values()) <= 8 * 60  # gpu_check.sh stops everything at 8 min
     flex = sections["flex_attention"]["result"]
     assert flex["float32"]["forward_rel"] < 1e-5 and 0 < flex["bfloat16"]["forward_rel"] < 2e-2
     parity = sections["bf16_parity"]["result"]

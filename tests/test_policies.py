@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from standin_envs import GRID_NAMES, GridStandIn, NavStandIn
 
+import worldbagel.envs  # noqa: F401  (registers WorldBagel/GridWorld-v0)
 from worldbagel.actions import DiscreteActionCodec
 from worldbagel.errors import ConfigError, InvalidAction, WorldBagelError
 from worldbagel.policies import (
@@ -19,18 +20,37 @@ from worldbagel.policies import (
 )
 
 
-def _real_gridworld_available() -> bool:
-    try:
-        import worldbagel.envs  # noqa: F401
-    except Exception:
-        return False
-    return "WorldBagel/GridWorld-v0" in gym.registry
+@pytest.mark.parametrize(
+    "name, kwargs",
+    [("random", {}), ("oracle", {}), ("scripted", {"actions": ["move up", "move right", 2], "loop": True})],
+)
+def test_every_policy_keeps_the_protocol_through_an_episode(name, kwargs):
+    """What RL code relies on (`Policy` in policies/base.py): each action belongs to the env's action space,
+    `reset(seed)` replays an episode's actions, and `act_batch` gives one action per observation as an array."""
+    env = GridStandIn(size=6, max_steps=12)
+    policy = make_policy(name, env, seed=0, **kwargs)
+    assert isinstance(policy, Policy) and policy.action_space == env.action_space
 
+    def episode(seed: int) -> list[int]:
+        policy.reset(seed=seed)
+        obs, info = env.reset(seed=5)
+        actions = []
+        for _ in range(12):
+            action = policy.act(obs, info)
+            assert env.action_space.contains(np.int64(action)), action
+            actions.append(int(action))
+            obs, _, term, trunc, info = env.step(action)
+            if term or trunc:
+                break
+        return actions
 
-def test_policies_satisfy_the_protocol():
-    env = GridStandIn()
-    for p in (RandomPolicy(env.action_space), OraclePolicy(env), ScriptedPolicy([0, 1])):
-        assert isinstance(p, Policy)
+    first = episode(seed=1)
+    assert len(first) >= 2 and episode(seed=1) == first
+    policy.reset(seed=1)
+    obs, infos = zip(*(env.reset(seed=s) for s in (5, 6, 7)))
+    batch = policy.act_batch(np.stack(obs), list(infos))
+    assert isinstance(batch, np.ndarray) and batch.shape == (3,)
+    assert all(env.action_space.contains(np.int64(a)) for a in batch)
 
 
 @pytest.mark.parametrize(
@@ -77,7 +97,6 @@ def test_oracle_reaches_goal_in_shortest_distance_standin():
         assert info["success"] and steps == start
 
 
-@pytest.mark.skipif(not _real_gridworld_available(), reason="worldbagel.envs GridWorld not available yet")
 def test_oracle_reaches_goal_in_shortest_distance_real_gridworld():
     env = gym.make("WorldBagel/GridWorld-v0")
     assert OraclePolicy(env).strategy == "optimal_action"
@@ -199,7 +218,6 @@ def test_make_policy_unknown_name():
         make_policy("nope", GridStandIn())
 
 
-@pytest.mark.skipif(not _real_gridworld_available(), reason="worldbagel.envs GridWorld not available yet")
 def test_oracle_act_batch_with_make_vec_gridworld():
     vec = gym.make_vec("WorldBagel/GridWorld-v0", num_envs=2, vectorization_mode="sync")
     policy = make_policy("oracle", vec)

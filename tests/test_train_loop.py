@@ -137,43 +137,6 @@ def test_position_tables_train_only_when_asked_and_survive_the_export(parts, tmp
     assert "latent_pos_embed.pos_embed" in und_frozen and "vit_pos_embed.pos_embed" not in und_frozen
 
 
-def test_random_position_tables_separate_neighbouring_cells(parts, tmp_path):
-    from worldbagel.model.heads import sincos_2d
-
-    tr = trainer(parts, tmp_path / "random", train_pos_embed=True, pos_embed_init="random")
-    table = tr.model.latent_pos_embed.pos_embed.detach()
-    side = int(table.shape[0] ** 0.5)
-    sincos = torch.from_numpy(sincos_2d(table.shape[1], side)).float()
-    # rows keep the sin-cos norm, but a one-cell shift is no longer nearly parallel
-    assert torch.allclose(table.norm(dim=1).mean(), sincos.norm(dim=1).mean(), rtol=0.2)
-    cos = torch.nn.functional.cosine_similarity(table[:-1], table[1:], dim=1).abs().mean()
-    sincos_cos = torch.nn.functional.cosine_similarity(sincos[:-1], sincos[1:], dim=1).mean()
-    assert cos < 0.3 < sincos_cos, (cos, sincos_cos)
-    again = trainer(parts, tmp_path / "again", train_pos_embed=True, pos_embed_init="random")
-    assert torch.equal(again.model.latent_pos_embed.pos_embed, table)  # seeded by train.seed
-    with pytest.raises(ConfigError, match="train.train_pos_embed=true"):
-        trainer(parts, tmp_path / "frozen", pos_embed_init="random")
-    with pytest.raises(ConfigError, match="pos_embed_init"):
-        trainer(parts, tmp_path / "typo", train_pos_embed=True, pos_embed_init="orthogonal")
-
-
-def test_qk_norm_gain_init_sets_both_experts_gains_which_then_train(parts, tmp_path):
-    tr = trainer(parts, tmp_path / "gain", qk_norm_gain_init=1.75)
-    layers = tr.model.config.llm.num_hidden_layers
-    gains = {n: p.detach().clone() for n, p in tr.model.named_parameters() if "q_norm" in n or "k_norm" in n}
-    assert len(gains) == 4 * layers  # q and k, understanding and generation expert, per layer
-    assert all(torch.all(g == 1.75) for g in gains.values())
-    other = tr.model.language_model.model.layers[0].input_layernorm.weight
-    assert torch.all(other == 1.0)  # only the q/k norms move
-    tr.train()
-    params = dict(tr.model.named_parameters())
-    assert any(not torch.equal(params[n], g) for n, g in gains.items())
-    default = trainer(parts, tmp_path / "default")
-    assert all(torch.all(p == 1.0) for n, p in default.model.named_parameters() if "q_norm" in n)
-    with pytest.raises(ConfigError, match="qk_norm_gain_init"):
-        trainer(parts, tmp_path / "bad", qk_norm_gain_init=-1.0)
-
-
 def test_freeze_und_trains_only_the_generation_path(parts, tmp_path):
     from worldbagel.train.objective import compute_losses
 
@@ -226,7 +189,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(parts, tmp
 
 def test_export_is_a_bagel_folder_with_ema_and_raw_weights(parts, tmp_path):
     from worldbagel.model.bagel import Bagel
-    from worldbagel.model.checkpoint import load_bagel
+    from worldbagel.model.bagel_folder import load_bagel
     from worldbagel.model.weights_file import load_file
 
     tr = trainer(parts, tmp_path, steps=3, save_every=2, ema_decay=0.5)

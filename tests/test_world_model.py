@@ -10,7 +10,7 @@ import torch
 from worldbagel.actions import DiscreteActionCodec
 from worldbagel.data.annotations import GRIDWORLD_THINK_PROMPT
 from worldbagel.errors import ConfigError
-from worldbagel.inference.generate import GenerationConfig
+from worldbagel.inference.sampler import SamplerConfig
 from worldbagel.world_model import WorldModel, WorldModelConfig, predict_batch
 
 CODEC = DiscreteActionCodec(["move up", "move right", "move down", "move left"])
@@ -31,7 +31,7 @@ def pipe(request):
 
 
 def _wm(pipe, **kw) -> WorldModel:
-    sampler = GenerationConfig(num_steps=3, cfg_text_scale=2.0, cfg_img_scale=1.5, cfg_renorm_type="global")
+    sampler = SamplerConfig(num_steps=3, cfg_text_scale=2.0, cfg_img_scale=1.5, cfg_renorm_type="global")
     return WorldModel(
         pipe, CODEC, WorldModelConfig(sampler=sampler, max_history_frames=2, window_slack=1, **kw)
     )
@@ -86,9 +86,7 @@ def test_memory_stays_bounded_over_200_steps(pipe, frame):
 
 @pytest.mark.parametrize("frames,slack", [(1, 0), (2, 0), (2, 1)])
 def test_window_keeps_whole_frames_starting_at_a_frame(tiny_pipe, frame, frames, slack):
-    cfg = WorldModelConfig(
-        sampler=GenerationConfig(num_steps=2), max_history_frames=frames, window_slack=slack
-    )
+    cfg = WorldModelConfig(sampler=SamplerConfig(num_steps=2), max_history_frames=frames, window_slack=slack)
     wm = WorldModel(tiny_pipe, CODEC, cfg).reset(frame, instruction="explore")
     for step in range(6):
         wm.act(step % 4).observe(frame)
@@ -101,12 +99,38 @@ def test_window_keeps_whole_frames_starting_at_a_frame(tiny_pipe, frame, frames,
     assert kinds.count("frame") >= frames  # right after windowing at least the window is kept
 
 
-def test_reason_returns_text_and_think_splits(pipe, frame):
-    wm = _wm(pipe).reset(frame)
-    answer = wm.reason("where is the goal?", max_new_tokens=4)
-    assert isinstance(answer, str)
-    thought, ans = wm.reason_full("which way?", think=True, max_new_tokens=4)
-    assert isinstance(thought, str) and isinstance(ans, str)
+def test_reason_answers_after_the_history_and_think_mode_splits_the_thought(pipe):
+    import gymnasium as gym
+
+    import worldbagel.envs  # noqa: F401  (registers the envs)
+    from worldbagel.actions import next_action_question
+    from worldbagel.inference.generate import generate_text
+    from worldbagel.think_text import split_think
+
+    frame, _ = gym.make("WorldBagel/GridWorld-v0", split="eval").reset(seed=3)  # a held-out layout
+    wm = _wm(pipe, think_prompt=GRIDWORLD_THINK_PROMPT).reset(frame, instruction="reach the green goal")
+    history = (wm.context.num_tokens, wm.context.rope, len(wm.context.segments))
+
+    def greedy_after(*texts: str, tokens: int) -> str:
+        """The greedy continuation of the history followed by `texts`."""
+        ctx = wm.context.fork()
+        for text in texts:
+            ctx.add_text(text)
+        return generate_text(ctx, max_new_tokens=tokens).text
+
+    plain = greedy_after("Where is the goal?", tokens=12)
+    assert wm.reason("Where is the goal?", max_new_tokens=12) == plain.strip()
+    assert wm.reason_full("Where is the goal?", max_new_tokens=12) == ("", plain.strip())
+    # think mode: the think prompt is read before the question, and the thought is split from the answer
+    question = next_action_question(CODEC)
+    raw = greedy_after(GRIDWORLD_THINK_PROMPT, question, tokens=512)
+    assert raw != greedy_after(question, tokens=512)  # the prompt changes what this model writes
+    thought, answer = wm.reason_full(question, think=True, max_new_tokens=512)
+    assert (thought, answer) == split_think(raw)
+    assert wm.reason(question, think=True, max_new_tokens=512) == answer
+    if "</think>" in raw:  # the shipped model writes its walk, then the move: both halves come back
+        assert thought and answer in CODEC.vocabulary and "</think>" not in thought + answer
+    assert (wm.context.num_tokens, wm.context.rope, len(wm.context.segments)) == history  # history untouched
 
 
 def test_bad_arguments_are_named(tiny_pipe, frame):
@@ -174,7 +198,7 @@ def _groups(wm: WorldModel) -> list[list]:
 
 
 def test_outcome_text_is_said_between_the_action_and_the_frame(tiny_pipe, frame):
-    sampler = GenerationConfig(num_steps=2)
+    sampler = SamplerConfig(num_steps=2)
     plain = WorldModel(tiny_pipe, CODEC, WorldModelConfig(sampler=sampler, max_history_frames=2))
     said = WorldModel(
         tiny_pipe,
@@ -204,7 +228,7 @@ def test_outcome_text_is_said_between_the_action_and_the_frame(tiny_pipe, frame)
 
 def test_outcome_text_window_starts_at_a_frame(tiny_pipe, frame):
     cfg = WorldModelConfig(
-        sampler=GenerationConfig(num_steps=2),
+        sampler=SamplerConfig(num_steps=2),
         max_history_frames=2,
         window_slack=0,
         outcome_text=True,
@@ -223,19 +247,15 @@ def test_outcome_text_window_starts_at_a_frame(tiny_pipe, frame):
 
 
 def test_each_model_samples_with_its_own_preset_unless_told_otherwise(tiny_dir):
-    from worldbagel.cli import compose_config
-    from worldbagel.world_model_loader import generation_config, load_world_model
+    from worldbagel.cli_compose import compose_config
+    from worldbagel.world_model_loader import load_world_model, sampler_config
 
     tiny = {"name": "tiny", "path": str(tiny_dir)}
     # the shipped model names the `gridworld` preset (4 steps, no guidance); other presets keep `fast`
-    assert load_world_model("gridworld", codec=CODEC).config.sampler == generation_config("gridworld")
-    assert (
-        generation_config("gridworld").cfg_text_scale == 1.0 and generation_config("gridworld").num_steps == 4
-    )
-    assert load_world_model(tiny, codec=CODEC).config.sampler == generation_config("fast")
-    assert load_world_model(tiny, sampler="release", codec=CODEC).config.sampler == generation_config(
-        "release"
-    )
+    assert load_world_model("gridworld", codec=CODEC).config.sampler == sampler_config("gridworld")
+    assert sampler_config("gridworld").cfg_text_scale == 1.0 and sampler_config("gridworld").num_steps == 4
+    assert load_world_model(tiny, codec=CODEC).config.sampler == sampler_config("fast")
+    assert load_world_model(tiny, sampler="release", codec=CODEC).config.sampler == sampler_config("release")
     # on the command line a sampler field edits the model's own preset; sampler=<preset> still wins
     _, cfg = compose_config("eval", ["sampler.num_steps=2"])
     assert (cfg.sampler.num_steps, cfg.sampler.cfg_text_scale) == (2, 1.0)  # gridworld preset, 2 steps

@@ -21,10 +21,10 @@ That thought (`walk_thought`) is the right-hand wall follower's walk from the GO
 characters: the move (^ > v <), the cell reached (one character per cell, `CELL_CHARS`) and its open sides (one
 character, `OPEN_CHARS`). Every character follows from local facts (the two characters before it, the walls of
 one named cell, the agent's cell), so a small model can write it, and the answer is the opposite of the last
-move: the first move of the unique shortest path, which a 4-layer model does not find in one forward (~60 %
-plain-answer accuracy, about what "the open move closest to the goal" scores). Train it with
+move: the first move of the unique shortest path, which a 4-layer model does not find in one forward (a
+plain answer does about as well as "the open move closest to the goal"). Train it with
 `plan.think_samples=true`: each think question becomes a sample of its own, so the long thought never sits
-between a context frame and the frame predicted from it (run M, docs/training.md).
+between a context frame and the frame predicted from it (a thought there breaks the frame copy).
 
 The outcome is written after the action and before the frame it describes; the world model learns to say
 where the agent ends up (a cross-entropy target) and then draws that frame conditioned on its own words
@@ -40,14 +40,16 @@ from typing import Any
 import numpy as np
 
 from worldbagel.actions import DiscreteActionCodec, next_action_question
+from worldbagel.envs.maze import MOVES, can_move, cells_shape, wall_follower_trace
 from worldbagel.errors import bad_argument
+from worldbagel.think_text import split_think
 
 GRIDWORLD_INSTRUCTION = "reach the green goal"
 GOAL_QUESTION = "Where is the goal?"
 GRIDWORLD_THINK_PROMPT = "Think: follow the right-hand wall to the goal."
 """The system text of think mode for the gridworld model (configs/model/gridworld.yaml world.think_prompt). It
 names the mode more than it describes it (the walk starts at the goal): the shipped model was trained with
-exactly these words, so they stay (a reworded prompt trained from scratch did not learn the walk, think run T3)."""
+exactly these words and answers in think mode only after them, so they stay as they are."""
 
 
 def outcome_text(agent: tuple[int, int], heading_name: str) -> str:
@@ -86,8 +88,6 @@ def walk_thought(walls: Any, agent: tuple[int, int], goal: tuple[int, int], answ
     along the unique path, so its LAST move arrives from the agent's next cell on the shortest path: the
     answer is the opposite of the last move character.
     """
-    from worldbagel.envs.maze import MOVES, can_move, cells_shape, wall_follower_trace
-
     rows, cols = cells_shape(walls)
     if rows * cols > len(CELL_CHARS):
         raise bad_argument(
@@ -183,8 +183,6 @@ def walk_first_error(thought: str, walk: str) -> str:
     """Where a generated thought (the text inside its think block) first leaves the true `walk_thought` text
     `walk`: "none" when they are equal, "length" when one stops early or runs on, else the field (`WALK_FIELDS`)
     of the first different character. A diagnostic: which step of the walk a model has not learned."""
-    from worldbagel.inference.pipeline import split_think  # the one parser of think blocks
-
     truth, got = split_think(walk)[0], thought.strip()
     if not truth:
         raise bad_argument(

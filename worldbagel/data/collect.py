@@ -20,6 +20,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import multiprocessing as mp
 import os
 import threading
 import time
@@ -41,8 +42,9 @@ __all__ = ["CollectResult", "collect", "episode_id", "record_episode"]
 logger = logging.getLogger(__name__)
 
 INDEX_EVERY_S = 2.0
-"""How often a collection adds its finished episodes to index.json (seconds); rewriting the index after every
-episode made collecting 8,000 two-step episodes take 6.8 minutes (docs/benchmarks.md)."""
+"""How often a collection adds its finished episodes to index.json (seconds): rewriting the whole index after
+every episode makes a collection of many short episodes spend most of its time there (docs/benchmarks.md,
+"Collecting")."""
 
 
 STOPPING_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
@@ -315,8 +317,6 @@ def _run_pool(
     workers, todo, record, root, seed, writer_kwargs, max_steps, env_factory, policy_factory, annotator
 ):
     """Record the `todo` episodes in `workers` spawned processes, passing each outcome to `record`."""
-    import multiprocessing as mp
-
     with ProcessPoolExecutor(
         max_workers=min(workers, len(todo)),
         mp_context=mp.get_context("spawn"),

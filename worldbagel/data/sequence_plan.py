@@ -77,8 +77,9 @@ class PlanConfig:
     think_samples: bool = False
     """Think-mode questions (a Q&A with a system text, e.g. `annotate=gridworld-think`) leave the windows and
     become samples of their own: [instruction, clean VAE + ViT of the frame, system, question, answer]. A long
-    thought then never sits between a context frame and the frame predicted from it (run M: it broke the
-    frame copy), and every think question is trained, not only those of windows that keep their annotations."""
+    thought then never sits between a context frame and the frame predicted from it (50-400 tokens there at
+    a varying distance break the frame copy), and every think question is trained, not only those of windows
+    that keep their annotations."""
     success_repeat: int = 1
     """Windows whose last target is the final frame of a successful episode (the goal reached: one window per
     episode, ~1 % of them) appear this many times per epoch, so the rare arrival is learned like the rest."""

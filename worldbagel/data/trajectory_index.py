@@ -11,29 +11,24 @@ import contextlib
 import hashlib
 import json
 import logging
-import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from worldbagel.atomic_files import atomic_write_text
 from worldbagel.errors import WorldBagelError
-from worldbagel.file_mode import mkstemp
+from worldbagel.json_values import to_jsonable
 
 __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "INDEX",
-    "MAX_INFO_ARRAY",
     "CorruptEpisode",
-    "atomic_write_text",
     "index_lock",
     "info_subset",
     "read_index",
     "sha256_file",
-    "to_jsonable",
     "update_index",
     "write_index",
 ]
@@ -43,42 +38,10 @@ logger = logging.getLogger(__name__)
 FORMAT_NAME = "worldbagel-trajectories"
 FORMAT_VERSION = 1
 INDEX = "index.json"
-MAX_INFO_ARRAY = 4096
-"""Info arrays with more elements than this (depth maps, images) are not stored in steps.jsonl."""
 
 
 class CorruptEpisode(WorldBagelError):
     """An episode on disk is incomplete or does not match its metadata."""
-
-
-# ---------------------------------------------------------------------------------------------------
-# JSON helpers
-
-
-def to_jsonable(value: Any, _depth: int = 0) -> Any:
-    """Convert numpy scalars/arrays, tuples and paths to JSON types; raises TypeError for anything else."""
-    if _depth > 20:
-        raise TypeError("nesting too deep")
-    if value is None or isinstance(value, (bool, str)):
-        return value
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        f = float(value)
-        return f if math.isfinite(f) else None
-    if isinstance(value, np.bool_):
-        return bool(value)
-    if isinstance(value, np.ndarray):
-        if value.size > MAX_INFO_ARRAY:
-            raise TypeError(f"array of {value.size} elements is too large for steps.jsonl")
-        return to_jsonable(value.tolist(), _depth + 1)
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if isinstance(value, Mapping):
-        return {str(k): to_jsonable(v, _depth + 1) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_jsonable(v, _depth + 1) for v in value]
-    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
 
 
 def info_subset(info: Mapping[str, Any] | None, keys: Sequence[str] | None) -> dict[str, Any]:
@@ -94,19 +57,6 @@ def info_subset(info: Mapping[str, Any] | None, keys: Sequence[str] | None) -> d
     return out
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-
-
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -119,7 +69,7 @@ def sha256_file(path: Path) -> str:
 def index_lock(root: Path) -> Iterator[None]:
     """Exclusive lock around index read-modify-write (flock; a no-op where fcntl is missing)."""
     try:
-        import fcntl
+        import fcntl  # lazy: POSIX only (there is no fcntl on Windows)
     except ImportError:  # pragma: no cover - non-POSIX
         yield
         return
@@ -157,7 +107,7 @@ def read_index(root: str | os.PathLike) -> list[dict[str, Any]]:
 
 def write_index(root: Path, entries: list[dict[str, Any]]) -> None:
     """Write index.json atomically, one episode entry per line (each line by json's C encoder: an indented
-    dump goes through the pure-Python one, which made a 1,500-episode collection spend 90 % of its time here)."""
+    dump goes through the pure-Python one, which dominates the time of a collection that rewrites a large index)."""
     head = json.dumps({"format": FORMAT_NAME, "version": FORMAT_VERSION})[:-1]
     lines = ",\n".join(json.dumps(e) for e in entries)
     atomic_write_text(root / INDEX, f'{head}, "episodes": [\n{lines}\n]}}\n')

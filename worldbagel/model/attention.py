@@ -188,12 +188,10 @@ def _bmm_attention(
     """softmax(q k^T * scale + bias) v with plain batched matmuls: q [Hq, Lq, D], k/v [Hkv, Lk, D], bias the
     additive mask [G*Lq, Lk] (`SampleLayout.bias`) or None.
 
-    On CPU this beats torch's SDPA kernel for small models in training (one 411-token sample, 4 x 32 query
-    heads, forward + backward: 2.17 vs 2.81 ms; the boolean `masked_fill` it replaced 2.82 ms;
-    scripts/bench_train_kernels.py) and in the short query blocks of cached inference (18 queries x 1400 keys,
-    forward: 0.11 vs 0.26 ms, measured once 2026-12-05). Query heads are grouped per
-    key/value head instead of repeating keys (grouped-query attention); the mask enters as the additive input
-    of one `baddbmm`, so backward has no masking op to undo.
+    On CPU this is faster than torch's SDPA kernel for small models, in training and in the short query blocks
+    of cached inference (scripts/bench_train_kernels.py; figures in docs/benchmarks.md). Query heads are
+    grouped per key/value head instead of repeating keys (grouped-query attention); the mask enters as the
+    additive input of one `baddbmm`, so backward has no masking op to undo.
     """
     hq, lq, d = q.shape
     hkv = k.shape[0]
@@ -206,39 +204,6 @@ def _bmm_attention(
         scores = torch.baddbmm(bias, qg, k.transpose(1, 2), alpha=scale)  # bias broadcast over Hkv
     probs = scores.softmax(-1)
     return torch.bmm(probs, v).view(hq, lq, d)  # [Hq, Lq, D]
-
-
-BACKENDS = ("auto", "sdpa", "flex")
-_backend = "auto"
-
-
-def set_attention_backend(name: str) -> None:
-    """Choose the LLM attention kernel: `sdpa` (per sample: an additive-mask `baddbmm` on CPU, masked SDPA on
-    CUDA; the CPU default, supports backward everywhere), `flex` (one FlexAttention call over the whole pack;
-    compiled on CUDA, eager and forward-only on CPU), or `auto` (flex on CUDA, sdpa on CPU)."""
-    global _backend
-    if name not in BACKENDS:
-        raise ValueError(f"invalid attention backend={name!r}; expected one of {BACKENDS}")
-    _backend = name
-
-
-def attend_packed(
-    q: torch.Tensor,
-    k_new: torch.Tensor,
-    v_new: torch.Tensor,
-    layouts: list[SampleLayout],
-    past: list[tuple[torch.Tensor, torch.Tensor] | None],
-    scale: float | None = None,
-) -> torch.Tensor:
-    """Attention over a pack of samples, each with its own cached prefix (see `attend_packed_sdpa`)."""
-    backend = _backend
-    if backend == "auto":
-        backend = "flex" if q.is_cuda else "sdpa"
-    if backend == "flex":
-        from worldbagel.model.flex_backend import attend_packed_flex
-
-        return attend_packed_flex(q, k_new, v_new, layouts, past, scale)
-    return attend_packed_sdpa(q, k_new, v_new, layouts, past, scale)
 
 
 def attend_packed_sdpa(

@@ -90,12 +90,5 @@ class PositionEmbedding(nn.Module):
         with torch.no_grad():
             self.pos_embed.copy_(table.to(self.pos_embed.dtype))
 
-    def reset_random(self, generator: torch.Generator) -> None:
-        """Refill the table with Gaussian rows of the sin-cos rows' norm (sqrt(hidden / 2)): neighbouring cells
-        get nearly orthogonal rows (a training-time option, `TrainConfig.pos_embed_init`)."""
-        rows = torch.randn(self.pos_embed.shape, generator=generator, dtype=torch.float32) * 0.5**0.5
-        with torch.no_grad():
-            self.pos_embed.copy_(rows.to(self.pos_embed.dtype))
-
     def forward(self, position_ids: torch.Tensor) -> torch.Tensor:
         return self.pos_embed[position_ids]

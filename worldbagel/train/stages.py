@@ -1,8 +1,7 @@
 """Which Bagel weights train: the paper's stages and the freezing options (spec 6.6).
 
 stage=full    every weight trains except the frozen ones below (the sin-cos position tables train only with
-              train_pos_embed, from sin-cos or, with pos_embed_init=random, from random rows; the
-              autoencoder is a separate, always frozen module)
+              train_pos_embed; the autoencoder is a separate, always frozen module)
 stage=align   only the ViT -> LLM connector trains (the paper's alignment stage)
 freeze_llm    the whole language model is frozen
 freeze_vit    the SigLIP tower is frozen
@@ -16,7 +15,6 @@ from __future__ import annotations
 import copy
 import logging
 
-import torch
 from torch import nn
 
 from worldbagel.errors import bad_argument
@@ -78,50 +76,3 @@ def apply_stage(model: nn.Module, cfg: TrainConfig) -> list[str]:
         total / 1e6,
     )
     return names
-
-
-def init_position_tables(model: nn.Module, cfg: TrainConfig) -> list[str]:
-    """Apply `cfg.pos_embed_init` to the position tables that train (call after `apply_stage`); returns the
-    refilled table names."""
-    if cfg.pos_embed_init not in ("sincos", "random"):
-        raise bad_argument("train.pos_embed_init", cfg.pos_embed_init, "use sincos or random")
-    if cfg.pos_embed_init == "sincos":
-        return []
-    if not cfg.train_pos_embed:
-        raise bad_argument(
-            "train.pos_embed_init",
-            cfg.pos_embed_init,
-            "random tables must train: also pass train.train_pos_embed=true (or keep pos_embed_init=sincos)",
-        )
-    generator = torch.Generator().manual_seed(cfg.seed + 7919)
-    done = []
-    for prefix in POS_TABLES:
-        table = getattr(model, prefix.rstrip("."), None)
-        if table is not None and table.pos_embed.requires_grad:
-            table.reset_random(generator)
-            done.append(prefix + "pos_embed")
-    logger.info("position tables restarted as random rows: %s", ", ".join(done) or "none")
-    return done
-
-
-def init_qk_norm_gains(model: nn.Module, cfg: TrainConfig) -> list[str]:
-    """Apply `cfg.qk_norm_gain_init`: fill every LLM q/k-norm weight with it; returns the names filled."""
-    gain = cfg.qk_norm_gain_init
-    if gain is None:
-        return []
-    if not isinstance(gain, (int, float)) or not gain > 0:
-        raise bad_argument("train.qk_norm_gain_init", gain, "use a positive number (e.g. 1.75) or null")
-    gains = {
-        name: p
-        for name, p in model.named_parameters()
-        if name.startswith("language_model.") and name.split(".")[-2].startswith(("q_norm", "k_norm"))
-    }
-    if not gains:
-        raise bad_argument(
-            "train.qk_norm_gain_init", gain, "the model has no q/k norms (llm qk_norm=false); leave it null"
-        )
-    with torch.no_grad():
-        for p in gains.values():
-            p.fill_(float(gain))
-    logger.info("q/k-norm gains set to %g in %d tensors", gain, len(gains))
-    return list(gains)
