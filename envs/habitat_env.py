@@ -40,6 +40,8 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
+from hydra.errors import HydraException
+from omegaconf.errors import OmegaConfBaseException
 
 from worldbagel.errors import (
     ConfigError,
@@ -264,10 +266,6 @@ class HabitatNavEnv(gym.Env):
 
     def _compose(self, habitat: Any) -> Any:
         """habitat-lab's config for `config_path` + `overrides`; its refusals become one ConfigError."""
-        # Imported here so that importing worldbagel.envs stays numpy + gymnasium only.
-        from hydra.errors import HydraException
-        from omegaconf.errors import OmegaConfBaseException
-
         try:
             return habitat.get_config(self.config_path, overrides=list(self.overrides))
         except (HydraException, OmegaConfBaseException, RuntimeError) as exc:

@@ -101,9 +101,9 @@ def _use_fast_texture_loading(miniworld: Any) -> None:
         return
 
     def load(cls: Any, tex_path: str) -> Any:
-        import pyglet
-        from PIL import Image
-        from pyglet import gl
+        import pyglet  # lazy: optional dependency (miniworld extra)
+        from PIL import Image  # lazy: keeps `import worldbagel.envs` to numpy + gymnasium (envs/__init__.py)
+        from pyglet import gl  # lazy: optional dependency (miniworld extra)
 
         with Image.open(tex_path) as im:
             rgba = np.ascontiguousarray(np.asarray(im.convert("RGBA"))[::-1])

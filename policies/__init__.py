@@ -16,6 +16,8 @@ World-model policies (they import torch, so they load on first access):
 - `ReasoningPolicy(world_model, ...)`: asks the world model which action to take, parses the answer.
 """
 
+import importlib
+
 from worldbagel.policies.base import BasePolicy, Policy, split_vector_infos
 from worldbagel.policies.oracle import OraclePolicy
 from worldbagel.policies.random_policy import RandomPolicy
@@ -30,8 +32,6 @@ _LAZY = {
 
 def __getattr__(name: str):
     if name in _LAZY:
-        import importlib
-
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from worldbagel.envs.gridworld import GridWorldEnv
 from worldbagel.errors import bad_argument
 
 __all__ = ["GridWorldGoalImages", "goal_source_for_env", "resolve_goal"]
@@ -43,8 +44,6 @@ class GridWorldGoalImages:
     """Renders the goal state of a GridWorld episode (agent on the goal, all 4 headings) from an info."""
 
     def __init__(self, size: Any = 8, obs_size: int = 64, view: str = "topdown", ego_radius: int = 3):
-        from worldbagel.envs.gridworld import GridWorldEnv
-
         self._env = GridWorldEnv(size=size, obs_size=obs_size, view=view, ego_radius=ego_radius, split="any")
         self._key: tuple | None = None
         self._images: np.ndarray | None = None
@@ -52,8 +51,6 @@ class GridWorldGoalImages:
     @classmethod
     def from_env(cls, env: Any) -> GridWorldGoalImages | None:
         """A renderer matching a GridWorld env (or a vector env of them); None for any other env."""
-        from worldbagel.envs.gridworld import GridWorldEnv
-
         single = _single_env(env)
         if not isinstance(single, GridWorldEnv):
             return None

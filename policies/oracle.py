@@ -28,6 +28,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 
 from worldbagel.actions import NavActionCodec, codec_for_env
@@ -193,8 +194,6 @@ def nav_pose(env: Any, info: Mapping[str, Any]) -> tuple[np.ndarray, float, np.n
 def _vector_kind(env: Any) -> str | None:
     """'gymnasium' for a gymnasium VectorEnv, 'sb3' for a Stable-Baselines3 VecEnv (told by its `env_method`
     and `num_envs`, so SB3 need not be installed), None for a single env."""
-    import gymnasium as gym
-
     if isinstance(env, gym.vector.VectorEnv):
         return "gymnasium"
     if (
@@ -242,6 +241,7 @@ def _habitat_follower(env: Any, stop_radius: float) -> tuple[Any, Any, NavAction
     if hab is None or not hasattr(hab, "sim"):
         return None
     try:
+        # lazy: optional dependency (habitat-lab, conda habitat-sim)
         from habitat.tasks.nav.shortest_path_follower import ShortestPathFollower
     except ImportError:
         logger.info("habitat is not importable; the oracle falls back to the greedy follower")

@@ -26,7 +26,7 @@ Energy of a candidate with frames f_1..f_T and actions a_1..a_T:
     goal_weight * aggregate_t( min_g distance(f_t, goal_g) + step_cost * (t - 1) )
     + sum_i weight_i * scorer_i(frames, actions, info)
 with `aggregate` one of min (default: the best moment of the plan, so reaching the goal early and
-staying is not required), final, mean; `distance` from `worldbagel.eval.energy` (latent by default, ssim,
+staying is not required), final, mean; `distance` from `worldbagel.policies.energy` (latent by default, ssim,
 lpips) or any callable(frames [n, H, W, 3], goals [G, H, W, 3]) -> [n, G]. The goal term is skipped
 when no goal image is available; then at least one scorer is required.
 
@@ -51,6 +51,7 @@ import torch
 
 from worldbagel.errors import bad_argument
 from worldbagel.policies.base import single_spaces
+from worldbagel.policies.energy import auto_scorers, frame_distance, make_scorer
 from worldbagel.policies.goal_images import goal_source_for_env, resolve_goal
 from worldbagel.policies.world_model_policy import HistorySlot, WorldModelPolicy
 from worldbagel.world_model import WorldModel, predict_batch
@@ -162,8 +163,6 @@ class WorldModelPlanner(WorldModelPolicy):
     def _make_distance(self, energy: str | Callable | None, kwargs: dict) -> Callable | None:
         if energy is None or callable(energy):
             return energy
-        from worldbagel.eval.energy import frame_distance
-
         return frame_distance(str(energy), pipe=self.world_model.pipe, **kwargs)
 
     @classmethod
@@ -180,8 +179,6 @@ class WorldModelPlanner(WorldModelPolicy):
         `world_model` is given (with the env's action codec); `scorers` may name task scorers
         ('gridworld_distance', or 'auto' for those that fit the env), give {'name', 'weight', ...} mappings,
         callables or (callable, weight) pairs. Every other keyword goes to the constructor."""
-        from worldbagel.eval.energy import auto_scorers, make_scorer
-
         world_model, space, kwargs = cls._from_env_parts(env, preset, kwargs)
         built = []
         for s in kwargs.pop("scorers", None) or ():

@@ -43,9 +43,9 @@ from worldbagel.actions import NEXT_ACTION_QUESTION, ActionCodec, next_action_qu
 from worldbagel.errors import InvalidAction, bad_argument
 from worldbagel.inference.context import extend_batch
 from worldbagel.inference.generate import generate_text_batch, score_text_batch
-from worldbagel.inference.pipeline import split_think
 from worldbagel.policies.base import single_spaces
 from worldbagel.policies.world_model_policy import HistorySlot, WorldModelPolicy
+from worldbagel.think_text import split_think
 from worldbagel.world_model import WorldModel
 
 __all__ = ["NEXT_ACTION_QUESTION", "Answer", "ReasoningPolicy", "next_action_question", "parse_action"]

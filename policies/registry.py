@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import importlib
 import inspect
+from importlib import resources
 from typing import Any
+
+from omegaconf import OmegaConf
 
 from worldbagel.errors import bad_argument
 from worldbagel.policies.base import Policy
@@ -72,10 +75,6 @@ def preset_kwargs(name: str, required: bool = False) -> dict[str, Any]:
     """The `kwargs` of the policy's yaml preset (configs/policy/<name>.yaml), {} when it has none (an error
     with `required`): what `worldbagel rollout policy=<name>` uses, so `make_policy(name, env)` builds the same
     policy; keyword arguments given to `make_policy` win over them."""
-    from importlib import resources
-
-    from omegaconf import OmegaConf
-
     folder = resources.files("worldbagel.configs") / "policy"
     path = folder / f"{name}.yaml"
     if not path.is_file():

@@ -16,8 +16,11 @@ from typing import Any
 
 import numpy as np
 
+from worldbagel.actions import codec_for_env
 from worldbagel.policies.base import BasePolicy, single_spaces, split_vector_infos, stack_actions
+from worldbagel.policies.registry import preset_kwargs
 from worldbagel.world_model import WorldModel
+from worldbagel.world_model_loader import load_world_model
 
 
 @dataclass
@@ -61,10 +64,6 @@ class WorldModelPolicy(BasePolicy):
         constructor kwargs). Keyword arguments not given come from configs/policy/<preset>.yaml (none with
         preset=None); `model` / `sampler` / `world` load the world model unless a ready `world_model` is given,
         which gets the env's action codec when it has none."""
-        from worldbagel.actions import codec_for_env
-        from worldbagel.policies.registry import preset_kwargs
-        from worldbagel.world_model_loader import load_world_model
-
         kwargs = {**(preset_kwargs(preset, required=True) if preset else {}), **kwargs}
         model, sampler, world = (
             kwargs.pop("model", None),

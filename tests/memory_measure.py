@@ -47,7 +47,7 @@ def _peak_growth(fn) -> int:
 def _model(name: str):
     """(Bagel, autoencoder, tokenizer) of the tiny fixture or a from-scratch preset, fp32."""
     if name == "fixture":
-        from worldbagel.model.checkpoint import load_bagel
+        from worldbagel.model.bagel_folder import load_bagel
 
         loaded = load_bagel(ROOT / "tests" / "fixtures" / "bagel-tiny")
         return loaded.model, loaded.vae, loaded.tokenizer
@@ -58,8 +58,9 @@ def _model(name: str):
 
 
 def denoise(spec: dict) -> dict:
-    from worldbagel.inference.generate import GenerationConfig, ImageRequest, generate_images
+    from worldbagel.inference.generate import ImageRequest, generate_images
     from worldbagel.inference.pipeline import BagelPipeline
+    from worldbagel.inference.sampler import SamplerConfig
     from worldbagel.model.transforms import ImageTransform
 
     model, vae, tok = _model(spec["model"])
@@ -83,7 +84,7 @@ def denoise(spec: dict) -> dict:
     with torch.no_grad():
         ic = pipe.interleave_contexts(inputs)
         req = ImageRequest(ic.context, ic.cfg_text_context, ic.cfg_img_context, None)
-        config = GenerationConfig(num_steps=2, cfg_text_scale=4.0, cfg_img_scale=2.0, batch_cfg=True)
+        config = SamplerConfig(num_steps=2, cfg_text_scale=4.0, cfg_img_scale=2.0, batch_cfg=True)
         generate_images([req], grid, config, torch.Generator().manual_seed(0))  # warm-up
         grown = _peak_growth(lambda: generate_images([req], grid, config, torch.Generator().manual_seed(1)))
     contexts = [c.num_tokens for c in (ic.context, ic.cfg_text_context, ic.cfg_img_context)]

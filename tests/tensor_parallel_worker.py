@@ -20,14 +20,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def generations(pipe) -> dict[str, torch.Tensor]:
     """What the test compares: greedy text ids and guided image latents of fixed inputs."""
-    from worldbagel.inference.generate import GenerationConfig, generate_text
+    from worldbagel.inference.generate import generate_text
+    from worldbagel.inference.sampler import SamplerConfig
 
     frame = (np.random.RandomState(0).rand(64, 64, 3) * 255).astype("uint8")
     ic = pipe.interleave_contexts([frame, "move forward"])
     text = generate_text(ic.context.fork(), max_new_tokens=12, draft=0)
     drafted = generate_text(ic.context.fork(), max_new_tokens=12)
     out = pipe.generate_image(
-        ic, config=GenerationConfig(num_steps=5), generator=torch.Generator().manual_seed(0), decode=False
+        ic, config=SamplerConfig(num_steps=5), generator=torch.Generator().manual_seed(0), decode=False
     )
     k, _ = ic.context.cache.layers[0]
     return {

@@ -24,7 +24,7 @@ from worldbagel.data.annotations import (
 )
 from worldbagel.data.trajectory import TrajectoryDataset
 from worldbagel.errors import ConfigError
-from worldbagel.inference.pipeline import split_think
+from worldbagel.think_text import split_think
 
 
 def test_outcome_text():

@@ -13,7 +13,8 @@ from safetensors.torch import load_file, save_file
 
 from worldbagel import Bagel
 from worldbagel.errors import CheckpointError, ConfigError
-from worldbagel.model.checkpoint import load_bagel, load_pretrained, resolve_dtype, save_pretrained
+from worldbagel.model.bagel_folder import load_bagel
+from worldbagel.model.checkpoint import load_pretrained, resolve_dtype, save_pretrained
 from worldbagel.model.configuration import BagelConfig
 from worldbagel.model.weights_file import read_header, read_tensors, write_file
 

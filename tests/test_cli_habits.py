@@ -15,7 +15,8 @@ from rich.console import Console
 from standin_envs import GridStandIn
 from table_text import missing_cells, render
 
-from worldbagel.cli import compose_config, main
+from worldbagel.cli import main
+from worldbagel.cli_compose import compose_config
 from worldbagel.config import RolloutConfig
 from worldbagel.rollout import run_rollouts
 
@@ -80,12 +81,12 @@ def test_an_unknown_nested_key_names_its_node(capsys):
 def test_every_key_of_a_composed_config_passes_the_key_check(command):
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from worldbagel.cli import _compose, _config_groups, _hydra_session
+    from worldbagel.cli_compose import compose, config_groups, hydra_session
     from worldbagel.config import SCHEMAS
     from worldbagel.config_check import check_override_keys
 
-    with _hydra_session():
-        raw = _compose(command, [], for_display=True)
+    with hydra_session():
+        raw = compose(command, [], for_display=True)
     keys = []
 
     def walk(node, prefix):
@@ -98,7 +99,7 @@ def test_every_key_of_a_composed_config_passes_the_key_check(command):
     walk(raw, "")
     assert len(keys) > 5
     parsed = OverridesParser.create().parse_overrides([f"{k}=1" for k in keys])
-    check_override_keys(command, SCHEMAS[command], parsed, _config_groups())  # raises on a refused key
+    check_override_keys(command, SCHEMAS[command], parsed, config_groups())  # raises on a refused key
 
 
 def test_free_form_dicts_still_take_new_keys(capsys):
@@ -230,7 +231,7 @@ def test_generate_text_warns_when_think_mode_runs_out_of_tokens(tiny_dir, tmp_pa
 
 
 def test_think_budget_warning():
-    from worldbagel.inference.pipeline import think_budget_warning
+    from worldbagel.think_text import think_budget_warning
 
     assert think_budget_warning("<think> walk </think> move up", 9, 128, "max_new_tokens") is None
     assert think_budget_warning("<think> walk </think>", 9, 128, "k", answer=False) is None

@@ -17,11 +17,11 @@ from worldbagel.eval.env_replay import EnvReplay, turn_actions
 from worldbagel.eval.heldout import record_env_episodes
 from worldbagel.eval.lookback import lookback_actions, lookback_scores, memory_gain_db
 from worldbagel.eval.lookback_eval import evaluate_lookback
-from worldbagel.inference.generate import GenerationConfig
+from worldbagel.inference.sampler import SamplerConfig
 from worldbagel.rollout import build_env
 from worldbagel.world_model import WorldModel, WorldModelConfig
 
-FAST = GenerationConfig(num_steps=2, cfg_text_scale=1.0, cfg_img_scale=1.0)
+FAST = SamplerConfig(num_steps=2, cfg_text_scale=1.0, cfg_img_scale=1.0)
 
 
 def flat(*values: int, side: int = 8) -> np.ndarray:

@@ -38,7 +38,7 @@ def test_config_group_files_equal_the_python_presets():
 
 
 def test_finetune_composes_the_preset_and_single_overrides():
-    from worldbagel.cli import compose_config
+    from worldbagel.cli_compose import compose_config
 
     base = ["model=scratch-tiny", "data=unused", "out=unused"]
     assert compose_config("finetune", base)[1].dropout == dropout_preset("paper")

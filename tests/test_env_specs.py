@@ -15,7 +15,7 @@ from worldbagel.actions import DiscreteActionCodec
 from worldbagel.envs import WORLD_BAGEL_IDS, make_env, make_vec
 from worldbagel.envs.habitat_env import HabitatNavEnv
 from worldbagel.errors import DependencyNotInstalled
-from worldbagel.inference.generate import GenerationConfig
+from worldbagel.inference.sampler import SamplerConfig
 from worldbagel.rollout import build_env
 from worldbagel.world_model import WorldModel, WorldModelConfig
 
@@ -77,7 +77,7 @@ def test_make_env_keeps_the_time_limit_in_step_with_max_steps():
 
 
 def test_imagined_id_passes_check_env(tiny_pipe):
-    sampler = GenerationConfig(num_steps=3, cfg_text_scale=2.0, cfg_img_scale=1.0, cfg_renorm_type="global")
+    sampler = SamplerConfig(num_steps=3, cfg_text_scale=2.0, cfg_img_scale=1.0, cfg_renorm_type="global")
     codec = DiscreteActionCodec(["move up", "move right", "move down", "move left"])
     wm = WorldModel(tiny_pipe, codec, WorldModelConfig(sampler=sampler, use_vit=False, reencode="latents"))
     env = make_env(IMAGINED, world_model=wm, max_steps=3)

@@ -17,7 +17,7 @@ from hydra.errors import ConfigCompositionException, OverrideParseException
 from omegaconf import OmegaConf
 from omegaconf.errors import ReadonlyConfigError
 
-from worldbagel import cli
+from worldbagel import cli, cli_compose
 from worldbagel.envs.habitat_env import SOFT_SPL_OVERRIDE, HabitatNavEnv, _yaw_of, hydra_quoted
 from worldbagel.errors import ConfigError, DependencyNotInstalled, InvalidAction, WorldBagelError
 from worldbagel.rollout import build_env
@@ -232,7 +232,7 @@ def test_docs_commands_parse_and_build_the_env(fake):
     ids = []
     for argv in commands:
         args = cli._parser().parse_intermixed_args(argv[1:])
-        _, cfg = cli.compose_config(args.command, args.overrides)
+        _, cfg = cli_compose.compose_config(args.command, args.overrides)
         env = build_env(cfg.env.id, cfg.env.kwargs).unwrapped
         dataset = env.config.habitat.dataset
         assert dataset.data_path == "data/datasets/pointnav/habitat-test-scenes/v1/{split}/{split}.json.gz", (

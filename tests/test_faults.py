@@ -72,7 +72,7 @@ def test_unavailable_cuda_device_names_model_device_cpu(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is visible: the CPU-only error cannot happen")
     from worldbagel.errors import ConfigError
-    from worldbagel.model.checkpoint import load_bagel
+    from worldbagel.model.bagel_folder import load_bagel
 
     with pytest.raises(ConfigError, match=r"model.device='cuda:3'.*use model.device=cpu"):
         load_bagel("tests/fixtures/bagel-tiny", device="cuda:3")
@@ -228,3 +228,27 @@ def test_collect_workers_exit_when_their_parent_is_killed(tmp_path):
     while any(_alive(w) for w in workers) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not [w for w in workers if _alive(w)]
+
+
+WORKER_ORPHANED_AT_START = """
+import os, sys, time
+from functools import partial
+from worldbagel.data.collect import _init_process
+from worldbagel.policies import make_policy
+from worldbagel.rollout import build_env
+env = partial(build_env, "WorldBagel/GridWorld-v0", {"size": 5, "obs_size": 40})
+# the collecting process is given as a pid that is not this process's parent: as if it had died (and this
+# worker been re-parented) while the worker was still importing
+_init_process(env, partial(make_policy, "random", seed=0), None, os.getppid() + 1)
+time.sleep(30)
+print("still alive")
+"""
+
+
+def test_a_collect_worker_orphaned_before_its_initializer_still_exits():
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, "-c", WORKER_ORPHANED_AT_START], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 1 and "still alive" not in done.stdout, done.stderr[-2000:]

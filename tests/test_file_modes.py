@@ -8,8 +8,8 @@ import stat
 import numpy as np
 import pytest
 
+from worldbagel.atomic_files import atomic_write_text
 from worldbagel.cli import main
-from worldbagel.data.trajectory_index import atomic_write_text
 from worldbagel.video import write_video
 
 

@@ -42,3 +42,10 @@ def test_generate_bad_input_names_the_argument(tiny_dir, tmp_path, capsys):
     assert "image='/nonexistent.png'" in capsys.readouterr().out
     assert main(_args(tiny_dir, tmp_path, "output=video", "prompt=x")) == 1
     assert "output" in capsys.readouterr().out
+
+
+def test_generate_bad_sampler_knob_names_the_field(tiny_dir, tmp_path, capsys):
+    assert main(_args(tiny_dir, tmp_path, "prompt=x", "sampler.cfg_renorm_type=local")) == 2  # a config error
+    out = capsys.readouterr().out
+    assert "cfg_renorm_type='local'" in out and "text_channel" in out
+    assert not (tmp_path / "out.png").exists()

@@ -13,14 +13,14 @@ from worldbagel.actions import DiscreteActionCodec
 from worldbagel.envs import make_env
 from worldbagel.errors import ConfigError, InvalidAction
 from worldbagel.imagined_env import IMAGINED_ENV_ID, GridWorldImaginedReward, ImaginedEnv
-from worldbagel.inference.generate import GenerationConfig
+from worldbagel.inference.sampler import SamplerConfig
 from worldbagel.world_model import WorldModel, WorldModelConfig
 
 CODEC = DiscreteActionCodec(["move up", "move right", "move down", "move left"])
 
 
 def _wm(pipe, codec=None) -> WorldModel:
-    sampler = GenerationConfig(num_steps=3, cfg_text_scale=2.0, cfg_img_scale=1.0, cfg_renorm_type="global")
+    sampler = SamplerConfig(num_steps=3, cfg_text_scale=2.0, cfg_img_scale=1.0, cfg_renorm_type="global")
     return WorldModel(pipe, codec, WorldModelConfig(sampler=sampler, use_vit=False, reencode="latents"))
 
 

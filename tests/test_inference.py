@@ -8,15 +8,15 @@ import torch
 
 from worldbagel.inference.context import add_segment, extend_batch
 from worldbagel.inference.generate import (
-    GenerationConfig,
     ImageRequest,
     generate_images,
     generate_text,
     generate_text_batch,
 )
-from worldbagel.inference.pipeline import split_think
+from worldbagel.inference.sampler import SamplerConfig, flow_schedule
+from worldbagel.think_text import split_think
 
-FAST = GenerationConfig(num_steps=4, cfg_text_scale=4.0, cfg_img_scale=2.0, cfg_renorm_type="text_channel")
+FAST = SamplerConfig(num_steps=4, cfg_text_scale=4.0, cfg_img_scale=2.0, cfg_renorm_type="text_channel")
 
 
 def _uncached_logits(pipe, ctx) -> torch.Tensor:
@@ -147,11 +147,9 @@ def test_batched_cfg_equals_sequential_and_batch_of_requests(tiny_pipe, frame):
     noise = torch.randn(16, 64, generator=torch.Generator().manual_seed(7))
     req = ImageRequest(ic.context, ic.cfg_text_context, ic.cfg_img_context, noise)
     for kind in ("global", "text_channel", "channel"):
-        cfg = GenerationConfig(num_steps=4, cfg_renorm_type=kind, cfg_interval=(0.0, 1.0))
+        cfg = SamplerConfig(num_steps=4, cfg_renorm_type=kind, cfg_interval=(0.0, 1.0))
         batched = generate_images([req], (4, 4), cfg)[0].latents
-        seq = generate_images([req], (4, 4), GenerationConfig(**{**cfg.__dict__, "batch_cfg": False}))[
-            0
-        ].latents
+        seq = generate_images([req], (4, 4), SamplerConfig(**{**cfg.__dict__, "batch_cfg": False}))[0].latents
         torch.testing.assert_close(batched, seq, atol=1e-5, rtol=1e-5)
     other = tiny_pipe.interleave_contexts([frame[::-1].copy(), "move down the long corridor"])
     req2 = ImageRequest(other.context, other.cfg_text_context, other.cfg_img_context, noise.flip(0))
@@ -164,7 +162,7 @@ def test_batched_cfg_equals_sequential_and_batch_of_requests(tiny_pipe, frame):
 def test_cfg_scale_one_equals_no_cfg_contexts(tiny_pipe, frame):
     ic = tiny_pipe.interleave_contexts([frame, "move up"])
     noise = torch.randn(16, 64, generator=torch.Generator().manual_seed(9))
-    off = GenerationConfig(num_steps=4, cfg_text_scale=1.0, cfg_img_scale=1.0)
+    off = SamplerConfig(num_steps=4, cfg_text_scale=1.0, cfg_img_scale=1.0)
     with_ctx = generate_images(
         [ImageRequest(ic.context, ic.cfg_text_context, ic.cfg_img_context, noise)], (4, 4), off
     )
@@ -175,13 +173,42 @@ def test_cfg_scale_one_equals_no_cfg_contexts(tiny_pipe, frame):
     )
     assert not torch.allclose(on[0].latents, no_ctx[0].latents)
     # an interval that excludes every step also disables guidance
-    outside = GenerationConfig(**{**FAST.__dict__, "cfg_interval": (0.999, 1.0)})
+    outside = SamplerConfig(**{**FAST.__dict__, "cfg_interval": (0.999, 1.0)})
     t_first_only = generate_images(
         [ImageRequest(ic.context, ic.cfg_text_context, ic.cfg_img_context, noise)], (4, 4), outside
     )
     assert not torch.allclose(t_first_only[0].latents, on[0].latents)
     with pytest.raises(ValueError, match="cfg_text_context"):
         generate_images([ImageRequest(ic.context, None, None, noise)], (4, 4), FAST)
+
+
+def test_generate_images_steps_with_the_samplers_euler_step(tiny_pipe, frame, monkeypatch):
+    """Production sampling moves every request with `sampler.euler_step` (the integrator tests/test_sampler.py
+    checks), once per request and step, with the schedule's dt; its result is what generate_images returns."""
+    import worldbagel.inference.generate as generate_module
+
+    ic = tiny_pipe.interleave_contexts([frame, "move up"])
+    noise = torch.randn(16, 64, generator=torch.Generator().manual_seed(5))
+    reqs = [
+        ImageRequest(ic.context, ic.cfg_text_context, ic.cfg_img_context, noise),
+        ImageRequest(ic.context, ic.cfg_text_context, ic.cfg_img_context, noise.flip(0)),
+    ]
+    expected = generate_images(reqs, (4, 4), FAST)
+    real_step, dts = generate_module.euler_step, []
+
+    def counting_step(x, v, dt):
+        dts.append(float(dt))
+        return real_step(x, v, dt)
+
+    monkeypatch.setattr(generate_module, "euler_step", counting_step)
+    got = generate_images(reqs, (4, 4), FAST)
+    ts = flow_schedule(FAST.num_steps, FAST.shift)
+    assert dts == [float(ts[i] - ts[i + 1]) for i in range(FAST.num_steps - 1) for _ in reqs]
+    for x, y in zip(got, expected):
+        assert torch.equal(x.latents, y.latents)
+    monkeypatch.setattr(generate_module, "euler_step", lambda x, v, dt: real_step(x, v, 2 * dt))
+    doubled = generate_images(reqs, (4, 4), FAST)
+    assert not torch.allclose(doubled[0].latents, expected[0].latents)  # the returned state is the step's
 
 
 def test_generated_image_can_be_reencoded_into_the_context(tiny_pipe, frame):

@@ -109,7 +109,7 @@ def test_missing_peft_and_bad_targets(parts, monkeypatch):
 def exports(tiny_dir, tmp_path_factory):
     """LoRA (+ a fully trained llm2vae) trained 3 steps on the tiny fixture, exported unmerged (the run
     folder) and merged (a second export of the same weights)."""
-    from worldbagel.model.checkpoint import load_bagel
+    from worldbagel.model.bagel_folder import load_bagel
     from worldbagel.train.data_stream import TrainingData
     from worldbagel.train.latent_cache import FrameEncoder
     from worldbagel.train.loop import Trainer
@@ -159,7 +159,7 @@ def _outputs(model, batch) -> torch.Tensor:
 
 
 def test_unmerged_export_loads_with_its_adapter_applied(exports, tiny_dir, caplog):
-    from worldbagel.model.checkpoint import load_bagel
+    from worldbagel.model.bagel_folder import load_bagel
 
     unmerged, merged, batch = exports
     with caplog.at_level("INFO", logger="worldbagel.model.lora_adapter"):
@@ -182,7 +182,8 @@ def test_adapter_folder_is_in_peft_format_and_peft_loads_it(exports):
     from peft.utils import set_peft_model_state_dict
 
     from worldbagel.model.bagel import Bagel
-    from worldbagel.model.checkpoint import load_bagel, load_pretrained
+    from worldbagel.model.bagel_folder import load_bagel
+    from worldbagel.model.checkpoint import load_pretrained
     from worldbagel.model.weights_file import load_file
 
     unmerged, merged, batch = exports
@@ -219,7 +220,7 @@ def test_adapter_only_folder_finds_its_base_or_says_how(exports, tiny_dir, tmp_p
     import shutil
 
     from worldbagel.errors import CheckpointError
-    from worldbagel.model.checkpoint import load_bagel
+    from worldbagel.model.bagel_folder import load_bagel
 
     unmerged, merged, batch = exports
     only = tmp_path / "adapter-only"
@@ -261,7 +262,7 @@ def test_earlier_key_format_loads_and_unknown_options_are_refused(exports, tmp_p
     import shutil
 
     from worldbagel.errors import CheckpointError
-    from worldbagel.model.checkpoint import load_bagel
+    from worldbagel.model.bagel_folder import load_bagel
     from worldbagel.model.weights_file import load_file, write_file
 
     unmerged, merged, batch = exports
@@ -285,7 +286,7 @@ def test_adapter_with_a_nan_is_refused_naming_the_tensor(exports, tmp_path):
     import shutil
 
     from worldbagel.errors import CheckpointError
-    from worldbagel.model.checkpoint import load_bagel
+    from worldbagel.model.bagel_folder import load_bagel
     from worldbagel.model.weights_file import load_file, write_file
 
     unmerged, _, _ = exports

@@ -281,7 +281,7 @@ def test_patchify_order_is_dy_dx_channel():
 
 def test_flex_backend_matches_sdpa_with_caches_and_packs(model):
     """The FlexAttention path (CUDA default; eager and forward-only on CPU) equals the SDPA path."""
-    from worldbagel.model.attention import set_attention_backend
+    from worldbagel.model.attention_backend import set_attention_backend
 
     b1 = _builder()
     _context_sequence(b1)

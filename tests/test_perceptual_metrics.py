@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
+from worldbagel import perceptual_metrics as P
 from worldbagel.errors import CheckpointError, ConfigError, DependencyNotInstalled
 from worldbagel.eval import metrics as M
-from worldbagel.eval import perceptual as P
 
 RNG = np.random.default_rng(4321)
 

@@ -18,9 +18,9 @@ import worldbagel.world_model as wm_mod
 from worldbagel.actions import ContinuousActionCodec, DiscreteActionCodec
 from worldbagel.envs import decode_frame, make_env
 from worldbagel.errors import ConfigError, WorldBagelError
-from worldbagel.eval.energy import GridWorldDistanceScorer, LatentDistance, SSIMDistance
-from worldbagel.inference.generate import GenerationConfig
+from worldbagel.inference.sampler import SamplerConfig
 from worldbagel.policies import make_policy
+from worldbagel.policies.energy import GridWorldDistanceScorer, LatentDistance, SSIMDistance
 from worldbagel.policies.goal_images import GridWorldGoalImages
 from worldbagel.policies.planner import WorldModelPlanner
 from worldbagel.world_model import WorldModel, WorldModelConfig
@@ -30,7 +30,7 @@ COLOURS = np.array([(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30)]
 
 
 def _wm(pipe, names=NAMES, codec=None) -> WorldModel:
-    sampler = GenerationConfig(num_steps=3, cfg_text_scale=2.0, cfg_img_scale=1.0, cfg_renorm_type="global")
+    sampler = SamplerConfig(num_steps=3, cfg_text_scale=2.0, cfg_img_scale=1.0, cfg_renorm_type="global")
     config = WorldModelConfig(sampler=sampler, use_vit=False, reencode="latents")
     return WorldModel(pipe, codec or DiscreteActionCodec(names), config)
 
@@ -299,7 +299,7 @@ def test_make_policy_planner_end_to_end_on_the_fixture(tiny_dir):
 
 
 def test_maze_scorer_and_auto_scorers_on_real_frames():
-    from worldbagel.eval.energy import auto_scorers
+    from worldbagel.policies.energy import auto_scorers
 
     env = make_env("WorldBagel/GridWorld-v0")
     frames, infos = [], []
@@ -317,7 +317,7 @@ def test_maze_scorer_and_auto_scorers_on_real_frames():
 
 
 def test_policy_group_yaml_builds_the_planner(tiny_dir):
-    from worldbagel.cli import compose_config
+    from worldbagel.cli_compose import compose_config
 
     _, cfg = compose_config(
         "rollout",
@@ -338,7 +338,7 @@ def test_unabsorbed_last_step_predicts_what_predict_batch_predicts(tiny_pipe, fr
 
 def test_make_policy_builds_what_the_cli_builds(tiny_dir):
     from worldbagel.policies.registry import preset_kwargs
-    from worldbagel.world_model_loader import generation_config
+    from worldbagel.world_model_loader import sampler_config
 
     # configs/policy/planner.yaml's kwargs are make_policy's defaults: maze scorer, step cost, `fast` sampler
     assert preset_kwargs("planner")["scorers"] == ["auto"] and preset_kwargs("nope") == {}
@@ -346,7 +346,7 @@ def test_make_policy_builds_what_the_cli_builds(tiny_dir):
     tiny = {"name": "tiny", "path": str(tiny_dir)}
     planner = make_policy("planner", env, seed=0, model=tiny)
     assert isinstance(planner.scorers[0][0], GridWorldDistanceScorer) and planner.step_cost == 0.01
-    assert planner.world_model.config.sampler == generation_config("fast")
+    assert planner.world_model.config.sampler == sampler_config("fast")
     # keyword arguments win over the preset
     bare = make_policy(
         "planner", env, seed=0, model=tiny, scorers=[], step_cost=0.0, sampler={"num_steps": 3}
@@ -360,13 +360,13 @@ def test_from_env_called_directly_plans_like_the_cli(tiny_dir):
     """RL code imports the classes: `WorldModelPlanner.from_env(env)` and `ReasoningPolicy.from_env(env)` get
     the policy yaml's defaults, as `make_policy` and `worldbagel rollout` do; `preset=None` the bare ones."""
     from worldbagel.policies import ReasoningPolicy
-    from worldbagel.world_model_loader import generation_config
+    from worldbagel.world_model_loader import sampler_config
 
     env = make_env("WorldBagel/GridWorld-v0")
     tiny = {"name": "tiny", "path": str(tiny_dir)}
     planner = WorldModelPlanner.from_env(env, seed=0, model=tiny)
     assert isinstance(planner.scorers[0][0], GridWorldDistanceScorer) and planner.step_cost == 0.01
-    assert planner.horizon == 2 and planner.world_model.config.sampler == generation_config("fast")
+    assert planner.horizon == 2 and planner.world_model.config.sampler == sampler_config("fast")
     assert planner.world_model.config.reencode == "latents"
     bare = WorldModelPlanner.from_env(env, seed=0, model=tiny, preset=None)
     assert bare.scorers == [] and bare.step_cost == 0.0

@@ -12,7 +12,7 @@ from worldbagel.cli import main
 from worldbagel.errors import ConfigError
 from worldbagel.media import read_clip
 from worldbagel.video import write_video
-from worldbagel.world_model_loader import generation_config, load_pipeline, model_config
+from worldbagel.world_model_loader import load_pipeline, model_config, sampler_config
 
 
 def _model(tiny_dir):
@@ -109,11 +109,11 @@ def test_loader_presets_and_errors(tiny_dir):
     cfg = model_config({"name": "tiny", "path": str(tiny_dir)})
     assert cfg.vae_image_size == [64, 32, 16] and cfg.dtype == "float32"
     assert load_pipeline(cfg) is load_pipeline({"name": "tiny", "path": str(tiny_dir)})  # cached
-    assert generation_config("fast").num_steps == 8
-    assert generation_config({"preset": "fast", "num_steps": 3}).cfg_text_scale == 2.0
+    assert sampler_config("fast").num_steps == 8
+    assert sampler_config({"preset": "fast", "num_steps": 3}).cfg_text_scale == 2.0
     with pytest.raises(ConfigError, match=r"model\.path"):
         model_config("tiny")  # the tiny preset has no folder of its own
     with pytest.raises(ConfigError, match="sampler"):
-        generation_config("turbo")
+        sampler_config("turbo")
     with pytest.raises(ConfigError, match="unknown model fields"):
         model_config({"name": "tiny", "folder": "x"})

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from worldbagel.errors import ConfigError
-from worldbagel.inference.generate import GenerationConfig, generate_text
+from worldbagel.inference.generate import generate_text
 from worldbagel.inference.pipeline import BagelPipeline
+from worldbagel.inference.sampler import SamplerConfig
 from worldbagel.model.memory_plan import count_params, weight_bytes
 from worldbagel.model.quantize import quantizable_linears, stored_bytes
 from worldbagel.model.transforms import ImageTransform
@@ -25,7 +26,7 @@ def _run(pipe, frame):
     """Latents of a 6-step guided generation and 8 greedy text tokens with their logits."""
     ic = pipe.interleave_contexts([frame, "move forward"])
     out = pipe.generate_image(
-        ic, config=GenerationConfig(num_steps=6), generator=torch.Generator().manual_seed(0), decode=False
+        ic, config=SamplerConfig(num_steps=6), generator=torch.Generator().manual_seed(0), decode=False
     )
     text = generate_text(ic.context.fork(), max_new_tokens=8, return_logits=True)
     return out.latents, text.ids, torch.stack(text.logits)

@@ -14,17 +14,18 @@ from worldbagel.actions import ContinuousActionCodec, DiscreteActionCodec, NavAc
 from worldbagel.data.annotations import GOAL_QUESTION
 from worldbagel.envs import make_env
 from worldbagel.errors import ConfigError, InvalidAction
-from worldbagel.inference.generate import GenerationConfig, TextOutput
-from worldbagel.inference.pipeline import VLM_THINK_SYSTEM_PROMPT
+from worldbagel.inference.generate import TextOutput
+from worldbagel.inference.sampler import SamplerConfig
 from worldbagel.policies import make_policy
 from worldbagel.policies.reasoning import ReasoningPolicy, next_action_question, parse_action
+from worldbagel.think_text import VLM_THINK_SYSTEM_PROMPT
 from worldbagel.world_model import WorldModel, WorldModelConfig
 
 CODEC = DiscreteActionCodec(["move up", "move right", "move down", "move left"])
 
 
 def _wm(pipe) -> WorldModel:
-    sampler = GenerationConfig(num_steps=3, cfg_text_scale=1.0, cfg_img_scale=1.0)
+    sampler = SamplerConfig(num_steps=3, cfg_text_scale=1.0, cfg_img_scale=1.0)
     return WorldModel(pipe, CODEC, WorldModelConfig(sampler=sampler, use_vit=False))
 
 

@@ -31,17 +31,16 @@ from worldbagel.inference.context_limit import (
     token_bytes,
 )
 from worldbagel.inference.generate import (
-    GenerationConfig,
     ImageRequest,
     generate_images,
     generate_text,
     score_text_batch,
 )
 from worldbagel.inference.pipeline import BagelPipeline
-from worldbagel.inference.sampler import cfg_combine, flow_schedule
+from worldbagel.inference.sampler import SamplerConfig, cfg_combine, flow_schedule
 from worldbagel.model import attention
 from worldbagel.model.attention import SampleLayout, Split, build_mask
-from worldbagel.model.checkpoint import load_bagel
+from worldbagel.model.bagel_folder import load_bagel
 from worldbagel.model.weights_file import load_file, write_file
 from worldbagel.world_model import WorldModel, WorldModelConfig
 
@@ -192,7 +191,7 @@ def test_image_and_scoring_queries_are_checked_before_any_forward(tiny_pipe, fra
     calls = []
     monkeypatch.setattr(pipe.model, "forward_packed", lambda *a, **k: calls.append(1))
     with pytest.raises(ContextTooLong, match="54 tokens"):  # + 16 noisy latents + 2 markers
-        generate_images([ImageRequest(ctx)], (4, 4), GenerationConfig(num_steps=3, cfg_text_scale=1.0))
+        generate_images([ImageRequest(ctx)], (4, 4), SamplerConfig(num_steps=3, cfg_text_scale=1.0))
     with pytest.raises(ContextTooLong):
         score_text_batch([ctx], ["x" * 20])
     assert calls == []
@@ -368,9 +367,9 @@ def test_nan_sampler_shift_on_the_command_line_writes_nothing(tiny_dir, tmp_path
         ("num_steps", 2.5),
     ],
 )
-def test_generation_config_rejects_non_finite_knobs(field, value):
+def test_sampler_config_rejects_non_finite_knobs(field, value):
     with pytest.raises(ConfigError, match=f"invalid {field}="):
-        GenerationConfig(**{field: value}).check()
+        SamplerConfig(**{field: value}).check()
 
 
 def test_sampler_functions_reject_non_finite_settings():
@@ -389,7 +388,7 @@ def test_non_finite_latents_and_frames_name_the_argument(tiny_pipe, frame):
     noise[3, 5] = NAN
     with pytest.raises(ConfigError, match="invalid latents=.*1 NaN/inf"):
         generate_images(
-            [ImageRequest(ctx, latents=noise)], (4, 4), GenerationConfig(num_steps=3, cfg_text_scale=1)
+            [ImageRequest(ctx, latents=noise)], (4, 4), SamplerConfig(num_steps=3, cfg_text_scale=1)
         )
     with pytest.raises(ConfigError, match="invalid latents="):
         ctx.add_latents(noise, (4, 4))
@@ -410,7 +409,7 @@ def test_non_finite_latents_and_frames_name_the_argument(tiny_pipe, frame):
 
 # ============================================================================================ actions and counts
 def _world(pipe, frame, codec=CODEC) -> WorldModel:
-    sampler = GenerationConfig(num_steps=3, cfg_text_scale=1.0)
+    sampler = SamplerConfig(num_steps=3, cfg_text_scale=1.0)
     return WorldModel(pipe, codec, WorldModelConfig(sampler=sampler)).reset(frame)
 
 

@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from worldbagel.inference.sampler import (
+    RENORM_TYPES,
+    SamplerConfig,
     cfg_active,
     cfg_combine,
     euler_step,
@@ -82,3 +84,29 @@ def test_cfg_interval_is_open_below_closed_above():
     assert not cfg_active(0.4, (0.4, 1.0)) and not cfg_active(0.1, (0.4, 1.0))
     with pytest.raises(ValueError, match="cfg_renorm_type"):
         cfg_combine(torch.ones(1, 2), torch.ones(1, 2), None, 2.0, 1.0, "local")  # type: ignore[arg-type]
+
+
+def test_sampler_config_is_the_presets_schema_and_checks_its_enum():
+    """SamplerConfig is the one sampling config: the yaml presets load into it (the interval as a float
+    tuple), and a renorm type outside RENORM_TYPES is refused on construction, naming the field."""
+    from omegaconf import OmegaConf
+
+    from worldbagel.errors import ConfigError
+    from worldbagel.world_model_loader import sampler_config
+
+    for preset in ("fast", "gridworld", "release"):
+        cfg = sampler_config(preset)
+        assert type(cfg) is SamplerConfig and cfg.cfg_interval == (0.0, 1.0)
+        assert cfg.cfg_renorm_type in RENORM_TYPES
+    assert sampler_config("release") == SamplerConfig()  # the dataclass defaults are the release preset
+    merged = OmegaConf.merge(OmegaConf.structured(SamplerConfig), {"cfg_interval": [0.25, 1]})
+    assert OmegaConf.to_object(merged).cfg_interval == (0.25, 1.0)
+    for bad in ("local", "Global", ""):
+        with pytest.raises(ConfigError, match=f"invalid cfg_renorm_type='{bad}'"):
+            SamplerConfig(cfg_renorm_type=bad)
+        with pytest.raises(ConfigError, match="invalid cfg_renorm_type="):
+            OmegaConf.to_object(
+                OmegaConf.merge(OmegaConf.structured(SamplerConfig), {"cfg_renorm_type": bad})
+            )
+    with pytest.raises(ConfigError, match="invalid cfg_interval="):
+        sampler_config({"cfg_interval": [0.0, 0.5, 1.0]})

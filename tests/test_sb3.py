@@ -20,7 +20,8 @@ import worldbagel.policies.reasoning as reasoning_mod
 from worldbagel.actions import DiscreteActionCodec
 from worldbagel.envs import make_env, shortest_path_actions
 from worldbagel.errors import ConfigError, WorldBagelError
-from worldbagel.inference.generate import GenerationConfig, TextOutput
+from worldbagel.inference.generate import TextOutput
+from worldbagel.inference.sampler import SamplerConfig
 from worldbagel.policies import BasePolicy, OraclePolicy, RandomPolicy, ScriptedPolicy, make_policy
 from worldbagel.policies.reasoning import ReasoningPolicy
 from worldbagel.world_model import WorldModel, WorldModelConfig
@@ -219,7 +220,7 @@ def test_world_model_policy_restarts_its_history_on_episode_start(tiny_pipe, mon
     stub = _AlwaysRight()
     monkeypatch.setattr(reasoning_mod, "generate_text_batch", stub)
     codec = DiscreteActionCodec(["move up", "move right", "move down", "move left"])
-    sampler = GenerationConfig(num_steps=3, cfg_text_scale=1.0, cfg_img_scale=1.0)
+    sampler = SamplerConfig(num_steps=3, cfg_text_scale=1.0, cfg_img_scale=1.0)
     wm = WorldModel(tiny_pipe, codec, WorldModelConfig(sampler=sampler, use_vit=False))
     venv = DummyVecEnv([lambda: Monitor(Pinned(make_env(GRID, max_steps=2))) for _ in range(2)])
     policy = ReasoningPolicy.from_env(venv, preset=None, world_model=wm, seed=0)

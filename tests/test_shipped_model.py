@@ -41,7 +41,7 @@ def wm():
 
 
 def test_folder_is_the_official_layout_and_a_few_megabytes():
-    from worldbagel.model.checkpoint import load_bagel
+    from worldbagel.model.bagel_folder import load_bagel
 
     folder = shipped_model_dir("gridworld")
     names = {p.name for p in folder.iterdir()}

@@ -100,7 +100,7 @@ def test_rarity_weights_lift_rare_colours():
 def test_train_vae_cli_then_finetune_with_it(tmp_path, capsys):
     from worldbagel.cli import main
     from worldbagel.data.trajectory import EpisodeWriter
-    from worldbagel.model.checkpoint import load_bagel
+    from worldbagel.model.bagel_folder import load_bagel
     from worldbagel.train.toy_episodes import toy_episodes
 
     data = tmp_path / "data"

@@ -28,6 +28,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 
 from worldbagel.errors import InvalidAction, bad_argument
@@ -339,8 +340,6 @@ def codec_for_env(env: Any) -> ActionCodec:
     - a `Box` action space of shape (3,) without names: `ContinuousActionCodec`.
     - a `Discrete(n)` space without names: `DiscreteActionCodec(["action 0", ..., "action n-1"])`.
     """
-    import gymnasium as gym
-
     names = _action_names(env)
     space = getattr(env, "single_action_space", None) or getattr(env, "action_space", None)
     if names is not None:

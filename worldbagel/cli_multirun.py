@@ -13,10 +13,11 @@ import importlib
 import logging
 from pathlib import Path
 
+from omegaconf import OmegaConf
 from rich.markup import escape
 from rich.table import Table
 
-from worldbagel import cli
+from worldbagel import cli_compose as cli
 from worldbagel.sweep import Job, Sweep, assign_outputs, expand, write_record
 
 __all__ = ["multirun", "summary_table"]
@@ -30,11 +31,9 @@ def _label(job: Job) -> str:
 
 def _plan(command: str, overrides: list[str], show_config: bool):
     """(sweep, composed DictConfig per job); config errors propagate."""
-    from omegaconf import OmegaConf
-
     spec = cli.COMMANDS[command]
     out_given = any(o.split("=", 1)[0].lstrip("+") == "out" for o in overrides)
-    with cli._hydra_session() as loader:
+    with cli.hydra_session() as loader:
         sweep = expand(command, overrides, loader)
         if spec.out is not None:
             first = _compose(command, sweep.jobs[0], for_display=True)
@@ -46,7 +45,7 @@ def _plan(command: str, overrides: list[str], show_config: bool):
 
 def _compose(command: str, job: Job, for_display: bool):
     try:
-        return cli._compose(command, job.overrides, for_display=for_display)
+        return cli.compose(command, job.overrides, for_display=for_display)
     except Exception as exc:  # the error message names the job
         exc.add_note(f"job {job.num}: {_label(job)}")
         raise
@@ -54,8 +53,6 @@ def _compose(command: str, job: Job, for_display: bool):
 
 def multirun(command: str, overrides: list[str], show_config: bool = False) -> int:
     """Run the sweep of `overrides` (see the module docstring); with `show_config`, print each job's config."""
-    from omegaconf import OmegaConf
-
     try:
         sweep, raws = _plan(command, overrides, show_config)
         if show_config:
@@ -64,9 +61,9 @@ def multirun(command: str, overrides: list[str], show_config: bool = False) -> i
                 cli.console.print(OmegaConf.to_yaml(raw), highlight=False, markup=False)
             return 0
         cfgs = [OmegaConf.to_object(raw) for raw in raws]
-    except cli._config_errors() as exc:
+    except cli.config_errors() as exc:
         notes = getattr(exc, "__notes__", [])
-        return cli._config_error(command, exc, f" ({notes[-1]})" if notes else "")
+        return cli.config_error(command, exc, f" ({notes[-1]})" if notes else "")
     return _run_jobs(sweep, cfgs)
 
 

@@ -3,6 +3,10 @@
 Each command's yaml in `worldbagel/configs/<command>.yaml` starts with `defaults: [schema_<command>, _self_]`,
 so Hydra validates overrides against these types and `OmegaConf.to_object` turns the composed config into
 the dataclass below. Nothing below the CLI sees a DictConfig.
+
+The schemas of the config groups live with the layer that uses them and are imported here: `ModelConfig`
+(worldbagel/world_model_loader.py), `SamplerConfig` (worldbagel/inference/sampler.py), the training, data,
+eval and tracking options. This module imports every layer and nothing below the CLI imports it.
 """
 
 from __future__ import annotations

@@ -23,6 +23,8 @@ import typing
 from collections.abc import Sequence
 from typing import Any
 
+from omegaconf.errors import OmegaConfBaseException
+
 from worldbagel.errors import ConfigError
 
 __all__ = ["check_override_keys", "config_error_message", "schema_fields"]
@@ -108,8 +110,6 @@ def config_error_message(exc: BaseException) -> str:
     OmegaConf's own message (which names the full key and the schema type) is preferred over the plain
     Python error below it (e.g. "invalid literal for int()").
     """
-    from omegaconf.errors import OmegaConfBaseException
-
     top = str(exc).strip()
     causes = [
         c

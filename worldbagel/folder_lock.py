@@ -57,7 +57,7 @@ def exclusive_folder(folder: str | os.PathLike, command: str, argument: str = "o
     created = not path.exists()
     path.mkdir(parents=True, exist_ok=True)
     try:
-        import fcntl  # POSIX only
+        import fcntl  # lazy: POSIX only (there is no fcntl on Windows)
     except ImportError:  # pragma: no cover - non-POSIX
         logger.warning("no fcntl on this platform: %s is not protected against a second writer", path)
         yield path

@@ -36,9 +36,13 @@ import torch
 from gymnasium import spaces
 from PIL import Image
 
+import worldbagel.envs  # noqa: F401 - registers the WorldBagel ids
 from worldbagel.actions import ActionCodec, codec_for_env
+from worldbagel.envs.grid_frames import decode_frame
+from worldbagel.envs.gridworld import GridWorldEnv
 from worldbagel.errors import InvalidAction, bad_argument
 from worldbagel.world_model import WorldModel
+from worldbagel.world_model_loader import load_world_model
 
 __all__ = ["IMAGINED_ENV_ID", "GridWorldImaginedReward", "ImaginedEnv"]
 
@@ -62,16 +66,12 @@ class GridWorldImaginedReward:
     @classmethod
     def from_env(cls, env: gym.Env) -> GridWorldImaginedReward | None:
         """The reward of a top-down GridWorld env (same size and reward constants); None for other envs."""
-        from worldbagel.envs.gridworld import GridWorldEnv
-
         u = env.unwrapped
         if not isinstance(u, GridWorldEnv) or u.view != "topdown":
             return None
         return cls(u.size, u.goal_reward, u.step_penalty)
 
     def __call__(self, frame: np.ndarray, info: dict) -> tuple[float, bool]:
-        from worldbagel.envs.grid_frames import decode_frame
-
         state = decode_frame(frame, self.size)
         success = state is not None and tuple(state["agent"]) == tuple(state["goal"])
         info["decoded"] = state
@@ -120,8 +120,6 @@ class ImaginedEnv(gym.Env):
             raise bad_argument("codec", None, "give the action codec (no real env to take it from)")
         self.codec = codec
         if world_model is None:
-            from worldbagel.world_model_loader import load_world_model
-
             world_model = load_world_model(model, sampler, codec, world)
         elif world_model.codec is None:
             world_model.codec = codec
@@ -157,8 +155,6 @@ class ImaginedEnv(gym.Env):
         if real_env is None or isinstance(real_env, gym.Env):
             return real_env
         if isinstance(real_env, str):
-            import worldbagel.envs  # noqa: F401 - registers the WorldBagel ids
-
             if real_env == IMAGINED_ENV_ID:
                 raise bad_argument("real_env", real_env, "the real env cannot itself be imagined")
             if real_env not in gym.registry:

@@ -22,6 +22,7 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import imageio_ffmpeg
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
@@ -159,8 +160,6 @@ def _gif_frames(path: Path, argument: str) -> Iterator[np.ndarray]:
 
 def _ffmpeg_frames(path: Path, argument: str) -> Iterator[np.ndarray]:
     # imageio-ffmpeg's generator directly (closed explicitly): imageio's v3 reader leaves its pipes open
-    import imageio_ffmpeg
-
     reader = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
     try:
         try:

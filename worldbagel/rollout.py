@@ -38,17 +38,22 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
+from PIL import Image
 
+import worldbagel.envs as wb_envs  # registers the WorldBagel/... ids
 from worldbagel.atomic_files import atomic_write_text
+from worldbagel.code_version import code_version
 from worldbagel.errors import WorldBagelError, bad_argument
 from worldbagel.json_values import to_jsonable
 from worldbagel.policies.base import Policy
+from worldbagel.video import side_by_side, write_video
 
 __all__ = [
     "EpisodeResult",
@@ -164,10 +169,6 @@ def build_env(env_id: str, kwargs: Mapping[str, Any] | None = None) -> Any:
 
     Module-level (picklable with functools.partial) so worker processes can build their own envs.
     """
-    import gymnasium as gym
-
-    import worldbagel.envs as wb_envs  # registers the WorldBagel/... ids
-
     if env_id not in gym.registry:
         raise bad_argument(
             "env.id", env_id, f"use a registered gymnasium id, e.g. one of {wb_envs.WORLD_BAGEL_IDS}"
@@ -207,9 +208,6 @@ def policy_metadata(kwargs: Mapping[str, Any]) -> dict[str, Any]:
     as `policy_kwargs` gives them), `model` (name and path of a world-model policy's model, else None),
     `sampler` (the flow sampler it predicts with: the given one, else its model's own preset; None without a
     world model), and `code_version` (package version, git SHA: worldbagel/code_version.py)."""
-    from dataclasses import asdict, is_dataclass
-
-    from worldbagel.code_version import code_version
 
     def plain(value: Any) -> Any:
         return asdict(value) if is_dataclass(value) and not isinstance(value, type) else value
@@ -221,6 +219,7 @@ def policy_metadata(kwargs: Mapping[str, Any]) -> dict[str, Any]:
         "code_version": code_version(),
     }
     if "model" in kwargs:  # a world-model policy (planner, reasoning): resolve presets as it will
+        # lazy: the loader imports torch (seconds); rollouts without a world model never need it
         from worldbagel.world_model_loader import model_config
         from worldbagel.world_model_loader import sampler_config as generation_config
 
@@ -420,7 +419,6 @@ def with_views(frames: list[np.ndarray], views: list[dict[str, np.ndarray]]) -> 
         labels += [k for k in v if k not in labels]
     if not labels or not frames:
         return frames
-    from worldbagel.video import side_by_side
 
     h, w = frames[0].shape[:2]
     blank = np.full((h, w, 3), 128, np.uint8)
@@ -436,8 +434,6 @@ def _fit(image: np.ndarray | None, h: int, w: int, blank: np.ndarray) -> np.ndar
         return blank
     image = np.asarray(image)
     if image.shape[:2] != (h, w):
-        from PIL import Image
-
         image = np.asarray(Image.fromarray(image.astype(np.uint8)).resize((w, h), Image.NEAREST))
     return image.astype(np.uint8)
 
@@ -450,8 +446,6 @@ def _env_fps(env: Any) -> float:
 def _write_videos(
     out: Path, er: EpisodeResult, frames: list[np.ndarray], fps: float, mp4: bool, gif: bool
 ) -> None:
-    from worldbagel.video import write_video
-
     stack = np.stack(frames)
     try:
         if mp4:

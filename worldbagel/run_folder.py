@@ -28,7 +28,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from worldbagel.data.trajectory_index import atomic_write_text
+from omegaconf import OmegaConf
+
+from worldbagel.atomic_files import atomic_write_text
 from worldbagel.folder_lock import LOCK_NAME, exclusive_folder
 
 __all__ = ["CONFIG_FILE", "OVERRIDES_FILE", "config_yaml", "default_run_dir", "invocation", "run_folder"]
@@ -62,8 +64,6 @@ def invocation(command: str, overrides: Sequence[str]) -> Iterator[None]:
 
 def config_yaml(cfg: Any, folder: str | Path | None = None) -> str:
     """A command's config dataclass as yaml; with `folder`, its `out` field says that folder."""
-    from omegaconf import OmegaConf
-
     doc = OmegaConf.structured(cfg)
     if folder is not None and dataclasses.is_dataclass(cfg) and "out" in doc:
         doc.out = str(folder)
@@ -71,8 +71,6 @@ def config_yaml(cfg: Any, folder: str | Path | None = None) -> str:
 
 
 def _overrides_yaml(command: str, overrides: Sequence[str]) -> str:
-    from omegaconf import OmegaConf
-
     line = " ".join(["worldbagel", command, *overrides])
     return f"# {line}\n" + OmegaConf.to_yaml({"command": command, "overrides": list(overrides)})
 

@@ -19,7 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from worldbagel.data.trajectory_index import atomic_write_text
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
+
+from worldbagel.atomic_files import atomic_write_text
+from worldbagel.errors import bad_argument
 from worldbagel.run_folder import default_run_dir
 
 __all__ = ["SWEEP_RECORD", "Job", "Sweep", "expand", "quote", "write_record"]
@@ -64,8 +68,6 @@ def quote(value: str) -> str:
 
 def expand(command: str, overrides: list[str], config_loader: Any = None) -> Sweep:
     """The jobs of `overrides` (see the module docstring); `config_loader` lists group options for glob()."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     parsed = OverridesParser.create(config_loader=config_loader).parse_overrides(overrides)
     choices: dict[str, list[str]] = {}
     swept: list[str] = []
@@ -73,8 +75,6 @@ def expand(command: str, overrides: list[str], config_loader: Any = None) -> Swe
         key = o.get_key_element()
         if o.is_sweep_override():
             if not o.is_discrete_sweep():
-                from worldbagel.errors import bad_argument
-
                 raise bad_argument(
                     o.input_line or key,
                     o.input_line,
@@ -120,8 +120,6 @@ def assign_outputs(sweep: Sweep, kind: str | None, out: str | None, out_given: b
 
 def write_record(sweep: Sweep) -> Path | None:
     """Write (or rewrite) `<sweep folder>/multirun.yaml`; returns its path (None without a sweep folder)."""
-    from omegaconf import OmegaConf
-
     if sweep.folder is None:
         return None
     doc = {

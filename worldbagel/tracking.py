@@ -189,7 +189,7 @@ class TensorBoardTracker:
         self.writer.add_images(name, _images(frames, name), step, dataformats="NHWC")
 
     def log_video(self, step: int, name: str, frames: np.ndarray, fps: float = 4.0) -> None:
-        from tensorboard.compat.proto.summary_pb2 import Summary
+        from tensorboard.compat.proto.summary_pb2 import Summary  # lazy: optional dependency (tracking extra)
 
         video = _images(frames, name)
         image = Summary.Image(

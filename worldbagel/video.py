@@ -20,6 +20,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import imageio_ffmpeg
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
@@ -107,8 +108,6 @@ def write_video(
 def _write_mp4(path: Path, video: np.ndarray, fps: float) -> None:
     # imageio-ffmpeg (imageio's ffmpeg backend) directly, so its pipes are closed when we are done;
     # the frames are already padded, so macro_block_size=1 stops it from resampling them.
-    import imageio_ffmpeg
-
     t, h, w, _ = video.shape
     writer = imageio_ffmpeg.write_frames(
         str(path), (w, h), fps=fps, codec="libx264", pix_fmt_out="yuv420p", macro_block_size=1, quality=8

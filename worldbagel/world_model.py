@@ -31,9 +31,11 @@ import torch
 from worldbagel.actions import ActionCodec
 from worldbagel.errors import bad_argument
 from worldbagel.inference.context import Context, Segment, extend_batch, window_batch
-from worldbagel.inference.generate import GenerationConfig, ImageRequest, generate_images, generate_text_batch
-from worldbagel.inference.pipeline import VLM_THINK_SYSTEM_PROMPT, BagelPipeline, split_think
+from worldbagel.inference.generate import ImageRequest, generate_images, generate_text_batch
+from worldbagel.inference.pipeline import BagelPipeline
+from worldbagel.inference.sampler import SamplerConfig
 from worldbagel.inference.value_checks import require_finite, require_int
+from worldbagel.think_text import VLM_THINK_SYSTEM_PROMPT, split_think
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +51,7 @@ class WorldModelConfig:
     reencode: str = "pixels"
     """How a predicted frame enters the history: `pixels` (decode, then encode like a real frame) or
     `latents` (reuse the generated latents: cheaper, no VAE round trip)."""
-    sampler: GenerationConfig = field(default_factory=GenerationConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
     """Rectified-flow sampling knobs (steps, shift, CFG scales, interval, renorm)."""
     image_cfg: bool = True
     """Keep a text-only context for image guidance (costs one text prefill per action)."""

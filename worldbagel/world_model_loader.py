@@ -16,28 +16,85 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import asdict, fields, is_dataclass
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from importlib import resources
 from typing import Any
 
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
 from worldbagel.actions import ActionCodec, codec_for_names
-from worldbagel.config import ModelConfig, SamplerConfig
 from worldbagel.errors import bad_argument
-from worldbagel.inference.generate import GenerationConfig
 from worldbagel.inference.pipeline import BagelPipeline
+from worldbagel.inference.sampler import SamplerConfig
+from worldbagel.model.quantize import check_mode
 from worldbagel.world_model import WorldModel, WorldModelConfig
 
-__all__ = ["clear_pipeline_cache", "generation_config", "load_pipeline", "load_world_model", "model_config"]
+__all__ = [
+    "ModelConfig",
+    "clear_pipeline_cache",
+    "load_pipeline",
+    "load_world_model",
+    "model_config",
+    "sampler_config",
+]
 
 logger = logging.getLogger(__name__)
 
 _PIPELINES: dict[tuple, BagelPipeline] = {}
 
 
+@dataclass
+class ModelConfig:
+    """Which BAGEL folder to load and how (config group `model`: bagel-7b, gridworld, tiny)."""
+
+    name: str = "gridworld"
+    """Preset name (informational; the yaml file of the `model` group sets it)."""
+    path: str | None = None
+    """Model folder in the official layout, or a Hugging Face repo id (e.g. ByteDance-Seed/BAGEL-7B-MoT) read from
+    the local Hugging Face cache (nothing is downloaded; an existing folder wins); None selects the world model
+    shipped inside the package."""
+    dtype: str | None = None
+    """Weights dtype: None = fp32 on CPU / stored dtype on CUDA, or float32, bfloat16, float16, keep."""
+    device: str = "cpu"
+    """Torch device, e.g. cpu or cuda:0."""
+    vae_image_size: list[int] = field(default_factory=lambda: [1024, 512, 16])
+    """VAE-side image transform: max side, min side, stride (official 1024/512/16)."""
+    vit_image_size: list[int] = field(default_factory=lambda: [980, 224, 14])
+    """ViT-side image transform: max side, min side, stride (official 980/224/14)."""
+    world: dict[str, Any] = field(default_factory=dict)
+    """This model's WorldModelConfig defaults (e.g. `max_history_frames: 1` for a model trained on one context
+    frame); options given to a command or policy win over them."""
+    sampler: str = "fast"
+    """The sampler preset (configs/sampler) this model predicts frames with wherever a command or policy leaves
+    the sampler unset; `sampler=<preset>` or `sampler.<field>=...` on a command line wins over it."""
+    max_context_tokens: int | None = None
+    """Most tokens one context may hold (cache plus new tokens); a longer prompt or history fails at once with
+    an error. None: what fits in half the device's free memory at load time (keys/values of every layer plus one
+    layer's activations per token; worldbagel/inference/context_limit.py). Rope positions are bounded by the
+    model's max_position_embeddings as well."""
+    quantize: str = "none"
+    """Weight-only quantisation of the LLM experts' linear layers after loading: none, int8 (torchao; CPU and
+    CUDA) or nf4 (bitsandbytes; CUDA only). `worldbagel info DIR plan=true` shows the bytes each needs."""
+    tensor_parallel: int = 1
+    """Split the LLM experts' attention heads and MLPs over this many ranks, for cards too small for one copy
+    (launch with torchrun --nproc_per_node N; worldbagel/model/tensor_parallel.py); 1 = one process."""
+    actions: list[str] | None = None
+    """The action texts the model was trained on (an env's `action_names`, in action order). World models built
+    from this config without an env (e.g. `worldbagel predict`) check action text against them, as `imagine`
+    does with its env's codec; None accepts any non-empty text."""
+
+    def __post_init__(self) -> None:
+        self.quantize = check_mode(self.quantize)
+        if self.tensor_parallel < 1:
+            raise bad_argument(
+                "model.tensor_parallel",
+                self.tensor_parallel,
+                "use 1 (one process) or the number of torchrun ranks",
+            )
+
+
 def _preset(group: str, name: str) -> dict[str, Any]:
-    from importlib import resources
-
-    from omegaconf import OmegaConf
-
     root = resources.files("worldbagel.configs") / group
     path = root / f"{name}.yaml"
     if not path.is_file():
@@ -48,9 +105,6 @@ def _preset(group: str, name: str) -> dict[str, Any]:
 
 def _resolve(group: str, schema: type, value: Any) -> Any:
     """preset name | mapping | dataclass instance | None -> an instance of `schema`."""
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
     if isinstance(value, schema):
         return value
     if value is None:
@@ -92,26 +146,13 @@ def model_config(model: str | Mapping | ModelConfig | None = None) -> ModelConfi
     return _resolve("model", ModelConfig, model)
 
 
-def generation_config(
-    sampler: str | Mapping | SamplerConfig | GenerationConfig | None = "fast",
-) -> GenerationConfig:
-    """GenerationConfig from a sampler preset name ('fast', 'release'), a mapping over the SamplerConfig
-    defaults (with an optional 'preset' key), a SamplerConfig or a GenerationConfig."""
-    if isinstance(sampler, GenerationConfig):
+def sampler_config(sampler: str | Mapping | SamplerConfig | None = "fast") -> SamplerConfig:
+    """A SamplerConfig from a sampler preset name ('fast', 'release'), a mapping over the SamplerConfig
+    defaults (with an optional 'preset' key), or a SamplerConfig (checked and returned as is)."""
+    if isinstance(sampler, SamplerConfig):
+        sampler.check()  # its fields may have been edited since it was built
         return sampler
-    s: SamplerConfig = _resolve("sampler", SamplerConfig, sampler)
-    out = GenerationConfig(
-        num_steps=s.num_steps,
-        shift=s.shift,
-        cfg_text_scale=s.cfg_text_scale,
-        cfg_img_scale=s.cfg_img_scale,
-        cfg_interval=(float(s.cfg_interval[0]), float(s.cfg_interval[1])),
-        cfg_renorm_type=s.cfg_renorm_type,
-        cfg_renorm_min=s.cfg_renorm_min,
-        batch_cfg=s.batch_cfg,
-    )
-    out.check()
-    return out
+    return _resolve("sampler", SamplerConfig, sampler)
 
 
 def _key(cfg: ModelConfig) -> tuple:
@@ -145,7 +186,7 @@ def clear_pipeline_cache() -> None:
 
 def load_world_model(
     model: str | Mapping | ModelConfig | None = None,
-    sampler: str | Mapping | SamplerConfig | GenerationConfig | None = None,
+    sampler: str | Mapping | SamplerConfig | None = None,
     codec: ActionCodec | None = None,
     world: Mapping | WorldModelConfig | None = None,
     pipe: BagelPipeline | None = None,
@@ -176,5 +217,5 @@ def load_world_model(
             raise bad_argument(
                 "world", options, f"unknown world-model fields {unknown}; known: {sorted(known)}"
             )
-        config = WorldModelConfig(sampler=generation_config(sampler), **options)
+        config = WorldModelConfig(sampler=sampler_config(sampler), **options)
     return WorldModel(pipe if pipe is not None else load_pipeline(model), codec, config)

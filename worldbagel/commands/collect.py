@@ -25,6 +25,7 @@ from worldbagel.data.annotations import make_annotator
 from worldbagel.data.collect import collect
 from worldbagel.data.minari_export import check_new_dataset_id, export_minari
 from worldbagel.data.trajectory import FRAME_EXTS
+from worldbagel.data.trajectory_index import read_index
 from worldbagel.errors import bad_argument
 from worldbagel.policies import make_policy
 from worldbagel.rollout import build_env, first_env, policy_kwargs
@@ -33,8 +34,6 @@ from worldbagel.run_folder import run_folder
 
 def headline(cfg: CollectConfig) -> dict[str, float | int | None]:
     """The figures a sweep's summary shows for the dataset in `cfg.out`: episodes, steps, success rate."""
-    from worldbagel.data.trajectory_index import read_index
-
     entries = read_index(cfg.out)
     ok = [e["success"] for e in entries if e.get("success") is not None]
     return {

@@ -16,18 +16,40 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from worldbagel.code_version import code_version
 from worldbagel.config import EvalConfig
 from worldbagel.errors import bad_argument
+from worldbagel.eval.contact_sheet import contact_sheet
+from worldbagel.eval.controllability_eval import evaluate_controllability
+from worldbagel.eval.env_replay import EnvReplay
+from worldbagel.eval.heldout import has_continuous_actions, load_heldout
+from worldbagel.eval.horizon_plot import plot_metric_vs_horizon
+from worldbagel.eval.horizons import COPY_LAST_FRAME
+from worldbagel.eval.lookback_eval import evaluate_lookback
 from worldbagel.eval.options import TASKS
+from worldbagel.eval.planning import (
+    check_baselines,
+    evaluate_navigation,
+    evaluate_trajectory_planning,
+    navigation_baselines,
+)
+from worldbagel.eval.protocol import MODEL_MODES, evaluate_frame_prediction
+from worldbagel.eval.qa_eval import collect_questions, evaluate_text
+from worldbagel.eval.report import metrics_document, report_tables, write_metrics_json
+from worldbagel.perceptual_metrics import load_perceptual
 from worldbagel.run_folder import default_run_dir, run_folder
+from worldbagel.tracking import open_tracker, require_backend
+from worldbagel.world_model_loader import load_pipeline, load_world_model
 
 logger = logging.getLogger(__name__)
 
@@ -45,10 +67,6 @@ def _progress(console: Console) -> Progress:
 
 def resolve_tasks(cfg: EvalConfig, episodes: list | None) -> tuple[list[str], dict[str, str]]:
     """(tasks to run, {task: why it is skipped}) from cfg.tasks (None = every task the data supports)."""
-    from worldbagel.eval.env_replay import EnvReplay
-    from worldbagel.eval.heldout import has_continuous_actions
-    from worldbagel.eval.qa_eval import collect_questions
-
     if cfg.tasks is not None:
         bad = [t for t in cfg.tasks if t not in TASKS]
         if bad or not cfg.tasks:
@@ -113,11 +131,50 @@ def printable_document(doc: dict) -> dict:
     return out
 
 
-def _contact_sheet(path: Path, result, samples: int) -> Path | None:
-    from worldbagel.eval.contact_sheet import contact_sheet
-    from worldbagel.eval.horizons import COPY_LAST_FRAME
-    from worldbagel.eval.protocol import MODEL_MODES
+def tracked_figures(doc: dict) -> tuple[dict[str, float], dict[int, dict[str, float]]]:
+    """What the tracker records of a metrics document: (every number of the printed sections but frame
+    prediction, as eval/<section>/<key>..., logged at step 0; {horizon: eval/frames/<mode>/<metric> mean},
+    logged with the horizon as the step, so each metric is a curve over the horizon)."""
+    flat: dict[str, float] = {}
 
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, Mapping):
+            for k, v in value.items():
+                walk(f"{prefix}/{k}", v)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            flat[prefix] = float(value)
+
+    for section, value in printable_document(doc).items():
+        if section not in ("run", "frame_prediction") and isinstance(value, Mapping):
+            walk(f"eval/{section}", value)
+    per_horizon: dict[int, dict[str, float]] = {}
+    frames = doc.get("frame_prediction") or {"horizons": [], "modes": {}}
+    for mode, metrics in frames["modes"].items():
+        for metric, stats in metrics.items():
+            for h, mean in zip(frames["horizons"], stats["mean"]):
+                if mean is not None:
+                    per_horizon.setdefault(int(h), {})[f"eval/frames/{mode}/{metric}"] = float(mean)
+    return flat, per_horizon
+
+
+def _track(cfg: EvalConfig, out: Path, doc: dict) -> None:
+    """Record the finished evaluation with the tracker: figures (`tracked_figures`), the contact sheet, the
+    config and code version."""
+    tracker = open_tracker(cfg.tracker, out, "eval", asdict(cfg))
+    try:
+        flat, per_horizon = tracked_figures(doc)
+        tracker.log_scalars(0, flat)
+        sheet = out / "contact_sheet.png"
+        if sheet.is_file():
+            with Image.open(sheet) as image:
+                tracker.log_images(0, "eval/contact_sheet", [np.asarray(image.convert("RGB"))])
+        for horizon in sorted(per_horizon):  # steps in increasing order (W&B refuses going back)
+            tracker.log_scalars(horizon, per_horizon[horizon])
+    finally:
+        tracker.close()
+
+
+def _contact_sheet(path: Path, result, samples: int) -> Path | None:
     if samples < 1:
         return None
     order = sorted(range(len(result.samples)), key=lambda i: -len(result.samples[i].horizons))
@@ -134,10 +191,6 @@ def _contact_sheet(path: Path, result, samples: int) -> Path | None:
 
 
 def _frames_task(cfg: EvalConfig, wm, episodes, out: Path, console: Console, doc: dict) -> None:
-    from worldbagel.eval.horizon_plot import plot_metric_vs_horizon
-    from worldbagel.eval.perceptual import load_perceptual
-    from worldbagel.eval.protocol import evaluate_frame_prediction
-
     f = cfg.frames
     perceptual = [
         load_perceptual(name, weights_path=f.perceptual_weights.get(name), device=cfg.model.device)
@@ -181,8 +234,6 @@ def _frames_task(cfg: EvalConfig, wm, episodes, out: Path, console: Console, doc
 
 
 def _controllability_task(cfg: EvalConfig, wm, episodes, console: Console, doc: dict) -> None:
-    from worldbagel.eval.controllability_eval import evaluate_controllability
-
     c = cfg.controllability
     with _progress(console) as bar:
         task = bar.add_task("controllability", total=None)
@@ -205,8 +256,6 @@ def _controllability_task(cfg: EvalConfig, wm, episodes, console: Console, doc: 
 
 
 def _lookback_task(cfg: EvalConfig, wm, episodes, console: Console, doc: dict) -> None:
-    from worldbagel.eval.lookback_eval import evaluate_lookback
-
     lb = cfg.lookback
     with _progress(console) as bar:
         task = bar.add_task("look-back", total=None)
@@ -230,8 +279,6 @@ def _lookback_task(cfg: EvalConfig, wm, episodes, console: Console, doc: dict) -
 
 
 def _navigation_task(cfg: EvalConfig, wm, out: Path, console: Console, doc: dict) -> None:
-    from worldbagel.eval.planning import evaluate_navigation, navigation_baselines
-
     n = cfg.navigation
     with _progress(console) as bar:
         task = bar.add_task(f"navigation {cfg.env.name} x {cfg.policy.name}", total=n.episodes)
@@ -265,8 +312,6 @@ def _navigation_task(cfg: EvalConfig, wm, out: Path, console: Console, doc: dict
 
 
 def _trajectory_task(cfg: EvalConfig, wm, episodes, doc: dict) -> None:
-    from worldbagel.eval.planning import evaluate_trajectory_planning
-
     t = cfg.trajectory
     doc["trajectory"] = evaluate_trajectory_planning(
         wm,
@@ -285,8 +330,6 @@ def _trajectory_task(cfg: EvalConfig, wm, episodes, doc: dict) -> None:
 
 
 def _text_task(cfg: EvalConfig, wm, episodes, console: Console, doc: dict) -> None:
-    from worldbagel.eval.qa_eval import evaluate_text
-
     with _progress(console) as bar:
         task = bar.add_task("questions", total=None)
         section = evaluate_text(
@@ -305,11 +348,7 @@ def _text_task(cfg: EvalConfig, wm, episodes, console: Console, doc: dict) -> No
 
 
 def run(cfg: EvalConfig, console: Console) -> int:
-    from worldbagel.eval.heldout import load_heldout
-    from worldbagel.eval.planning import check_baselines
-    from worldbagel.eval.report import metrics_document, report_tables, write_metrics_json
-    from worldbagel.world_model_loader import load_pipeline, load_world_model
-
+    require_backend(cfg.tracker)  # a missing tensorboard / wandb fails before any data or model loads
     out = Path(cfg.out) if cfg.out else default_run_dir("eval")
     if cfg.tasks is not None:
         resolve_tasks(cfg, None)  # validate names before any slow work
@@ -330,6 +369,7 @@ def run(cfg: EvalConfig, console: Console) -> int:
             "tasks": tasks,
             "skipped": skipped,
             "seed": cfg.seed,
+            "code_version": code_version(),
         }
     }
 
@@ -354,6 +394,7 @@ def run(cfg: EvalConfig, console: Console) -> int:
             doc["run"].setdefault("task_seconds", {})[name] = round(time.perf_counter() - t, 2)
             save()
         path = save()
+        _track(cfg, out, metrics_document(**doc))
     for table in report_tables(printable_document(metrics_document(**doc))):
         console.print(table)
     for task, why in doc["run"]["skipped"].items():

@@ -24,16 +24,31 @@ from rich.progress import (
 from rich.table import Table
 
 from worldbagel.config import FinetuneConfig
+from worldbagel.data.episode_source import load_episodes
 from worldbagel.errors import bad_argument
+from worldbagel.inference.pipeline import shipped_model_dir
+from worldbagel.model import parallelize as par
+from worldbagel.model.bagel_folder import load_bagel
+from worldbagel.model.configuration import VAE_CONFIG, read_vae_config
+from worldbagel.model.hub import resolve_model_folder
+from worldbagel.model.sequence import SpecialIds
+from worldbagel.model.transforms import ImageTransform
+from worldbagel.model.vae import load_vae
 from worldbagel.run_folder import run_folder
 from worldbagel.tracking import require_backend
+from worldbagel.train.data_stream import TrainingData
+from worldbagel.train.latent_cache import FrameEncoder
+from worldbagel.train.loop import Trainer
+from worldbagel.train.lora import base_dtype
+from worldbagel.train.presets import PRESETS, build_preset
+from worldbagel.train.preview import FramePreview
+from worldbagel.train.validation import Validation, heldout_data
+from worldbagel.world_model_loader import sampler_config as generation_config
 
 logger = logging.getLogger(__name__)
 
 
 def _vae_config(folder: str):
-    from worldbagel.model.configuration import VAE_CONFIG, read_vae_config
-
     vae = read_vae_config(folder)
     if vae is None:
         raise bad_argument(
@@ -44,20 +59,13 @@ def _vae_config(folder: str):
 
 def load_model(cfg: FinetuneConfig, device: torch.device):
     """(model, vae, tokenizer) from a folder or a from-scratch preset."""
-    from worldbagel.train.presets import PRESETS, build_preset
-
     m = cfg.model
     if m.name in PRESETS and m.path is None:
         vae = None
         if cfg.vae:
-            from worldbagel.model.vae import load_vae
-
             vae = load_vae(cfg.vae, _vae_config(cfg.vae), device=device)
         fresh = build_preset(m.name, seed=cfg.train.seed, vae=vae)
         return fresh.model.to(device), fresh.vae.to(device), fresh.tokenizer
-    from worldbagel.inference.pipeline import shipped_model_dir
-    from worldbagel.model.checkpoint import load_bagel
-    from worldbagel.model.hub import resolve_model_folder
 
     path = resolve_model_folder(m.path) if m.path else shipped_model_dir(m.name)
     # trainable weights stay fp32 unless model.dtype says otherwise (CUDA computes in bf16 via autocast); under
@@ -65,8 +73,6 @@ def load_model(cfg: FinetuneConfig, device: torch.device):
     # and the Trainer turns the adapters and train_modules to fp32
     dtype = m.dtype or "float32"
     if m.dtype is None and cfg.train.lora.enabled:
-        from worldbagel.train.lora import base_dtype
-
         dtype = base_dtype(cfg.train.lora.base_dtype, device)
     loaded = load_bagel(path, dtype=dtype, device=device)
     return loaded.model, loaded.vae, loaded.tokenizer
@@ -75,8 +81,6 @@ def load_model(cfg: FinetuneConfig, device: torch.device):
 def split_heldout(cfg: FinetuneConfig, episodes: list) -> tuple[list, list]:
     """(training episodes, held-out episodes for the validation loss): `val_data`'s episodes, or the last
     `val_fraction` of `episodes` (at least one, and at least one left to train on), or none."""
-    from worldbagel.data.episode_source import load_episodes
-
     if not 0.0 <= cfg.val_fraction < 1.0:
         raise bad_argument(
             "val_fraction", cfg.val_fraction, "use a fraction in [0, 1) (0: no held-out episodes)"
@@ -99,10 +103,6 @@ def split_heldout(cfg: FinetuneConfig, episodes: list) -> tuple[list, list]:
 def _preview(cfg: FinetuneConfig, episodes: list):
     """The predicted-frame preview the tracker logs (None when it records no media), drawn with the model's
     own sampler preset (`model.sampler`) and world-model options (`model.world`)."""
-    from worldbagel.model.transforms import ImageTransform
-    from worldbagel.train.preview import FramePreview
-    from worldbagel.world_model_loader import sampler_config as generation_config
-
     t = cfg.tracker
     if t.backend == "none" or not t.media_every or not (t.media_samples or t.media_frames):
         return None
@@ -132,14 +132,6 @@ def _progress(console: Console) -> Progress:
 
 
 def run(cfg: FinetuneConfig, console: Console) -> int:
-    from worldbagel.data.episode_source import load_episodes
-    from worldbagel.model import parallelize as par
-    from worldbagel.model.sequence import SpecialIds
-    from worldbagel.model.transforms import ImageTransform
-    from worldbagel.train.data_stream import TrainingData
-    from worldbagel.train.latent_cache import FrameEncoder
-    from worldbagel.train.loop import Trainer
-
     # a missing tensorboard / wandb package stops the run before any data or weights load
     require_backend(cfg.tracker)
     env = par.init_distributed(cfg.model.device)
@@ -179,8 +171,6 @@ def run(cfg: FinetuneConfig, console: Console) -> int:
         )
         validation = None
         if heldout:
-            from worldbagel.train.validation import Validation, heldout_data
-
             val = heldout_data(heldout, data, tokenizer.encode)
             validation = Validation(val, cfg.train.val_packs, seed=cfg.train.seed)
         trainer = Trainer(

@@ -11,30 +11,16 @@ from PIL import Image
 from rich.console import Console
 from rich.markup import escape
 
+from worldbagel.atomic_files import atomic_write_text
 from worldbagel.config import GenerateConfig
-from worldbagel.data.trajectory_index import atomic_write_text
 from worldbagel.errors import bad_argument
 from worldbagel.eval.png_canvas import save_png_atomic
-from worldbagel.inference.generate import GenerationConfig
-from worldbagel.inference.pipeline import BagelPipeline, think_budget_warning
+from worldbagel.inference.pipeline import BagelPipeline
 from worldbagel.media import read_image
 from worldbagel.model.tensor_parallel import is_rank_zero
+from worldbagel.think_text import think_budget_warning
 
 logger = logging.getLogger(__name__)
-
-
-def sampler_to_generation(s) -> GenerationConfig:
-    """worldbagel.config.SamplerConfig -> GenerationConfig."""
-    return GenerationConfig(
-        num_steps=s.num_steps,
-        shift=s.shift,
-        cfg_text_scale=s.cfg_text_scale,
-        cfg_img_scale=s.cfg_img_scale,
-        cfg_interval=(float(s.cfg_interval[0]), float(s.cfg_interval[1])),
-        cfg_renorm_type=s.cfg_renorm_type,
-        cfg_renorm_min=s.cfg_renorm_min,
-        batch_cfg=s.batch_cfg,
-    )
 
 
 def _warn(console: Console, warning: str | None) -> None:
@@ -52,7 +38,7 @@ def run(cfg: GenerateConfig, console: Console) -> int:
         inputs.append(Image.fromarray(read_image(cfg.image, "image")))
     if cfg.prompt:
         inputs.append(cfg.prompt)
-    gen_config = sampler_to_generation(cfg.sampler)
+    gen_config = cfg.sampler
     gen_config.check()
     with console.status(f"loading {cfg.model.path or cfg.model.name}"):
         pipe = BagelPipeline.from_config(cfg.model)

@@ -21,12 +21,20 @@ from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
+from worldbagel.actions import codec_for_env
+from worldbagel.atomic_files import atomic_write_text
 from worldbagel.commands.predict import run_dir, write_frames
 from worldbagel.config import ImagineConfig
-from worldbagel.data.trajectory_index import atomic_write_text, to_jsonable
+from worldbagel.envs.grid_frames import decode_frame
+from worldbagel.envs.gridworld import GridWorldEnv
 from worldbagel.errors import InvalidAction, bad_argument
+from worldbagel.frame_metrics import psnr, ssim
+from worldbagel.imagined_env import ImaginedEnv
+from worldbagel.json_values import to_jsonable
+from worldbagel.rollout import build_env
 from worldbagel.run_folder import run_folder
 from worldbagel.video import side_by_side, write_video
+from worldbagel.world_model_loader import load_world_model
 
 
 def env_actions(actions: list[Any] | None, steps: int, env, codec, seed: int) -> list:
@@ -57,9 +65,6 @@ def env_actions(actions: list[Any] | None, steps: int, env, codec, seed: int) ->
 
 def _decoder(env):
     """A GridWorld top-down state decoder for scoring, or None."""
-    from worldbagel.envs.grid_frames import decode_frame
-    from worldbagel.envs.gridworld import GridWorldEnv
-
     u = env.unwrapped
     if not isinstance(u, GridWorldEnv) or u.view != "topdown":
         return None
@@ -81,9 +86,6 @@ def headline(cfg: ImagineConfig) -> dict[str, float]:
 
 
 def run(cfg: ImagineConfig, console: Console) -> int:
-    from worldbagel.actions import codec_for_env
-    from worldbagel.rollout import build_env
-
     real = build_env(cfg.env.id, cfg.env.kwargs)
     codec = codec_for_env(real)
     actions = env_actions(cfg.actions, cfg.steps, real, codec, cfg.seed)
@@ -93,11 +95,6 @@ def run(cfg: ImagineConfig, console: Console) -> int:
 
 
 def _imagine(cfg: ImagineConfig, console: Console, out: Path, real, codec, actions: list) -> int:
-    from worldbagel.eval.frame_metrics import psnr, ssim
-    from worldbagel.imagined_env import ImaginedEnv
-    from worldbagel.rollout import build_env
-    from worldbagel.world_model_loader import load_world_model
-
     with console.status(f"loading {cfg.model.path or cfg.model.name}"):
         wm = load_world_model(
             cfg.model, cfg.sampler, codec, world={"max_history_frames": cfg.max_history_frames}

@@ -23,9 +23,13 @@ from rich.console import Console
 from worldbagel.config import PredictConfig
 from worldbagel.errors import bad_argument
 from worldbagel.eval.png_canvas import save_png_atomic
+from worldbagel.inference.pipeline import shipped_model_dir
 from worldbagel.media import read_clip
+from worldbagel.model.domain import check_clip
+from worldbagel.model.hub import resolve_model_folder
 from worldbagel.run_folder import default_run_dir, run_folder
 from worldbagel.video import bordered, resize_frames, write_video
+from worldbagel.world_model_loader import load_world_model
 
 logger = logging.getLogger(__name__)
 
@@ -65,9 +69,6 @@ def continuation_video(context: np.ndarray, predicted: np.ndarray) -> np.ndarray
 
 def model_folder(model) -> Path:
     """The folder a ModelConfig loads from: model.path (a folder or a cached repo id) or the shipped model."""
-    from worldbagel.inference.pipeline import shipped_model_dir
-    from worldbagel.model.hub import resolve_model_folder
-
     return resolve_model_folder(model.path) if model.path else shipped_model_dir(model.name)
 
 
@@ -93,15 +94,12 @@ def run(cfg: PredictConfig, console: Console) -> int:
 
 
 def _predict(cfg: PredictConfig, console: Console, out: Path, clip: np.ndarray, actions, n: int) -> int:
-    from worldbagel.world_model_loader import load_world_model
-
     with console.status(f"loading {cfg.model.path or cfg.model.name}"):
         wm = load_world_model(cfg.model, cfg.sampler, world={"max_history_frames": cfg.max_history_frames})
     # older frames would leave the window before the prediction: encoding them is wasted work
     context = clip[-wm.config.max_history_frames :]
     if len(context) < len(clip):
         logger.info("the window keeps the last %d of the clip's %d frames", len(context), len(clip))
-    from worldbagel.model.domain import check_clip
 
     check_clip(model_folder(cfg.model), context, cfg.model.path or cfg.model.name)
     generator = torch.Generator().manual_seed(cfg.seed)

@@ -11,16 +11,15 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
+from worldbagel.atomic_files import atomic_write_text
 from worldbagel.config import ReasonConfig
-from worldbagel.data.trajectory_index import atomic_write_text
 from worldbagel.errors import bad_argument
-from worldbagel.inference.pipeline import think_budget_warning
 from worldbagel.media import read_clip
+from worldbagel.think_text import think_budget_warning
+from worldbagel.world_model_loader import load_world_model
 
 
 def run(cfg: ReasonConfig, console: Console) -> int:
-    from worldbagel.world_model_loader import load_world_model
-
     if not cfg.question.strip():
         raise bad_argument("question", cfg.question, "ask a question, e.g. question='Where is the goal?'")
     if cfg.max_new_tokens < 1:

@@ -12,9 +12,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from worldbagel.config import TrainVAEConfig
+from worldbagel.data.trajectory import TrajectoryDataset
 from worldbagel.errors import bad_argument
+from worldbagel.model.vae import load_vae
 from worldbagel.run_folder import run_folder
 from worldbagel.tracking import open_tracker, require_backend
+from worldbagel.train.vae_trainer import frames_tensor, reconstruction_loss, save_trained_vae, train_vae
 
 logger = logging.getLogger(__name__)
 
@@ -24,8 +27,6 @@ def collect_frames(
 ) -> list[np.ndarray]:
     """Frames of a trajectory folder, at most `max_frames`, spread evenly over all of them, then the final
     frame of every successful episode `success_repeat` more times."""
-    from worldbagel.data.trajectory import TrajectoryDataset
-
     if not isinstance(success_repeat, int) or success_repeat < 0:
         raise bad_argument("success_repeat", success_repeat, "use a whole number >= 0 (0 adds no frames)")
     dataset = TrajectoryDataset(root, splits=splits)
@@ -59,8 +60,6 @@ def run(cfg: TrainVAEConfig, console: Console) -> int:
 
 
 def _train(cfg: TrainVAEConfig, console: Console) -> int:
-    from worldbagel.train.vae_trainer import frames_tensor, reconstruction_loss, save_trained_vae, train_vae
-
     frames = collect_frames(cfg.data, cfg.splits, cfg.max_frames, cfg.success_repeat)
     for extra in cfg.extra_data:
         frames += collect_frames(extra, cfg.splits, None)
@@ -85,8 +84,6 @@ def _train(cfg: TrainVAEConfig, console: Console) -> int:
 
         init = None
         if cfg.init:
-            from worldbagel.model.vae import load_vae
-
             init = load_vae(cfg.init)
         vae, logs = train_vae(
             frames,

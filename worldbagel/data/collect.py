@@ -177,11 +177,17 @@ _PROCESS_WORKER: _Worker | None = None
 
 
 def _init_process(
-    env_factory: Callable[[], Any], policy_factory: Callable[[Any], Any], annotator: Callable | None = None
+    env_factory: Callable[[], Any],
+    policy_factory: Callable[[Any], Any],
+    annotator: Callable | None,
+    parent: int,
 ) -> None:
+    """Build this worker's env and policy and start the watchdog that ends it with `parent` (the pid of the
+    collecting process, passed in: a parent killed while this worker was still starting has already handed it
+    to another parent, so `os.getppid()` here could name the wrong one)."""
     global _PROCESS_WORKER
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
     _PROCESS_WORKER = _Worker(env_factory, policy_factory, annotator)
-    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
 
 
 def _exit_with_parent(parent: int, every_s: float = 0.5) -> None:
@@ -321,7 +327,7 @@ def _run_pool(
         max_workers=min(workers, len(todo)),
         mp_context=mp.get_context("spawn"),
         initializer=_init_process,
-        initargs=(env_factory, policy_factory, annotator),
+        initargs=(env_factory, policy_factory, annotator, os.getpid()),
     ) as pool:
         futures = [pool.submit(_run_in_process, root, i, seed, writer_kwargs, max_steps) for i in todo]
         try:

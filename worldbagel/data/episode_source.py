@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from worldbagel.data.nwm import NWMDataset
+from worldbagel.data.trajectory import TrajectoryDataset
 from worldbagel.errors import bad_argument
 from worldbagel.media import FRAME_SUFFIXES, VIDEO_SUFFIXES
 
@@ -187,8 +189,6 @@ def load_episodes(
     fmt = detect_format(path, name) if cfg.format == "auto" else cfg.format
     size = tuple(int(v) for v in cfg.frame_size) if cfg.frame_size else None
     if fmt == "trajectories":
-        from worldbagel.data.trajectory import TrajectoryDataset
-
         if not (path / "index.json").is_file():
             raise bad_argument(
                 name,
@@ -197,8 +197,6 @@ def load_episodes(
             )
         return list(TrajectoryDataset(path, splits=splits, frame_size=size))
     if fmt == "nwm":
-        from worldbagel.data.nwm import NWMDataset
-
         o = cfg.nwm
         episodes = list(
             NWMDataset(

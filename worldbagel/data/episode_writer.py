@@ -19,9 +19,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from worldbagel.data.trajectory_index import info_subset, sha256_file, to_jsonable, update_index
+from worldbagel.data.trajectory_index import info_subset, sha256_file, update_index
 from worldbagel.errors import WorldBagelError, bad_argument
 from worldbagel.file_mode import mkdtemp
+from worldbagel.json_values import to_jsonable
+from worldbagel.video import write_video
 
 __all__ = ["FRAME_EXTS", "EpisodeWriter"]
 
@@ -195,8 +197,6 @@ class EpisodeWriter:
             raise WorldBagelError(f"episode {self.episode_id}: nothing recorded (call start first)")
         self._steps.close()
         if self.preview_fps and self._preview:
-            from worldbagel.video import write_video
-
             write_video(self._tmp / "preview.mp4", np.stack(self._preview), fps=self.preview_fps)
         steps_path = self._tmp / "steps.jsonl"
         h, w, _ = self._frame_shape

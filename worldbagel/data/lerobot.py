@@ -30,16 +30,19 @@ The episode's first task (meta/episodes.jsonl) becomes its instruction. Reading 
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from worldbagel.data.clip_episode import ClipEpisode
 from worldbagel.data.episode_source import LeRobotSourceConfig, SourceConfig, describe_folder
 from worldbagel.data.trajectory import CorruptEpisode
+from worldbagel.data.video_folder import decode_video, probe_video
 from worldbagel.errors import DependencyNotInstalled, bad_argument
 
 __all__ = ["format_action", "read_episodes"]
@@ -54,7 +57,7 @@ CAMERA_DTYPES = ("video", "image")
 def _pyarrow_parquet() -> Any:
     # pyarrow is optional (the lerobot extra): only LeRobot datasets need parquet
     try:
-        import pyarrow.parquet as pq
+        import pyarrow.parquet as pq  # lazy: optional dependency (lerobot extra)
     except ImportError as exc:
         raise DependencyNotInstalled(
             "reading a LeRobot dataset needs pyarrow: pip install 'worldbagel[lerobot]' (or pip install pyarrow)"
@@ -319,8 +322,6 @@ def _video_decoder(video: Path, numbers: list[int]):
     and decoded frame counts can disagree by a frame at the end of an episode)."""
 
     def decode() -> np.ndarray:
-        from worldbagel.data.video_folder import decode_video, probe_video
-
         try:
             return decode_video(video, numbers)
         except CorruptEpisode:
@@ -336,10 +337,6 @@ def _image_decoder(cells: list[Any], root: Path, parquet: Path):
     """decode() for a camera stored in the parquet (dtype image: {"bytes": png, "path": ...} per row)."""
 
     def decode() -> np.ndarray:
-        import io
-
-        from PIL import Image
-
         frames = []
         for cell in cells:
             data = cell.get("bytes") if isinstance(cell, dict) else None

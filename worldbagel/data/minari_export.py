@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from gymnasium import spaces
 
 from worldbagel.data.trajectory import Episode, TrajectoryDataset
 from worldbagel.errors import DependencyNotInstalled, WorldBagelError, bad_argument
@@ -57,7 +58,8 @@ class MinariConfig:
 
 
 def _minari() -> Any:
-    try:  # optional extra: only Minari output needs it
+    try:
+        # lazy: optional dependency (minari extra: only Minari output needs it)
         import h5py  # noqa: F401 - minari's HDF5 storage
         import minari
     except ImportError as exc:
@@ -71,8 +73,8 @@ def check_new_dataset_id(dataset_id: str, name: str = "minari.dataset_id") -> Pa
     """The folder a new Minari dataset `dataset_id` will be written to; raises when the id is malformed or
     already taken (call before collecting, so a long collection does not end in a refused export)."""
     _minari()
-    from minari.dataset.minari_dataset import parse_dataset_id
-    from minari.storage.datasets_root_dir import get_dataset_path
+    from minari.dataset.minari_dataset import parse_dataset_id  # lazy: optional dependency (minari extra)
+    from minari.storage.datasets_root_dir import get_dataset_path  # lazy: optional dependency (minari extra)
 
     try:
         parse_dataset_id(dataset_id)
@@ -130,7 +132,6 @@ def export_minari(
     if description is None:
         source = made_by.get("env") or episodes[0].env_id or "an env"
         description = f"worldbagel collect: {source} x {algorithm_name or 'a'} policy, RGB frames"
-    from gymnasium import spaces
 
     observation_space = spaces.Box(0, 255, shape, np.uint8)
     action_space = env.action_space
@@ -182,7 +183,7 @@ def _chunks(episodes: Sequence[Episode], bytes_per_frame: int) -> Iterator[list[
 
 def _buffer(episode: Episode, index: int, action_space: Any) -> Any:
     """One episode as a minari EpisodeBuffer (frames loaded from disk here, released with the buffer)."""
-    from minari.data_collector.episode_buffer import EpisodeBuffer
+    from minari.data_collector.episode_buffer import EpisodeBuffer  # lazy: optional dependency (minari extra)
 
     actions = [np.asarray(a, dtype=action_space.dtype) for a in episode.actions]
     bad = next((a for a in actions if not action_space.contains(a)), None)

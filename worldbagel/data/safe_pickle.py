@@ -18,6 +18,8 @@ import pickle
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from worldbagel.errors import WorldBagelError
 
 __all__ = ["UnsafePickle", "load_arrays"]
@@ -46,8 +48,6 @@ def _latin1_bytes(text: str, encoding: str = "latin1") -> bytes:
 
 
 def _allowed() -> dict[tuple[str, str], Callable[..., Any] | type]:
-    import numpy as np
-
     multiarray, numeric = _numpy_core("multiarray"), _numpy_core("numeric")
     allowed: dict[tuple[str, str], Any] = {
         ("numpy", "ndarray"): np.ndarray,

@@ -45,10 +45,10 @@ from worldbagel.data.trajectory_index import (
     index_lock,
     read_index,
     sha256_file,
-    to_jsonable,
     write_index,
 )
 from worldbagel.errors import bad_argument
+from worldbagel.json_values import to_jsonable
 
 __all__ = [
     "FORMAT_NAME",

@@ -22,8 +22,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from worldbagel.errors import bad_argument
+from worldbagel.frame_metrics import psnr
 
-from .frame_metrics import psnr
 from .png_canvas import label_font, save_png_atomic
 
 BACKGROUND = (255, 255, 255)

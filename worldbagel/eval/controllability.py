@@ -30,8 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from worldbagel.errors import bad_argument
-
-from .frame_metrics import as_unit_frames
+from worldbagel.frame_metrics import as_unit_frames
 
 __all__ = ["ControllabilityResult", "controllability"]
 

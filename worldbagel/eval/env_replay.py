@@ -16,12 +16,17 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
+from PIL import Image
 
+import worldbagel.envs  # noqa: F401 - registers the WorldBagel/... ids
+from worldbagel.actions import codec_for_env
 from worldbagel.data.trajectory import Episode
 from worldbagel.errors import WorldBagelError
+from worldbagel.frame_metrics import psnr
+from worldbagel.rollout import build_env, first_env, frame_of
 
-from .frame_metrics import psnr
 from .heldout import episode_env_kwargs
 
 __all__ = ["EnvReplay", "turn_actions"]
@@ -51,10 +56,6 @@ class EnvReplay:
 
     def why_not(self, episode: Episode) -> str | None:
         """Why the episode cannot be replayed (None when it can)."""
-        import gymnasium as gym
-
-        import worldbagel.envs  # noqa: F401 - registers the WorldBagel/... ids
-
         if not episode.env_id or episode.env_id not in gym.registry:
             return f"its env id {episode.env_id!r} is not a registered env"
         if episode.seed is None:
@@ -64,9 +65,6 @@ class EnvReplay:
         return None
 
     def _entry(self, episode: Episode) -> tuple[Any, Any]:
-        from worldbagel.actions import codec_for_env
-        from worldbagel.rollout import build_env, first_env
-
         kwargs = dict(episode_env_kwargs(episode))
         key = (episode.env_id, repr(sorted(kwargs.items())))
         if key not in self._envs:
@@ -84,8 +82,6 @@ class EnvReplay:
     def branch(self, episode: Episode, t: int, branches: Sequence[Sequence[int]]) -> list[list[np.ndarray]]:
         """For each branch (a list of action ids): the frames after each of its actions, taken from the
         episode's state at step t (frame t). Frames are uint8 [H, W, 3] as the env renders them."""
-        from worldbagel.rollout import frame_of
-
         reason = self.why_not(episode)
         if reason is not None:
             raise WorldBagelError(f"episode {episode.id} cannot be replayed: {reason}")
@@ -109,8 +105,6 @@ class EnvReplay:
     def _check(self, episode: Episode, t: int, frame: np.ndarray | None) -> None:
         stored = episode.load_frame(t)
         if frame is not None and frame.shape != stored.shape:
-            from PIL import Image
-
             frame = np.asarray(Image.fromarray(frame).resize(stored.shape[1::-1], Image.BILINEAR))
         db = -np.inf if frame is None else float(psnr(frame, stored))
         if db < self.match_db:

@@ -26,9 +26,15 @@ from typing import Any
 
 import numpy as np
 
+from worldbagel.actions import codec_for_env
+from worldbagel.data.annotations import make_annotator
+from worldbagel.data.episode_source import NWMSourceConfig, SourceConfig, load_episodes
 from worldbagel.data.trajectory import Episode
 from worldbagel.data.video_folder import video_episodes  # re-exported: eval's name for the video reader
+from worldbagel.envs.gridworld import GridWorldEnv
 from worldbagel.errors import WorldBagelError, bad_argument
+from worldbagel.policies import make_policy
+from worldbagel.rollout import build_env, first_env, frame_of
 
 from .options import DATASET_FORMATS, DatasetConfig
 
@@ -116,11 +122,6 @@ def record_env_episodes(
     """Record `episodes` in-memory episodes of a registered policy in an env (infos kept, action texts from the
     env's action codec; text annotations from the annotator `annotate`, see worldbagel.data.annotations;
     `auto`: the env's own annotator, `gridworld-think` for GridWorld envs, none for the others)."""
-    from worldbagel.actions import codec_for_env
-    from worldbagel.data.annotations import make_annotator
-    from worldbagel.policies import make_policy
-    from worldbagel.rollout import build_env, first_env, frame_of
-
     if not (isinstance(episodes, int) and episodes >= 1):
         raise bad_argument("dataset.episodes", episodes, "use an int >= 1")
     if not (isinstance(max_steps, int) and max_steps >= 1):
@@ -172,7 +173,6 @@ def _annotator_name(annotate: str | None, env: Any) -> str | None:
     other envs no annotations."""
     if annotate != AUTO_ANNOTATE:
         return annotate
-    from worldbagel.envs.gridworld import GridWorldEnv
 
     return "gridworld-think" if isinstance(getattr(env, "unwrapped", env), GridWorldEnv) else None
 
@@ -207,8 +207,6 @@ def load_heldout(
 
 def _read(cfg: DatasetConfig, path: Path) -> Sequence[Episode]:
     """The dataset's episodes through the shared episode-source readers (worldbagel.data.episode_source)."""
-    from worldbagel.data.episode_source import NWMSourceConfig, SourceConfig, load_episodes
-
     nwm = NWMSourceConfig(cfg.split_dir, cfg.split, cfg.metric_waypoint_spacing)
     source = SourceConfig(cfg.format, cfg.frame_skip, nwm=nwm, lerobot=cfg.lerobot)
     return load_episodes(path, source, splits=cfg.splits, name="dataset.path")

@@ -18,9 +18,9 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from worldbagel.errors import bad_argument
+from worldbagel.errors import DependencyNotInstalled, bad_argument
+from worldbagel.frame_metrics import PSNR_FRAME_MEAN
 
-from .frame_metrics import PSNR_FRAME_MEAN
 from .png_canvas import label_font, save_png_atomic
 from .report import METRIC_DIRECTION
 
@@ -177,10 +177,10 @@ def _draw_pil(summary: Mapping, metric: str) -> Image.Image:
 
 
 def _save_matplotlib(summary: Mapping, metric: str, path: str) -> None:
-    import matplotlib
+    import matplotlib  # lazy: optional dependency (plots extra)
 
     matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: optional dependency (plots extra)
 
     horizons = list(summary["horizons"])
     fig, ax = plt.subplots(figsize=(SIZE[0] / 100, SIZE[1] / 100), dpi=100)
@@ -234,8 +234,6 @@ def plot_metric_vs_horizon(
     if backend == "auto":
         backend = "matplotlib" if importlib.util.find_spec("matplotlib") is not None else "pil"
     if backend == "matplotlib" and importlib.util.find_spec("matplotlib") is None:
-        from worldbagel.errors import DependencyNotInstalled
-
         raise DependencyNotInstalled(
             'backend="matplotlib" needs matplotlib: pip install "worldbagel[plots]" (or use backend="pil")'
         )

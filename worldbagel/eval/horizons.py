@@ -32,8 +32,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 
 from worldbagel.errors import bad_argument
-
-from .frame_metrics import (
+from worldbagel.frame_metrics import (
     FRAME_METRICS,
     PSNR_AGGREGATE,
     PSNR_FRAME_CAP_DB,
@@ -42,7 +41,7 @@ from .frame_metrics import (
     mse_from_psnr,
     psnr_of_mean_mse,
 )
-from .perceptual import PerceptualMetric
+from worldbagel.perceptual_metrics import PerceptualMetric
 
 HORIZONS = (1, 2, 4, 8, 16)
 SINGLE_STEP, OPEN_LOOP, COPY_LAST_FRAME = "single_step", "open_loop", "copy_last_frame"

@@ -27,8 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 from worldbagel.errors import bad_argument
-
-from .frame_metrics import capped_psnr_mean, mse, psnr, psnr_of_mean_mse, ssim
+from worldbagel.frame_metrics import capped_psnr_mean, mse, psnr, psnr_of_mean_mse, ssim
 
 __all__ = ["lookback_actions", "lookback_scores", "memory_gain_db"]
 

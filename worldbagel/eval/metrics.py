@@ -16,8 +16,7 @@ See docs/metrics.md for definitions, units and the metrics.json layout.
 
 from __future__ import annotations
 
-from .controllability import ControllabilityResult, controllability
-from .frame_metrics import (
+from worldbagel.frame_metrics import (
     FRAME_METRICS,
     HIGHER_IS_BETTER,
     PSNR_FRAME_CAP_DB,
@@ -30,6 +29,18 @@ from .frame_metrics import (
     psnr_of_mean_mse,
     ssim,
 )
+from worldbagel.perceptual_metrics import (
+    PERCEPTUAL_METRICS,
+    DreamSimMetric,
+    FVDMetric,
+    LPIPSMetric,
+    PerceptualMetric,
+    frechet_distance,
+    gaussian_stats,
+    load_perceptual,
+)
+
+from .controllability import ControllabilityResult, controllability
 from .horizons import (
     COPY_LAST_FRAME,
     HORIZONS,
@@ -49,16 +60,6 @@ from .nav_metrics import (
     spl,
     spl_per_episode,
     success_rate,
-)
-from .perceptual import (
-    PERCEPTUAL_METRICS,
-    DreamSimMetric,
-    FVDMetric,
-    LPIPSMetric,
-    PerceptualMetric,
-    frechet_distance,
-    gaussian_stats,
-    load_perceptual,
 )
 from .symbolic import STATE_FIELDS, SymbolicAccuracy, symbolic_accuracy
 from .text_metrics import exact_match, normalize_answer, qa_accuracy

@@ -30,8 +30,12 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from worldbagel.actions import ContinuousActionCodec
 from worldbagel.data.trajectory import Episode
 from worldbagel.errors import WorldBagelError, bad_argument
+from worldbagel.policies import POLICIES, make_policy
+from worldbagel.policies.planner import WorldModelPlanner
+from worldbagel.rollout import build_env, run_rollouts
 from worldbagel.world_model import WorldModel
 
 from .heldout import episode_instruction, evenly_spaced, has_continuous_actions
@@ -72,14 +76,10 @@ class GoalDistanceInfo(gym.Wrapper):
 
 
 def _build_env(env_id: str, env_kwargs: Mapping[str, Any] | None) -> gym.Env:
-    from worldbagel.rollout import build_env
-
     return GoalDistanceInfo(build_env(env_id, env_kwargs))
 
 
 def _factory_accepts_world_model(name: str) -> bool:
-    from worldbagel.policies import POLICIES
-
     module, _, attr = POLICIES[name].partition(":")
     try:
         obj: Any = importlib.import_module(module)
@@ -96,8 +96,6 @@ def policy_factory(
     """`env -> Policy` for a registered policy. A world-model policy (its factory takes `world_model`) plans with
     the evaluated model: `world_model` (a fresh history on its pipeline and sampling settings, codec from the
     env) is passed and wins over the policy's own `model` / `sampler` / `world` kwargs."""
-    from worldbagel.policies import POLICIES, make_policy
-
     if name not in POLICIES:
         missing = (
             ""
@@ -166,8 +164,6 @@ def evaluate_navigation(
 ) -> tuple[dict[str, Any], Any]:
     """Run closed-loop episodes; returns (the navigation section, the RolloutResult). With `out_dir` the
     rollout's own metrics.json (per-episode records) and optional videos go there."""
-    from worldbagel.rollout import run_rollouts
-
     factory = policy_factory(policy, policy_kwargs, seed, world_model)
     result = run_rollouts(
         partial(_build_env, env_id, dict(env_kwargs or {})),
@@ -190,8 +186,6 @@ def evaluate_navigation(
 
 def check_baselines(names: Sequence[str]) -> None:
     """Refuse baseline names that are not registered policies (before any episode runs)."""
-    from worldbagel.policies import POLICIES
-
     unknown = [n for n in names if n not in POLICIES]
     if unknown:
         raise bad_argument(
@@ -296,15 +290,6 @@ def evaluate_trajectory_planning(
 ) -> dict[str, Any]:
     """Plan toward goal frames on continuous-action trajectories and score the integrated plans (module
     docstring); returns the metrics.json "trajectory" section."""
-    from worldbagel.actions import ContinuousActionCodec
-
-    try:
-        from worldbagel.policies.planner import WorldModelPlanner
-    except ImportError as exc:
-        raise WorldBagelError(
-            f"open-loop planning needs the world-model planner (worldbagel.policies.planner): {exc}"
-        ) from exc
-
     if not (isinstance(horizon, int) and horizon >= 1):
         raise bad_argument("trajectory.horizon", horizon, "use an int >= 1 (steps from start to goal frame)")
     if not (isinstance(rpe_delta, int) and 1 <= rpe_delta <= horizon):

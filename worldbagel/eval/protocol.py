@@ -33,15 +33,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from PIL import Image
 
 from worldbagel.data.trajectory import Episode
+from worldbagel.envs import decode_frame
 from worldbagel.errors import bad_argument
+from worldbagel.frame_metrics import FRAME_METRICS
+from worldbagel.perceptual_metrics import PerceptualMetric
 from worldbagel.world_model import WorldModel, WorldModelConfig, predict_batch
 
-from .frame_metrics import FRAME_METRICS
 from .heldout import episode_instruction, evenly_spaced, gridworld_size, has_actions
 from .horizons import COPY_LAST_FRAME, OPEN_LOOP, SINGLE_STEP, HorizonScores
-from .perceptual import PerceptualMetric
 from .symbolic import STATE_FIELDS, SymbolicAccuracy, symbolic_accuracy
 
 __all__ = [
@@ -249,7 +251,6 @@ def resize_frame(frame: np.ndarray, frame_size: Callable[[int, int], tuple[int, 
     h, w = frame_size(frame.shape[0], frame.shape[1])
     if (h, w) == frame.shape[:2]:
         return frame
-    from PIL import Image
 
     return np.asarray(Image.fromarray(frame).resize((w, h), Image.Resampling.BICUBIC))
 
@@ -373,8 +374,6 @@ def score_samples(
 
     Returns the HorizonScores (one sample per frame; `symbolic_accuracy` as a 0/1 value per frame when the
     samples carry states) and the symbolic accuracy per (mode, k)."""
-    from worldbagel.envs import decode_frame
-
     bad = [m for m in metrics if m not in FRAME_METRICS]
     if bad or not metrics:
         raise bad_argument("frames.metrics", list(metrics), f"use one or more of {FRAME_METRICS}")

@@ -16,7 +16,7 @@ from dataclasses import replace
 from typing import Any
 
 from worldbagel.data.trajectory import Episode
-from worldbagel.inference.pipeline import split_think
+from worldbagel.think_text import split_think
 from worldbagel.world_model import WorldModel
 
 from .heldout import episode_instruction, evenly_spaced, has_actions

@@ -31,10 +31,9 @@ from pathlib import Path
 import numpy as np
 from rich.table import Table
 
-from worldbagel.data.trajectory_index import atomic_write_text
+from worldbagel.atomic_files import atomic_write_text
 from worldbagel.errors import WorldBagelError, bad_argument
-
-from .frame_metrics import HIGHER_IS_BETTER, PSNR_FRAME_MEAN
+from worldbagel.frame_metrics import HIGHER_IS_BETTER, PSNR_FRAME_MEAN
 
 SCHEMA_VERSION = 1
 SECTIONS = (

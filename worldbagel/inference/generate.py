@@ -23,7 +23,7 @@ import torch
 
 from worldbagel.errors import bad_argument
 from worldbagel.inference.context import Context
-from worldbagel.inference.sampler import RENORM_TYPES, cfg_active, cfg_combine, flow_schedule
+from worldbagel.inference.sampler import SamplerConfig, cfg_active, cfg_combine, euler_step, flow_schedule
 from worldbagel.inference.value_checks import require_finite, require_finite_number, require_int
 from worldbagel.model.sequence import PackedSequence
 
@@ -243,44 +243,6 @@ class ImageRequest:
 
 
 @dataclass
-class GenerationConfig:
-    """Rectified-flow sampling knobs (release defaults for editing / next-frame prediction)."""
-
-    num_steps: int = 50
-    """Grid points of the flow schedule (num_steps - 1 model evaluations)."""
-    shift: float = 3.0
-    """Timestep shift s of t' = s t / (1 + (s - 1) t)."""
-    cfg_text_scale: float = 4.0
-    """Text guidance scale (<= 1 disables CFG entirely, image guidance included)."""
-    cfg_img_scale: float = 2.0
-    """Image guidance scale (<= 1 disables it)."""
-    cfg_interval: tuple[float, float] = (0.0, 1.0)
-    """CFG is applied at times t with interval[0] < t <= interval[1]."""
-    cfg_renorm_type: str = "text_channel"
-    """global, channel or text_channel."""
-    cfg_renorm_min: float = 0.0
-    """Lower clamp of the renorm scale (1.0 disables renorm)."""
-    batch_cfg: bool = True
-    """Run all CFG branches of all requests in one packed forward per step (False: one forward per branch)."""
-
-    def check(self) -> None:
-        """Raise ConfigError naming the first invalid knob (wrong type, NaN/inf or out of range)."""
-        require_int("num_steps", self.num_steps, 2, "use an int >= 2 (one model evaluation)")
-        if require_finite_number("shift", self.shift, "use a finite shift > 0 (release 3.0)") <= 0:
-            raise bad_argument("shift", self.shift, "must be > 0 (release uses 3.0)")
-        for name in ("cfg_text_scale", "cfg_img_scale", "cfg_renorm_min"):
-            require_finite_number(name, getattr(self, name), "use a finite number (release: 4.0 / 2.0 / 0.0)")
-        if self.cfg_renorm_type not in RENORM_TYPES:
-            raise bad_argument("cfg_renorm_type", self.cfg_renorm_type, f"use one of {RENORM_TYPES}")
-        fix = "use [lo, hi] with 0 <= lo <= hi <= 1"
-        if len(self.cfg_interval) != 2:
-            raise bad_argument("cfg_interval", self.cfg_interval, fix)
-        lo, hi = (require_finite_number("cfg_interval", t, fix) for t in self.cfg_interval)
-        if not 0 <= lo <= hi <= 1:
-            raise bad_argument("cfg_interval", self.cfg_interval, fix)
-
-
-@dataclass
 class ImageOutput:
     latents: torch.Tensor
     """Final packed latent tokens [h*w, Z]."""
@@ -308,11 +270,14 @@ def _initial_noise(req: ImageRequest, grid: tuple[int, int], z_dim: int, pipe, g
 def generate_images(
     requests: list[ImageRequest],
     grid: tuple[int, int],
-    config: GenerationConfig | None = None,
+    config: SamplerConfig | None = None,
     generator: torch.Generator | None = None,
 ) -> list[ImageOutput]:
-    """Denoise one image per request on a latent-token grid (h, w); returns final latent tokens."""
-    cfg = config or GenerationConfig()
+    """Denoise one image per request on a latent-token grid (h, w); returns final latent tokens.
+
+    Each step evaluates every branch's velocity, combines them with `cfg_combine` and moves every request's
+    state with `euler_step` (the integrator `sample_flow` uses and the sampler tests check)."""
+    cfg = config or SamplerConfig()
     cfg.check()
     pipe = requests[0].context.pipe
     n = grid[0] * grid[1] + 2  # the noisy image and its two markers, at the context's next position
@@ -365,7 +330,7 @@ def generate_images(
                 cfg.cfg_renorm_type,  # type: ignore[arg-type]
                 cfg.cfg_renorm_min,
             )
-            xs[r] = xs[r] - v.float() * dt
+            xs[r] = euler_step(xs[r], v.float(), dt)
     return [ImageOutput(x, grid) for x in xs]
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -24,38 +25,31 @@ from worldbagel.errors import bad_argument
 from worldbagel.inference.context import Context
 from worldbagel.inference.context_limit import limit_for
 from worldbagel.inference.generate import (
-    GenerationConfig,
     ImageOutput,
     ImageRequest,
     TextOutput,
     generate_images,
     generate_text,
 )
+from worldbagel.inference.sampler import SamplerConfig
 from worldbagel.inference.value_checks import require_finite_image
 from worldbagel.model.bagel import Bagel
+from worldbagel.model.bagel_folder import load_bagel
+from worldbagel.model.hub import resolve_model_folder
+from worldbagel.model.quantize import check_mode, quantize_model
 from worldbagel.model.sequence import SequenceBuilder, SpecialIds
 from worldbagel.model.siglip_navit import patchify
+from worldbagel.model.tensor_parallel import load_tensor_parallel
 from worldbagel.model.transforms import ImageTransform
+from worldbagel.model.transforms import vae_transform as default_vae
+from worldbagel.model.transforms import vit_transform as default_vit
+from worldbagel.think_text import GEN_THINK_SYSTEM_PROMPT, VLM_THINK_SYSTEM_PROMPT
 
 logger = logging.getLogger(__name__)
-
-# The official thinking system prompts (inferencer.py constants).
-VLM_THINK_SYSTEM_PROMPT = (
-    "You should first think about the reasoning process in the mind and then provide the user with the answer. \n"
-    "The reasoning process is enclosed within <think> </think> tags, i.e. <think> reasoning process here </think> "
-    "answer here"
-)
-GEN_THINK_SYSTEM_PROMPT = (
-    "You should first think about the planning process in the mind and then generate the image. \n"
-    "The planning process is enclosed within <think> </think> tags, i.e. <think> planning process here </think> "
-    "image here"
-)
 
 
 def shipped_model_dir(name: str) -> Path:
     """Folder of a model shipped inside the package (worldbagel/assets/<name>)."""
-    from importlib import resources
-
     folder = Path(str(resources.files("worldbagel"))) / "assets" / name
     if not (folder / "ema.safetensors").is_file():
         raise bad_argument(
@@ -65,35 +59,6 @@ def shipped_model_dir(name: str) -> Path:
             "pass model.path=/path/to/BAGEL-folder",
         )
     return folder
-
-
-def split_think(text: str) -> tuple[str, str]:
-    """'<think> a </think> b' -> ('a', 'b'); text without a closed think block -> ('', text stripped)."""
-    start, end = text.find("<think>"), text.find("</think>")
-    if end < 0:
-        return "", text.strip()
-    thought = text[start + len("<think>") : end] if 0 <= start < end else text[:end]
-    return thought.strip(), text[end + len("</think>") :].strip()
-
-
-def think_budget_warning(
-    text: str, tokens: int, budget: int, budget_key: str, answer: bool = True
-) -> str | None:
-    """A warning for think-mode output `text` that ends before its answer, saying how many of the `budget`
-    tokens it used and which setting (`budget_key`) raises the budget; None when the thought is complete.
-
-    With `answer` (a text answer follows the thought) the output must close `</think>` and say something
-    after it; without (the thought comes before an image), closing `</think>` is enough."""
-    end = text.find("</think>")
-    if end >= 0 and (not answer or text[end + len("</think>") :].strip()):
-        return None
-    what = "the answer is empty" if answer else "the image follows an unfinished thought"
-    missing = "before </think>" if end < 0 else "right after </think>"
-    used = f"used all {budget} tokens" if tokens >= budget else f"stopped after {tokens} of {budget} tokens"
-    return (
-        f"think mode {used} ({budget_key}={budget}) {missing}: {what}. Raise the budget, "
-        f"e.g. {budget_key}={max(4 * budget, 512)}"
-    )
 
 
 @dataclass
@@ -125,9 +90,6 @@ class BagelPipeline:
         """`max_context_tokens`: most tokens a context (cache plus new tokens) may hold; None = what fits in
         half the device's free memory (`inference.context_limit`). Positions are also bounded by the model's
         max_position_embeddings."""
-        from worldbagel.model.transforms import vae_transform as default_vae
-        from worldbagel.model.transforms import vit_transform as default_vit
-
         self.model = model.eval()
         self.vae = vae.eval() if vae is not None else None
         self.tokenizer = tokenizer
@@ -153,11 +115,6 @@ class BagelPipeline:
         `quantize` (none, int8, nf4) quantises the LLM experts' linears after loading
         (`worldbagel.model.quantize`); `tensor_parallel` > 1 splits them over that many torchrun ranks
         (`worldbagel.model.tensor_parallel`)."""
-        from worldbagel.model.checkpoint import load_bagel
-        from worldbagel.model.hub import resolve_model_folder
-        from worldbagel.model.quantize import check_mode, quantize_model
-        from worldbagel.model.tensor_parallel import load_tensor_parallel
-
         quantize = check_mode(quantize)  # a wrong mode fails before minutes of loading
         folder = resolve_model_folder(path)
         if tensor_parallel > 1:
@@ -171,7 +128,7 @@ class BagelPipeline:
 
     @classmethod
     def from_config(cls, cfg) -> BagelPipeline:
-        """Load from a `worldbagel.config.ModelConfig` (path None = the model shipped in the package)."""
+        """Load from a `ModelConfig` (worldbagel/world_model_loader.py; path None = the model shipped in the package)."""
         path = Path(cfg.path) if cfg.path else shipped_model_dir(cfg.name)
         return cls.from_pretrained(
             path,
@@ -298,7 +255,7 @@ class BagelPipeline:
         self,
         ic: InterleavedContexts,
         image_size: tuple[int, int] | None = None,
-        config: GenerationConfig | None = None,
+        config: SamplerConfig | None = None,
         latents: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         decode: bool = True,

@@ -1,13 +1,19 @@
-"""Rectified-flow sampling as pure functions (spec 5.4, 5.5).
+"""Rectified-flow sampling: its knobs (`SamplerConfig`) and pure functions (spec 5.4, 5.5).
 
 Convention: x_t = (1 - t) x0 + t eps, the model predicts the velocity v = eps - x0 ("from data to noise"), and
-sampling integrates from t = 1 (noise) to t = 0 (data) with Euler steps x <- x - v dt.
+sampling integrates from t = 1 (noise) to t = 0 (data) with Euler steps x <- x - v dt (`euler_step`, the one
+integrator: `sample_flow` and `generate_images` both step with it).
+
+`SamplerConfig` is the one sampling config: the library (`generate_images`, `WorldModelConfig.sampler`), the
+CLI (`sampler=<preset>`, `sampler.<field>=...`) and the presets (configs/sampler/*.yaml) all use it.
 
 Shape legend: T tokens of one image, Z latent token features (64 for the release).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -17,6 +23,56 @@ from worldbagel.inference.value_checks import require_finite_number, require_int
 
 RenormType = Literal["global", "channel", "text_channel"]
 RENORM_TYPES: tuple[str, ...] = ("global", "channel", "text_channel")
+"""The allowed `cfg_renorm_type` values (`RenormType` as a tuple, for the checks)."""
+
+
+@dataclass
+class SamplerConfig:
+    """Rectified-flow sampling knobs (release defaults for editing / next-frame prediction).
+
+    Also the schema of the `sampler` config group (configs/sampler/*.yaml). OmegaConf structured configs
+    refuse `Literal` fields, so `cfg_renorm_type` is a `str` whose allowed values (`RENORM_TYPES`) are
+    checked on construction, like every other knob (`check`).
+    """
+
+    num_steps: int = 50
+    """Grid points of the flow schedule (num_steps - 1 model evaluations)."""
+    shift: float = 3.0
+    """Timestep shift s of t' = s t / (1 + (s - 1) t) (release: 3.0)."""
+    cfg_text_scale: float = 4.0
+    """Text guidance scale (<= 1 disables CFG entirely, image guidance included)."""
+    cfg_img_scale: float = 2.0
+    """Image guidance scale (<= 1 disables it)."""
+    cfg_interval: tuple[float, float] = (0.0, 1.0)
+    """CFG is applied at times t with interval[0] < t <= interval[1]."""
+    cfg_renorm_type: str = "text_channel"
+    """How the guided velocity is renormalised: one of `RENORM_TYPES`, i.e. global (Frobenius norm over the
+    image), channel (per-token norms), text_channel (per-token, after text guidance only); see `cfg_combine`."""
+    cfg_renorm_min: float = 0.0
+    """Lower clamp of the renorm scale (1.0 disables renorm)."""
+    batch_cfg: bool = True
+    """Run all CFG branches of all requests in one packed forward per step (False: one forward per branch)."""
+
+    def __post_init__(self) -> None:
+        self.check()
+        self.cfg_interval = (float(self.cfg_interval[0]), float(self.cfg_interval[1]))  # yaml gives a list
+
+    def check(self) -> None:
+        """Raise ConfigError naming the first invalid knob (wrong type, NaN/inf or out of range)."""
+        require_int("num_steps", self.num_steps, 2, "use an int >= 2 (one model evaluation)")
+        if require_finite_number("shift", self.shift, "use a finite shift > 0 (release 3.0)") <= 0:
+            raise bad_argument("shift", self.shift, "must be > 0 (release uses 3.0)")
+        for name in ("cfg_text_scale", "cfg_img_scale", "cfg_renorm_min"):
+            require_finite_number(name, getattr(self, name), "use a finite number (release: 4.0 / 2.0 / 0.0)")
+        if self.cfg_renorm_type not in RENORM_TYPES:
+            raise bad_argument("cfg_renorm_type", self.cfg_renorm_type, f"use one of {RENORM_TYPES}")
+        fix = "use [lo, hi] with 0 <= lo <= hi <= 1"
+        interval = self.cfg_interval
+        if not isinstance(interval, Sequence) or isinstance(interval, str) or len(interval) != 2:
+            raise bad_argument("cfg_interval", self.cfg_interval, fix)
+        lo, hi = (require_finite_number("cfg_interval", t, fix) for t in self.cfg_interval)
+        if not 0 <= lo <= hi <= 1:
+            raise bad_argument("cfg_interval", self.cfg_interval, fix)
 
 
 def shift_time(t: torch.Tensor, shift: float) -> torch.Tensor:
@@ -38,7 +94,7 @@ def flow_schedule(num_steps: int, shift: float = 1.0) -> torch.Tensor:
 
 
 def euler_step(x: torch.Tensor, v: torch.Tensor, dt: float | torch.Tensor) -> torch.Tensor:
-    """One Euler step towards data: x <- x - v dt (dt = t_i - t_{i+1} > 0)."""
+    """One Euler step towards data: x <- x - v dt (dt = t_i - t_{i+1} > 0); every sampler steps with it."""
     return x - v * dt
 
 

@@ -2,7 +2,7 @@
 
 A NaN that reaches the model spreads through every later token: a NaN sampler setting or initial latent turns
 the whole generated image black, a NaN frame silently becomes a black frame (8-bit conversion maps NaN to 0).
-These checks run where such values enter (`GenerationConfig.check`, the sampler functions, `Context`
+These checks run where such values enter (`SamplerConfig.check`, the sampler functions, `Context`
 appends, `WorldModel` entry points), so the caller gets `bad_argument(name, value, fix)` instead.
 """
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from worldbagel.model.checkpoint import load_pretrained, save_pretrained
 from worldbagel.model.configuration import BagelConfig
 from worldbagel.model.heads import MLPconnector, PositionEmbedding, TimestepEmbedder
 from worldbagel.model.qwen2_mot import PastKV, Qwen2ForCausalLM, Routing
@@ -73,14 +74,10 @@ class Bagel(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | Path, dtype: torch.dtype | str | None = None, device=None) -> Bagel:
         """Load an official-layout folder (see `worldbagel.model.checkpoint.load_pretrained`)."""
-        from worldbagel.model.checkpoint import load_pretrained
-
         return load_pretrained(cls, path, dtype=dtype, device=device)
 
     def save_pretrained(self, path: str | Path) -> None:
         """Write the official folder layout (see `worldbagel.model.checkpoint.save_pretrained`)."""
-        from worldbagel.model.checkpoint import save_pretrained
-
         save_pretrained(self, path)
 
     @property

@@ -30,7 +30,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +46,8 @@ from worldbagel.model.lora_adapter import (
     is_adapter_folder,
     read_adapter_config,
 )
-from worldbagel.model.tokenizer import TOKENIZER_FILES, BagelTokenizer, load_tokenizer
-from worldbagel.model.vae import AE_FILE, FluxVAE, load_vae, save_vae
+from worldbagel.model.tokenizer import TOKENIZER_FILES, BagelTokenizer
+from worldbagel.model.vae import AE_FILE, FluxVAE, save_vae
 from worldbagel.model.weights_file import describe_mismatch, read_header, read_tensors, write_file
 
 logger = logging.getLogger(__name__)
@@ -246,50 +245,6 @@ def load_pretrained(
     model.pretrained_dir = path
     model.files_dir = root
     return model.eval()
-
-
-@dataclass
-class LoadedBagel:
-    """Everything a BAGEL folder holds, loaded."""
-
-    model: nn.Module
-    """The Bagel network (ema.safetensors)."""
-    vae: FluxVAE
-    """The FLUX autoencoder (ae.safetensors)."""
-    tokenizer: BagelTokenizer
-    """Tokenizer with the special-token ids."""
-    config: BagelConfig
-    """The configuration read from the folder."""
-
-
-def load_bagel(
-    path: str | Path,
-    dtype: torch.dtype | str | None = None,
-    device: torch.device | str | None = None,
-    vae_dtype: torch.dtype | str | None = None,
-    base: str | Path | None = None,
-) -> LoadedBagel:
-    """Load model, autoencoder and tokenizer of a BAGEL folder (see the module docstring for `dtype`).
-
-    `vae_dtype` follows the same policy (default: float32 on CPU, stored dtype elsewhere). A LoRA adapter
-    in the folder is merged into the model; `base` names its base folder (see `load_pretrained`).
-    """
-    from worldbagel.model.bagel import Bagel
-
-    path = Path(path)
-    device = check_device(device)
-    root, _ = resolve_folder(path, base)
-    config = BagelConfig.from_folder(root)
-    tokenizer = load_tokenizer(root)  # cheap; fails early on a folder without tokenizer files
-    if len(tokenizer) > config.llm.vocab_size:
-        raise CheckpointError(
-            f"the tokenizer in {root} has {len(tokenizer)} ids but the model's embedding has "
-            f"{config.llm.vocab_size} rows ({LLM_CONFIG} vocab_size); the folder mixes two models"
-        )
-    model = load_pretrained(Bagel, path, dtype=dtype, device=device, config=config, base=base)
-    vae = load_vae(root / AE_FILE, config.vae, device=device, dtype=resolve_dtype(vae_dtype, device))
-    vae.latent_patch_size = config.latent_patch_size
-    return LoadedBagel(model=model, vae=vae, tokenizer=tokenizer, config=config)
 
 
 def _dtype_of(model: nn.Module) -> str:

@@ -39,6 +39,7 @@ SHARD_NAME = "shard-{rank:05d}-model-00001-of-00001.safetensors"
 
 def _dcp():
     """torch.distributed.checkpoint, checked for the safetensors storage classes these files follow."""
+    # lazy: torch.distributed.checkpoint takes seconds to import; only sharded checkpoints need it
     import torch.distributed.checkpoint as dcp
 
     if not hasattr(dcp, "HuggingFaceStorageWriter"):
@@ -51,6 +52,7 @@ def _dcp():
 
 def _writer(path: str):
     dcp = _dcp()
+    # lazy: torch.distributed.checkpoint takes seconds to import; only sharded checkpoints need it
     from torch.distributed.checkpoint.planner import WriteItemType
     from torch.distributed.checkpoint.storage import WriteResult
 
@@ -162,6 +164,7 @@ def load_sharded(tensors: dict[str, torch.Tensor], folder: str | os.PathLike) ->
     hold the tensors' keys and shapes.
     """
     dcp = _dcp()
+    # lazy: torch.distributed.checkpoint takes seconds to import; only sharded checkpoints need it
     from torch.distributed.checkpoint.api import CheckpointException
 
     try:

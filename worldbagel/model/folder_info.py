@@ -11,7 +11,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from worldbagel.errors import CheckpointError
+from worldbagel.model.bagel import Bagel
 from worldbagel.model.checkpoint import EMA_FILE, FOLDER_CONTENTS
 from worldbagel.model.configuration import BagelConfig
 from worldbagel.model.vae import AE_FILE, flux_key_shapes
@@ -92,10 +95,6 @@ def inspect_folder(path: str | Path, read_weights: bool = True) -> FolderInfo:
         parts = count_parts((k, e.numel) for k, e in headers[EMA_FILE].entries.items())
         source = "safetensors headers"
     else:
-        import torch
-
-        from worldbagel.model.bagel import Bagel
-
         with torch.device("meta"):
             model = Bagel(config)
         parts = count_parts((k, p.numel()) for k, p in model.named_parameters())

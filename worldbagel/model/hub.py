@@ -65,7 +65,8 @@ def resolve_model_folder(path: str | os.PathLike, name: str = "model.path") -> P
 
 def _cached_snapshot(repo_id: str) -> Path | None:
     """The cached snapshot folder of `repo_id` (its `main` ref), or None when it is absent or incomplete."""
-    try:  # huggingface_hub comes with transformers; imported here so paths never pay for it
+    try:  # huggingface_hub comes with transformers
+        # lazy: huggingface_hub takes ~1 s to import; model paths never pay for it, only repo ids
         from huggingface_hub import snapshot_download
         from huggingface_hub.errors import LocalEntryNotFoundError
     except ImportError as exc:

@@ -31,6 +31,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import torch
+from torch import nn
+
 from worldbagel.errors import bad_argument
 from worldbagel.model.activation_memory import (
     ATTENTION_BACKENDS,
@@ -39,8 +42,10 @@ from worldbagel.model.activation_memory import (
     denoise_step_bytes,
     training_activation_bytes,
 )
+from worldbagel.model.bagel import Bagel
 from worldbagel.model.configuration import BagelConfig
 from worldbagel.model.transforms import target_size
+from worldbagel.model.vae import flux_key_shapes
 
 GPU_SIZES_GB = (24, 40, 48, 80, 141)
 """Common cards: 24 GB (RTX 4090 / A10G-class), 40 and 80 GB (A100 / H100), 48 GB (A6000 / L40S), 141 GB (H200)."""
@@ -137,12 +142,6 @@ class ParamCounts:
 
 def count_params(config: BagelConfig) -> ParamCounts:
     """Count parameters on a meta-device Bagel of `config` (no memory is allocated)."""
-    import torch
-    from torch import nn
-
-    from worldbagel.model.bagel import Bagel
-    from worldbagel.model.vae import flux_key_shapes
-
     with torch.device("meta"):
         model = Bagel(config)
     layers = model.language_model.model.layers

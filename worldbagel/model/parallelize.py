@@ -39,7 +39,14 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.checkpoint import checkpoint, noop_context_fn
+from torch._higher_order_ops import flex_attention
+from torch.distributed.device_mesh import init_device_mesh
+from torch.utils.checkpoint import (
+    CheckpointPolicy,
+    checkpoint,
+    create_selective_checkpoint_contexts,
+    noop_context_fn,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +115,7 @@ def apply_fsdp(
     CUDA) sets the compute dtype of gathered parameters; gradients are reduced in fp32, and the sharded
     parameters keep their own dtype (fp32 master weights, which the optimizer and its state follow).
     """
-    from torch.distributed.device_mesh import init_device_mesh
+    # lazy: torch.distributed.fsdp takes seconds to import; only FSDP runs need it
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
     if mesh is None:
@@ -169,7 +176,6 @@ def _saved_ops() -> frozenset:
         "_scaled_dot_product_flash_attention_for_cpu",
     )
     ops = {getattr(aten, n).default for n in names if hasattr(aten, n)}
-    from torch._higher_order_ops import flex_attention
 
     ops.add(flex_attention)
     return frozenset(ops)
@@ -177,8 +183,6 @@ def _saved_ops() -> frozenset:
 
 def _selective_contexts():
     """torch.utils.checkpoint `context_fn` of selective mode: save `_saved_ops` outputs, recompute the rest."""
-    from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
-
     saved = _saved_ops()
 
     def policy(ctx, op, *args, **kwargs):
@@ -216,6 +220,7 @@ def full_tensor(t: torch.Tensor) -> torch.Tensor:
 def shard_like(reference: torch.Tensor, full: torch.Tensor) -> torch.Tensor:
     """`full` laid out like `reference` (the local shard under FSDP, `full` itself otherwise)."""
     if hasattr(reference, "device_mesh"):
+        # lazy: torch.distributed.tensor takes seconds to import; only FSDP runs need it
         from torch.distributed.tensor import distribute_tensor
 
         return distribute_tensor(full.to(reference.dtype), reference.device_mesh, reference.placements)
@@ -238,6 +243,7 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The unsharded model state on CPU (complete on rank 0; collective under FSDP)."""
     if not is_distributed():
         return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    # lazy: torch.distributed.checkpoint takes seconds to import; only FSDP runs need it
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
@@ -248,6 +254,7 @@ def load_full_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> No
     if not is_distributed():
         model.load_state_dict(state, strict=True)
         return
+    # lazy: torch.distributed.checkpoint takes seconds to import; only FSDP runs need it
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
     set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, strict=True))
@@ -256,6 +263,7 @@ def load_full_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> No
 def optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
     """Optimizer state keyed by parameter name: {"state": {name: {key: value}}, "param_groups": [...]}."""
     if is_distributed():
+        # lazy: torch.distributed.checkpoint takes seconds to import; only FSDP runs need it
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
         return get_optimizer_state_dict(
@@ -277,6 +285,7 @@ def optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
 def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, osd: dict) -> None:
     """Inverse of `optimizer_state` (the full, name-keyed state given on every rank)."""
     if is_distributed():
+        # lazy: torch.distributed.checkpoint takes seconds to import; only FSDP runs need it
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
         set_optimizer_state_dict(model, optimizer, osd, options=StateDictOptions(full_state_dict=True))
@@ -304,6 +313,7 @@ def sharded_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The model's state as this rank holds it (DTensor shards under FSDP), aliasing the parameters."""
     if not is_distributed():
         return dict(model.state_dict())
+    # lazy: torch.distributed.checkpoint takes seconds to import; only FSDP runs need it
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
     return get_model_state_dict(model)
@@ -314,6 +324,7 @@ def load_sharded_model_state(model: nn.Module, state: dict[str, torch.Tensor]) -
     if not is_distributed():
         model.load_state_dict(state, strict=True)
         return
+    # lazy: torch.distributed.checkpoint takes seconds to import; only FSDP runs need it
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
     set_model_state_dict(model, state, options=StateDictOptions(strict=True))
@@ -326,6 +337,7 @@ def sharded_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) 
     zero gradients and learning rate 0, which leaves the parameters unchanged), so a resume has tensors of
     the right shapes to read into.
     """
+    # lazy: torch.distributed.checkpoint takes seconds to import; only FSDP runs need it
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
     return get_optimizer_state_dict(model, optimizer)
@@ -333,6 +345,7 @@ def sharded_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) 
 
 def load_sharded_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, osd: dict) -> None:
     """Inverse of `sharded_optimizer_state`."""
+    # lazy: torch.distributed.checkpoint takes seconds to import; only FSDP runs need it
     from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
 
     set_optimizer_state_dict(model, optimizer, osd)

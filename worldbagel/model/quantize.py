@@ -58,6 +58,7 @@ def _quiet(logger_name: str):
 def _torchao_int8():
     try:
         with _quiet("torchao"):
+            # lazy: optional dependency (quant extra)
             from torchao.quantization import Int8WeightOnlyConfig, quantize_
     except ImportError as exc:
         raise DependencyNotInstalled(
@@ -69,7 +70,7 @@ def _torchao_int8():
 
 def _bitsandbytes():
     try:
-        import bitsandbytes
+        import bitsandbytes  # lazy: optional dependency (quant extra, CUDA)
     except ImportError as exc:
         raise DependencyNotInstalled(
             "model.quantize=nf4 needs bitsandbytes on a CUDA machine: pip install 'worldbagel[quant]' (or pip "

@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from worldbagel.model.attention import SampleLayout, attend_packed
+from worldbagel.model.attention import SampleLayout
+from worldbagel.model.attention_backend import attend_packed
 from worldbagel.model.configuration import LLMConfig
 
 LAYER_VARIANTS = ("Qwen2MoTDecoderLayer", "Qwen2MoEDecoderLayer", "Qwen2DecoderLayer")

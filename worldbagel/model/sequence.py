@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import torch
 
 from worldbagel.model.attention import SampleLayout, Split
+from worldbagel.model.siglip_navit import flattened_position_ids
 
 
 @dataclass
@@ -149,7 +150,6 @@ class SequenceBuilder:
             raise ValueError(
                 f"ViT grid {grid} exceeds vit_max_num_patch_per_side={self.vit_max_side}; resize the image"
             )
-        from worldbagel.model.siglip_navit import flattened_position_ids
 
         smp = self.samples[sample]
         start = self._push_text_tokens(sample, [self.special.start_of_image], [smp.rope])
@@ -187,7 +187,6 @@ class SequenceBuilder:
             raise ValueError(
                 f"latent grid {grid} exceeds max_latent_size={self.latent_max_side}; use a smaller image"
             )
-        from worldbagel.model.siglip_navit import flattened_position_ids
 
         smp = self.samples[sample]
         tt = torch.as_tensor(t, dtype=torch.float32).reshape(-1)

@@ -23,9 +23,16 @@ import os
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.distributed.device_mesh import init_device_mesh
 
 from worldbagel.errors import ConfigError, bad_argument
+from worldbagel.model.bagel_folder import load_bagel
+from worldbagel.model.checkpoint import resolve_dtype
+from worldbagel.model.configuration import BagelConfig
+from worldbagel.model.device import check_device
+from worldbagel.model.quantize import check_mode
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +60,7 @@ def check_divisible(config, ranks: int) -> None:
 
 def parallel_plan(model: nn.Module) -> dict:
     """`parallelize_module` plan of a Bagel's decoder layers (module names under `language_model.model`)."""
+    # lazy: torch.distributed.tensor takes seconds to import; tensor_parallel > 1 only
     from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
 
     plan = {}
@@ -72,6 +80,7 @@ def apply_tensor_parallel(model: nn.Module, mesh) -> nn.Module:
 
     Each attention module then works on its local heads (`num_heads`, `num_kv_heads` divided by the mesh size);
     the projections' outputs are plain local tensors (ColwiseParallel / RowwiseParallel `use_local_output`)."""
+    # lazy: torch.distributed.tensor takes seconds to import; tensor_parallel > 1 only
     from torch.distributed.tensor.parallel import parallelize_module
 
     ranks = mesh.size()
@@ -88,9 +97,6 @@ def init_mesh(ranks: int, device: str | torch.device):
     """Join the torchrun process group (gloo on CPU, NCCL on CUDA) and return a 1-D mesh over `ranks` ranks.
 
     The process group is destroyed when the process exits."""
-    import torch.distributed as dist
-    from torch.distributed.device_mesh import init_device_mesh
-
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world != ranks:
         raise ConfigError(
@@ -107,16 +113,12 @@ def init_mesh(ranks: int, device: str | torch.device):
 
 
 def _shutdown() -> None:
-    import torch.distributed as dist
-
     if dist.is_initialized():
         dist.destroy_process_group()
 
 
 def is_rank_zero() -> bool:
     """True in a single process and on rank 0 of a distributed run (the rank that writes outputs)."""
-    import torch.distributed as dist
-
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
@@ -125,11 +127,6 @@ def load_tensor_parallel(
 ):
     """`checkpoint.load_bagel` split over `ranks` torchrun ranks: load on the CPU in the dtype the target
     device would get, split the decoder linears onto this rank's device, move the rest there."""
-    from worldbagel.model.checkpoint import load_bagel, resolve_dtype
-    from worldbagel.model.configuration import BagelConfig
-    from worldbagel.model.device import check_device
-    from worldbagel.model.quantize import check_mode
-
     if check_mode(quantize) != "none":
         raise bad_argument(
             "model.quantize", quantize, "quantisation and model.tensor_parallel > 1 do not combine; pick one"

@@ -70,6 +70,7 @@ class BagelTokenizer:
                 f"no tokenizer in {folder}: a BAGEL model folder needs vocab.json + merges.txt (or "
                 "tokenizer.json) and tokenizer_config.json from the Qwen2.5 release"
             )
+        # lazy: transformers takes seconds to import; only loading a tokenizer needs it
         from transformers import Qwen2Tokenizer
 
         try:

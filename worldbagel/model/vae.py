@@ -110,6 +110,7 @@ def build_vae(cfg: VAEConfig) -> AutoencoderKL:
     Build it under `torch.device("meta")` to allocate nothing (then load with `assign=True`).
     """
     _check_cfg(cfg)
+    # lazy: diffusers takes seconds to import; only building or converting a VAE needs it
     from diffusers import AutoencoderKL
 
     levels = len(cfg.ch_mult)
@@ -134,6 +135,7 @@ def build_vae(cfg: VAEConfig) -> AutoencoderKL:
 
 def flux_to_diffusers(state_dict: dict[str, torch.Tensor], vae: AutoencoderKL) -> dict[str, torch.Tensor]:
     """Rename FLUX-layout AE tensors to the diffusers layout with diffusers' own converter."""
+    # lazy: diffusers takes seconds to import; only building or converting a VAE needs it
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
     return convert_ldm_vae_checkpoint(state_dict, dict(vae.config))

@@ -25,7 +25,7 @@ from worldbagel.data.packing import EpisodeFeatures
 from worldbagel.model.siglip_navit import patchify
 from worldbagel.model.transforms import ImageTransform
 from worldbagel.model.vae import FluxVAE
-from worldbagel.model.weights_file import load_file, write_file
+from worldbagel.model.weights_file import load_file, read_header, write_file
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +144,6 @@ class FrameEncoder:
         path = self._path(key)
         if path is None or not path.is_file():
             return None
-        from worldbagel.model.weights_file import read_header
 
         meta = read_header(path).metadata or {}
         t = load_file(path)

@@ -44,6 +44,7 @@ from worldbagel.tracking import NullTracker, Tracker, TrackerConfig, open_tracke
 from worldbagel.train.data_stream import TrainingData, derive_seed
 from worldbagel.train.ema import EMA
 from worldbagel.train.export import ExportWeights, export_folder
+from worldbagel.train.lora import base_dtype, cast_lora_model, inject_lora
 from worldbagel.train.objective import LossWeights, compute_losses, step_losses, step_normalisers
 from worldbagel.train.options import TrainConfig, checkpointing_mode
 from worldbagel.train.sharded_checkpoint import (
@@ -136,8 +137,6 @@ class Trainer:
         apply_stage(model, cfg)
         self.amp = cfg.amp == "bf16" or (cfg.amp == "auto" and self.device.type == "cuda")
         if cfg.lora.enabled:
-            from worldbagel.train.lora import base_dtype, cast_lora_model, inject_lora
-
             inject_lora(model, cfg.lora)
             frozen_dtype = base_dtype(cfg.lora.base_dtype, self.device)
             if frozen_dtype != torch.float32:

@@ -30,7 +30,7 @@ ADAPTER = "default"
 
 def _peft():
     try:
-        import peft
+        import peft  # lazy: optional dependency (lora extra)
     except ImportError as exc:
         raise DependencyNotInstalled(
             "LoRA training needs peft: pip install 'worldbagel[lora]' (or pip install peft), "

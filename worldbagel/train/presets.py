@@ -23,10 +23,13 @@ import copy
 from dataclasses import dataclass
 
 import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
 from worldbagel.errors import bad_argument
+from worldbagel.model.bagel import Bagel
 from worldbagel.model.configuration import BagelConfig, LLMConfig, VAEConfig, ViTConfig
 from worldbagel.model.tokenizer import BagelTokenizer
+from worldbagel.model.vae import FluxVAE
 
 
 def _config(hidden: int, layers: int, heads: int, kv: int) -> BagelConfig:
@@ -61,7 +64,7 @@ def preset_config(name: str) -> BagelConfig:
 
 def byte_tokenizer() -> BagelTokenizer:
     """A byte-level BPE tokenizer without merges (257 ids + BAGEL's 4 special tokens)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    # lazy: transformers takes seconds to import; only building a tokenizer needs it
     from transformers import Qwen2TokenizerFast
 
     vocab = {"<|endoftext|>": 0}
@@ -90,9 +93,6 @@ class FreshModel:
 
 def build_preset(name: str, seed: int = 0, vae=None) -> FreshModel:
     """A freshly initialised preset model (seeded), its byte tokenizer, and `vae` or a random autoencoder."""
-    from worldbagel.model.bagel import Bagel
-    from worldbagel.model.vae import FluxVAE
-
     config = preset_config(name)
     tokenizer = byte_tokenizer()
     config.llm.vocab_size = -(-len(tokenizer) // 64) * 64

@@ -31,8 +31,11 @@ import torch
 
 from worldbagel.data.sequence_plan import PlanConfig, episode_texts, windows
 from worldbagel.errors import bad_argument
+from worldbagel.inference.pipeline import BagelPipeline
 from worldbagel.inference.sampler import SamplerConfig as GenerationConfig
 from worldbagel.model.transforms import ImageTransform
+from worldbagel.video import side_by_side
+from worldbagel.world_model import WorldModel, WorldModelConfig
 
 
 @dataclass
@@ -121,10 +124,6 @@ class FramePreview:
         autocast: AbstractContextManager | None = None,
     ) -> tuple[list[np.ndarray], np.ndarray | None]:
         """(images, video) predicted by `model` now (see the module docstring)."""
-        from worldbagel.inference.pipeline import BagelPipeline
-        from worldbagel.video import side_by_side
-        from worldbagel.world_model import WorldModel, WorldModelConfig
-
         was_training = model.training
         pipe = BagelPipeline(model, vae, tokenizer, self.vae_transform, self.vit_transform)  # sets eval mode
         wm = WorldModel(pipe, None, WorldModelConfig(sampler=self.sampler, **self.world))

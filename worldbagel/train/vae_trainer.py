@@ -28,6 +28,7 @@ from worldbagel.model.transforms import ImageTransform
 from worldbagel.model.vae import AE_FILE, FluxVAE, save_vae
 from worldbagel.tracking import Tracker
 from worldbagel.train.options import VAETrainConfig
+from worldbagel.video import side_by_side
 
 logger = logging.getLogger(__name__)
 
@@ -83,8 +84,6 @@ def weighted_reconstruction(
 @torch.no_grad()
 def reconstruction_images(vae: FluxVAE, x: torch.Tensor) -> list[np.ndarray]:
     """`real | reconstructed` uint8 [H', W', 3] per frame of x ([N, 3, H, W] in [-1, 1]; posterior mean)."""
-    from worldbagel.video import side_by_side
-
     mean, _ = vae.moments(x)
     x_hat = vae.ae.decoder(mean)
 

@@ -10,7 +10,7 @@ transform like every frame (latent).
 
 - `LatentDistance(pipe)`: mean squared difference of the VAE posterior means (the default: the space
   the world model itself predicts in, cheap, and insensitive to pixel noise the VAE ignores).
-- `SSIMDistance()`: 1 - SSIM (torchmetrics-exact SSIM from `worldbagel.eval.frame_metrics`).
+- `SSIMDistance()`: 1 - SSIM (torchmetrics-exact SSIM from `worldbagel.frame_metrics`).
 - `LPIPSDistance(weights_path)`: LPIPS (AlexNet); needs the `lpips` package and local AlexNet weights
   (raises DependencyNotInstalled / CheckpointError naming what to install otherwise).
 - `frame_distance(name, pipe)` builds one by name.
@@ -33,7 +33,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from worldbagel.envs.grid_frames import decode_frame
+from worldbagel.envs.gridworld import GridWorldEnv
+from worldbagel.envs.maze import bfs_distances, generate_maze, maze_shape
 from worldbagel.errors import bad_argument
+from worldbagel.frame_metrics import ssim
+from worldbagel.perceptual_metrics import LPIPSMetric
 
 __all__ = [
     "FRAME_DISTANCES",
@@ -120,8 +125,6 @@ class SSIMDistance:
     name = "ssim"
 
     def __call__(self, frames, goals) -> np.ndarray:
-        from worldbagel.eval.frame_metrics import ssim
-
         frames, goals = as_frames(frames, "frames"), as_frames(goals, "goals")
         goals = _resize_to(goals, *frames.shape[1:3])
         n, g = len(frames), len(goals)
@@ -136,8 +139,6 @@ class LPIPSDistance:
     name = "lpips"
 
     def __init__(self, weights_path=None, device: str = "cpu"):
-        from worldbagel.eval.perceptual import LPIPSMetric
-
         self.metric = LPIPSMetric().load(weights_path=weights_path, device=device)
 
     def __call__(self, frames, goals) -> np.ndarray:
@@ -180,8 +181,6 @@ class GridWorldDistanceScorer:
     def __init__(
         self, size: int | Sequence[int] = 8, step_cost: float = 0.01, undecodable: float | None = None
     ):
-        from worldbagel.envs.maze import maze_shape
-
         self.size = maze_shape(size)
         self.step_cost = float(step_cost)
         self.undecodable = float(undecodable if undecodable is not None else self.size[0] * self.size[1])
@@ -200,8 +199,6 @@ class GridWorldDistanceScorer:
 
     def distances(self, info: Mapping[str, Any]) -> np.ndarray:
         """BFS distances to the goal [R, C] of the maze named by info's layout_seed and goal."""
-        from worldbagel.envs.maze import bfs_distances, generate_maze
-
         if "layout_seed" not in info or "goal" not in info:
             raise bad_argument(
                 "info", sorted(info), "the gridworld scorer needs 'layout_seed' and 'goal' in info"
@@ -213,8 +210,6 @@ class GridWorldDistanceScorer:
         return self._dist
 
     def __call__(self, frames, actions: Sequence[Any], info: Mapping[str, Any]) -> float:
-        from worldbagel.envs.grid_frames import decode_frame
-
         dist = self.distances(info)
         best = float("inf")
         for t, frame in enumerate(as_frames(frames, "frames")):
@@ -245,8 +240,6 @@ SCORERS: dict[str, Any] = {"gridworld_distance": GridWorldDistanceScorer}
 
 def auto_scorers(env: Any) -> list:
     """The task scorers known to fit `env`: GridWorldDistanceScorer for top-down GridWorld, else none."""
-    from worldbagel.envs.gridworld import GridWorldEnv
-
     single = env
     if getattr(env, "envs", None):
         single = env.envs[0]

@@ -37,10 +37,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 
 from worldbagel.errors import CheckpointError, DependencyNotInstalled, bad_argument
-
-from .frame_metrics import as_unit_frames
+from worldbagel.frame_metrics import as_unit_frames
 
 logger = logging.getLogger(__name__)
 
@@ -163,8 +163,6 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Tensors of a .safetensors file, or of a PyTorch state-dict file read with weights_only=True."""
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             return load_file(str(path))
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt or foreign file: one clear message instead of a deep traceback
