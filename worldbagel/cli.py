@@ -67,8 +67,9 @@ def main(argv: list[str] | None = None) -> int:
         handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
     )
     # torchao (imported by peft and diffusers when installed) warns about every CUDA kernel library it cannot
-    # load on a CPU machine, and about torch's pytree deprecations: noise before every command's output
-    for noisy in ("torchao", "torch.utils._pytree"):
+    # load on a CPU machine and about torch's pytree deprecations, and diffusers about torchao's missing tensor
+    # types: noise before every command's output
+    for noisy in ("torchao", "torch.utils._pytree", "diffusers.quantizers.torchao"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.ERROR)
     if args.multirun:
         return multirun(
