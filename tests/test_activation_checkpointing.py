@@ -9,11 +9,9 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from worldbagel.data.sequence_plan import DropoutConfig, PackingConfig, PlanConfig
+from worldbagel.data.sequence_plan import PackingConfig, PlanConfig
 from worldbagel.errors import ConfigError
 from worldbagel.model import parallelize as par
-from worldbagel.model.sequence import SpecialIds
-from worldbagel.model.transforms import ImageTransform
 from worldbagel.train.objective import compute_losses
 from worldbagel.train.options import AUTO_CHECKPOINT_PARAMS, TrainConfig, checkpointing_mode
 
@@ -24,24 +22,13 @@ ELEMENTWISE = ("rsqrt", "silu", "_softmax")  # RMS norms, the MLP activation, at
 @pytest.fixture(scope="module")
 def tiny():
     """The scratch-tiny preset (LLM 128 x 2 layers, ViT 64 x 2) and one pack of ~2 toy samples."""
-    from worldbagel.train.data_stream import TrainingData
-    from worldbagel.train.latent_cache import FrameEncoder
+    from toy_training import toy_training_data
+
     from worldbagel.train.presets import build_preset
-    from worldbagel.train.toy_episodes import toy_episodes
 
     fresh = build_preset("scratch-tiny", seed=0)
     torch.nn.init.normal_(fresh.model.llm2vae.weight, std=0.02)  # so the MSE reaches every layer
-    encoder = FrameEncoder(fresh.vae, ImageTransform(64, 32, 16), ImageTransform(56, 28, 14))
-    s = fresh.tokenizer.special
-    data = TrainingData(
-        toy_episodes(1, steps=3, annotate=True),
-        encoder,
-        fresh.tokenizer.encode,
-        SpecialIds(s.bos_token_id, s.eos_token_id, s.start_of_image, s.end_of_image),
-        PlanConfig(context_frames=2),
-        DropoutConfig(0.0, 0.0, 0.0),
-        PackingConfig(256, 512, 256),
-    )
+    data = toy_training_data(fresh, PlanConfig(context_frames=2), PackingConfig(256, 512, 256))
     return fresh.model.train(), data
 
 

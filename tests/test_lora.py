@@ -19,24 +19,12 @@ pytest.importorskip("peft")
 
 @pytest.fixture(scope="module")
 def parts():
-    from worldbagel.train.data_stream import TrainingData
-    from worldbagel.train.latent_cache import FrameEncoder
+    from toy_training import toy_training_data
+
     from worldbagel.train.presets import build_preset
-    from worldbagel.train.toy_episodes import toy_episodes
 
     fresh = build_preset("scratch-tiny", seed=0)
-    encoder = FrameEncoder(fresh.vae, ImageTransform(64, 32, 16), ImageTransform(56, 28, 14))
-    s = fresh.tokenizer.special
-    data = TrainingData(
-        toy_episodes(1, steps=3, annotate=True),
-        encoder,
-        fresh.tokenizer.encode,
-        SpecialIds(s.bos_token_id, s.eos_token_id, s.start_of_image, s.end_of_image),
-        PlanConfig(),
-        DropoutConfig(0.0, 0.0, 0.0),
-        PackingConfig(512, 576, 512),
-    )
-    return fresh, data
+    return fresh, toy_training_data(fresh, PlanConfig(), PackingConfig(512, 576, 512))
 
 
 def run(parts, out, lora: LoraConfig, steps=2, ema_decay=0.0):

@@ -10,10 +10,8 @@ import torch
 
 pytest.importorskip("peft")
 
-from worldbagel.data.sequence_plan import DropoutConfig, PackingConfig, PlanConfig  # noqa: E402
+from worldbagel.data.sequence_plan import PackingConfig, PlanConfig  # noqa: E402
 from worldbagel.errors import ConfigError  # noqa: E402
-from worldbagel.model.sequence import SpecialIds  # noqa: E402
-from worldbagel.model.transforms import ImageTransform  # noqa: E402
 from worldbagel.train.lora import base_dtype  # noqa: E402
 from worldbagel.train.options import LoraConfig, OptimConfig, TrainConfig  # noqa: E402
 
@@ -22,24 +20,12 @@ FIXTURE = Path(__file__).parent / "fixtures" / "bagel-tiny"
 
 @pytest.fixture(scope="module")
 def tiny():
-    from worldbagel.train.data_stream import TrainingData
-    from worldbagel.train.latent_cache import FrameEncoder
+    from toy_training import toy_training_data
+
     from worldbagel.train.presets import build_preset
-    from worldbagel.train.toy_episodes import toy_episodes
 
     fresh = build_preset("scratch-tiny", seed=0)
-    encoder = FrameEncoder(fresh.vae, ImageTransform(64, 32, 16), ImageTransform(56, 28, 14))
-    s = fresh.tokenizer.special
-    data = TrainingData(
-        toy_episodes(1, steps=3, annotate=True),
-        encoder,
-        fresh.tokenizer.encode,
-        SpecialIds(s.bos_token_id, s.eos_token_id, s.start_of_image, s.end_of_image),
-        PlanConfig(context_frames=1),
-        DropoutConfig(0.0, 0.0, 0.0),
-        PackingConfig(256, 512, 256),
-    )
-    return fresh.model, data
+    return fresh.model, toy_training_data(fresh, PlanConfig(context_frames=1), PackingConfig(256, 512, 256))
 
 
 def lora_trainer(tiny, out, **lora):

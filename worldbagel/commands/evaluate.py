@@ -18,6 +18,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -233,49 +234,51 @@ def _frames_task(cfg: EvalConfig, wm, episodes, out: Path, console: Console, doc
     }
 
 
+def _probe_task(name: str, label: str, probe, console: Console, doc: dict) -> None:
+    """Run a probe over held-out histories (controllability, look-back) with a progress bar: `probe(progress)`
+    returns (section, why); the section goes into the document, or the reason it did not run into run.skipped."""
+    with _progress(console) as bar:
+        task = bar.add_task(label, total=None)
+        section, why = probe(lambda done, total: bar.update(task, completed=done, total=total))
+    if section is None:
+        doc["run"]["skipped"][name] = why
+    else:
+        doc[name] = section
+
+
 def _controllability_task(cfg: EvalConfig, wm, episodes, console: Console, doc: dict) -> None:
     c = cfg.controllability
-    with _progress(console) as bar:
-        task = bar.add_task("controllability", total=None)
-        section, why = evaluate_controllability(
-            wm,
-            episodes,
-            context=c.context,
-            max_trajectories=c.max_trajectories,
-            samples_per_trajectory=c.samples_per_trajectory,
-            max_samples=c.max_samples,
-            batch_size=c.batch_size,
-            exclude=c.exclude,
-            seed=cfg.seed,
-            progress=lambda done, total: bar.update(task, completed=done, total=total),
-        )
-    if section is None:
-        doc["run"]["skipped"]["controllability"] = why
-    else:
-        doc["controllability"] = section
+    probe = partial(
+        evaluate_controllability,
+        wm,
+        episodes,
+        context=c.context,
+        max_trajectories=c.max_trajectories,
+        samples_per_trajectory=c.samples_per_trajectory,
+        max_samples=c.max_samples,
+        batch_size=c.batch_size,
+        exclude=c.exclude,
+        seed=cfg.seed,
+    )
+    _probe_task("controllability", "controllability", lambda p: probe(progress=p), console, doc)
 
 
 def _lookback_task(cfg: EvalConfig, wm, episodes, console: Console, doc: dict) -> None:
     lb = cfg.lookback
-    with _progress(console) as bar:
-        task = bar.add_task("look-back", total=None)
-        section, why = evaluate_lookback(
-            wm,
-            episodes,
-            turns=lb.turns,
-            context=lb.context,
-            max_trajectories=lb.max_trajectories,
-            samples_per_trajectory=lb.samples_per_trajectory,
-            max_samples=lb.max_samples,
-            batch_size=lb.batch_size,
-            one_frame_history=lb.one_frame_history,
-            seed=cfg.seed,
-            progress=lambda done, total: bar.update(task, completed=done, total=total),
-        )
-    if section is None:
-        doc["run"]["skipped"]["lookback"] = why
-    else:
-        doc["lookback"] = section
+    probe = partial(
+        evaluate_lookback,
+        wm,
+        episodes,
+        turns=lb.turns,
+        context=lb.context,
+        max_trajectories=lb.max_trajectories,
+        samples_per_trajectory=lb.samples_per_trajectory,
+        max_samples=lb.max_samples,
+        batch_size=lb.batch_size,
+        one_frame_history=lb.one_frame_history,
+        seed=cfg.seed,
+    )
+    _probe_task("lookback", "look-back", lambda p: probe(progress=p), console, doc)
 
 
 def _navigation_task(cfg: EvalConfig, wm, out: Path, console: Console, doc: dict) -> None:
